@@ -1,0 +1,411 @@
+"""The `dockvisor` command: parse, call one service, print.
+
+Errors print one line on stderr, `dockvisor: error: ...`, and exit non-zero:
+2 for input that cannot be used, 1 for everything else.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+
+from dockvisor import __version__
+from dockvisor.cli import render
+from dockvisor.cli.progress import ProgressBar
+from dockvisor.domain.sizes import format_size, parse_size
+from dockvisor.drivers.base import HypervisorDriver
+from dockvisor.errors import DockvisorError, InvalidInput
+from dockvisor.services import templates as template_service
+from dockvisor.services import vms as vm_service
+
+__all__ = ["main"]
+
+DEFAULT_URI = "qemu:///system"
+
+
+class Context:
+    def __init__(self, uri: str, as_json: bool) -> None:
+        self.uri = uri
+        self.as_json = as_json
+        self._driver: HypervisorDriver | None = None
+
+    @property
+    def driver(self) -> HypervisorDriver:
+        if self._driver is None:
+            from dockvisor.drivers.libvirt import LibvirtDriver
+
+            self._driver = LibvirtDriver(self.uri)
+        return self._driver
+
+    def close(self) -> None:
+        if self._driver is not None:
+            self._driver.close()
+
+    def emit(self, value: Any, human: str | Callable[[], str]) -> None:
+        if self.as_json:
+            click.echo(render.as_json(value))
+        else:
+            click.echo(human() if callable(human) else human)
+
+    @contextmanager
+    def progress(self, title: str) -> Iterator[ProgressBar]:
+        bar = ProgressBar(title, enabled=False if self.as_json else None)
+        try:
+            yield bar
+        finally:
+            bar.close()
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"dockvisor: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _size(text: str | None, what: str) -> int | None:
+    return None if text is None else parse_size(text, what=what)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--hypervisor",
+    "uri",
+    envvar="DOCKVISOR_HYPERVISOR",
+    default=DEFAULT_URI,
+    show_default=True,
+    help="libvirt URI of the hypervisor (env DOCKVISOR_HYPERVISOR).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.version_option(__version__, prog_name="dockvisor")
+@click.pass_context
+def cli(ctx: click.Context, uri: str, as_json: bool) -> None:
+    """Docker-ready VMs of an exact size: create, snapshot, roll back, clone, grow live."""
+    ctx.obj = Context(uri, as_json)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# -- host and image --------------------------------------------------------------------
+
+
+@cli.command("host")
+@pass_ctx
+def host_info(ctx: Context) -> None:
+    """Show the hypervisor host: size, acceleration, capabilities."""
+    info = ctx.driver.host_info()
+    ctx.emit(info, lambda: render.host_details(info))
+
+
+@cli.group()
+def image() -> None:
+    """The Docker-ready guest image (built from Debian packages)."""
+
+
+@image.command("build")
+@click.option("--force", is_flag=True, help="Rebuild even if the cache has this image.")
+@pass_ctx
+def image_build(ctx: Context, force: bool) -> None:
+    """Build the guest image and register it as the `docker-ready` template."""
+    with ctx.progress("image build") as bar:
+        built, template = template_service.build_builtin_template(
+            ctx.driver, force=force, progress=bar
+        )
+    ctx.emit(
+        {"image": {"key": built.key, "directory": str(built.directory)}, "template": template},
+        lambda: f"image {built.key} in {built.directory}\ntemplate {template.name}: "
+        f"{template.description}",
+    )
+
+
+# -- templates -------------------------------------------------------------------------
+
+
+@cli.group()
+def template() -> None:
+    """Templates VMs are made from."""
+
+
+@template.command("list")
+@pass_ctx
+def template_list(ctx: Context) -> None:
+    """List templates."""
+    templates = template_service.list_templates(ctx.driver)
+    ctx.emit(templates, lambda: render.template_rows(templates))
+
+
+@template.command("add")
+@click.argument("name")
+@click.option("--disk", required=True, help="qcow2 or raw disk image on this machine.")
+@click.option("--kernel", help="Kernel to boot (else the disk's own bootloader).")
+@click.option("--initrd", help="Initrd for --kernel.")
+@click.option("--cmdline", help="Kernel command line for --kernel.")
+@click.option("--docker-port", type=int, default=2375, show_default=True,
+              help="Port dockerd listens on in the guest.")  # fmt: skip
+@click.option("--no-docker", is_flag=True, help="Its guests run no Docker engine.")
+@click.option("--description", default="", help="One line shown in template list.")
+@pass_ctx
+def template_add(ctx: Context, name: str, disk: str, kernel: str | None, initrd: str | None,
+                 cmdline: str | None, docker_port: int, no_docker: bool,
+                 description: str) -> None:  # fmt: skip
+    """Register a template from your own disk image."""
+    with ctx.progress(f"template add {name}") as bar:
+        added = template_service.add_template(
+            ctx.driver,
+            name=name,
+            disk=disk,
+            kernel=kernel,
+            initrd=initrd,
+            cmdline=cmdline,
+            docker_port=None if no_docker else docker_port,
+            description=description,
+            progress=bar,
+        )
+    ctx.emit(added, f"template {added.name} added ({format_size(added.disk_size)} disk)")
+
+
+@template.command("rm")
+@click.argument("name")
+@pass_ctx
+def template_rm(ctx: Context, name: str) -> None:
+    """Remove a template no VM is based on."""
+    template_service.remove_template(ctx.driver, name)
+    ctx.emit({"removed": name}, f"template {name} removed")
+
+
+# -- VMs -------------------------------------------------------------------------------
+
+
+@cli.group()
+def vm() -> None:
+    """Create and run VMs; snapshot, revert, clone and resize them."""
+
+
+@vm.command("create")
+@click.argument("name")
+@click.option("--template", "template_name", default="docker-ready", show_default=True)
+@click.option("--vcpus", type=int, required=True, help="vCPUs to boot with.")
+@click.option("--memory", required=True, help="Memory, e.g. 1GiB, 512MiB, 1.5G.")
+@click.option("--max-vcpus", type=int, help="Most vCPUs it can grow to live [2 x vcpus].")
+@click.option("--max-memory", help="Most memory it can grow to live [2 x memory].")
+@click.option("--full", is_flag=True, help="Copy the template's disk instead of linking to it.")
+@click.option("--no-start", is_flag=True, help="Define it but do not boot it.")
+@pass_ctx
+def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: str,
+              max_vcpus: int | None, max_memory: str | None, full: bool,
+              no_start: bool) -> None:  # fmt: skip
+    """Create a VM from a template, boot it and wait for its Docker engine."""
+    memory_bytes = parse_size(memory, what="memory")
+    max_memory_bytes = _size(max_memory, "max memory")
+    with ctx.progress(f"create {name}") as bar:
+        created = vm_service.create_vm_from_template(
+            ctx.driver,
+            name=name,
+            template=template_name,
+            vcpus=vcpus,
+            memory=memory_bytes,
+            max_vcpus=max_vcpus,
+            max_memory=max_memory_bytes,
+            full=full,
+            start=not no_start,
+            progress=bar,
+        )
+    ctx.emit(created, lambda: render.vm_details(created, _endpoint_or_none(ctx, created.name)))
+
+
+def _endpoint_or_none(ctx: Context, name: str) -> str | None:
+    try:
+        return ctx.driver.docker_endpoint(name).docker_host
+    except DockvisorError:
+        return None
+
+
+@vm.command("list")
+@pass_ctx
+def vm_list(ctx: Context) -> None:
+    """List VMs."""
+    vms = ctx.driver.list_vms()
+    ctx.emit(vms, lambda: render.vm_rows(vms))
+
+
+@vm.command("show")
+@click.argument("name")
+@pass_ctx
+def vm_show(ctx: Context, name: str) -> None:
+    """Show one VM in detail."""
+    shown = ctx.driver.get_vm(name)
+    ctx.emit(shown, lambda: render.vm_details(shown, _endpoint_or_none(ctx, name)))
+
+
+@vm.command("start")
+@click.argument("name")
+@click.option("--no-wait", is_flag=True, help="Do not wait for the Docker engine.")
+@pass_ctx
+def vm_start(ctx: Context, name: str, no_wait: bool) -> None:
+    """Boot a stopped VM (and wait for its Docker engine)."""
+    with ctx.progress(f"start {name}") as bar:
+        started = vm_service.start_vm(ctx.driver, name, wait=not no_wait, progress=bar)
+    ctx.emit(started, f"{name} is {started.power_state}")
+
+
+@vm.command("stop")
+@click.argument("name")
+@click.option("--timeout", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the guest to power off.")  # fmt: skip
+@pass_ctx
+def vm_stop(ctx: Context, name: str, timeout: float) -> None:
+    """Shut a VM down cleanly."""
+    with ctx.progress(f"stop {name}") as bar:
+        bar("asking the guest to power off", 0.1)
+        stopped = vm_service.stop_vm(ctx.driver, name, timeout=timeout)
+    ctx.emit(stopped, f"{name} is {stopped.power_state}")
+
+
+@vm.command("kill")
+@click.argument("name")
+@pass_ctx
+def vm_kill(ctx: Context, name: str) -> None:
+    """Power a VM off at once."""
+    killed = vm_service.kill_vm(ctx.driver, name)
+    ctx.emit(killed, f"{name} is {killed.power_state}")
+
+
+@vm.command("reboot")
+@click.argument("name")
+@click.option("--wait", is_flag=True, help="Wait for the Docker engine to come back.")
+@pass_ctx
+def vm_reboot(ctx: Context, name: str, wait: bool) -> None:
+    """Ask the guest to reboot."""
+    with ctx.progress(f"reboot {name}") as bar:
+        rebooted = vm_service.reboot_vm(ctx.driver, name, wait=wait, progress=bar)
+    ctx.emit(rebooted, f"{name} is rebooting")
+
+
+@vm.command("rm")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Power it off first if it runs.")
+@pass_ctx
+def vm_rm(ctx: Context, name: str, force: bool) -> None:
+    """Delete a VM with its disk and snapshots."""
+    vm_service.delete_vm(ctx.driver, name, force=force)
+    ctx.emit({"removed": name}, f"{name} removed")
+
+
+@vm.command("set")
+@click.argument("name")
+@click.option("--vcpus", type=int, help="New vCPU count.")
+@click.option("--memory", help="New memory size, e.g. 2GiB.")
+@pass_ctx
+def vm_set(ctx: Context, name: str, vcpus: int | None, memory: str | None) -> None:
+    """Change vCPUs or memory: live within the VM's maximums, else at next boot."""
+    result = vm_service.resize_vm(ctx.driver, name, vcpus=vcpus, memory=_size(memory, "memory"))
+
+    def human() -> str:
+        lines = []
+        for key, value in result.applied.items():
+            shown = format_size(value) if "memory" in key else str(value)
+            lines.append(f"{key.replace('_', ' ')}: {shown} (now)")
+        for key, value in result.pending.items():
+            shown = format_size(value) if "memory" in key else str(value)
+            lines.append(f"{key.replace('_', ' ')}: {shown} (pending: next boot)")
+        lines.extend(f"note: {reason}" for reason in result.reasons)
+        return "\n".join(lines)
+
+    ctx.emit(result, human)
+
+
+@vm.command("snapshot")
+@click.argument("name")
+@click.argument("snapshot")
+@click.option("--description", default="", help="What this snapshot is for.")
+@pass_ctx
+def vm_snapshot(ctx: Context, name: str, snapshot: str, description: str) -> None:
+    """Take a snapshot (with memory if the VM runs)."""
+    with ctx.progress(f"snapshot {name}") as bar:
+        bar("saving disk and memory", 0.2)
+        taken = vm_service.snapshot_vm(ctx.driver, name, snapshot, description=description)
+    memory = " with memory" if taken.with_memory else ""
+    ctx.emit(taken, f"snapshot {taken.name} of {name} taken{memory}")
+
+
+@vm.command("snapshots")
+@click.argument("name")
+@pass_ctx
+def vm_snapshots(ctx: Context, name: str) -> None:
+    """List a VM's snapshots (* marks the current one)."""
+    snapshots = vm_service.list_snapshots(ctx.driver, name)
+    ctx.emit(snapshots, lambda: render.snapshot_rows(snapshots))
+
+
+@vm.command("revert")
+@click.argument("name")
+@click.argument("snapshot")
+@pass_ctx
+def vm_revert(ctx: Context, name: str, snapshot: str) -> None:
+    """Roll a VM back to a snapshot."""
+    with ctx.progress(f"revert {name}") as bar:
+        reverted = vm_service.revert_to_snapshot(ctx.driver, name, snapshot, progress=bar)
+    ctx.emit(reverted, f"{name} reverted to {snapshot}; it is {reverted.power_state}")
+
+
+@vm.command("snapshot-rm")
+@click.argument("name")
+@click.argument("snapshot")
+@pass_ctx
+def vm_snapshot_rm(ctx: Context, name: str, snapshot: str) -> None:
+    """Delete a snapshot."""
+    vm_service.delete_snapshot(ctx.driver, name, snapshot)
+    ctx.emit({"removed": snapshot, "vm": name}, f"snapshot {snapshot} of {name} removed")
+
+
+@vm.command("clone")
+@click.argument("name")
+@click.argument("new_name")
+@click.option("--full", is_flag=True, help="An independent copy instead of a linked one.")
+@click.option("--start", is_flag=True, help="Boot the clone and wait for its Docker engine.")
+@pass_ctx
+def vm_clone(ctx: Context, name: str, new_name: str, full: bool, start: bool) -> None:
+    """Clone a VM, running or not, under a new name."""
+    with ctx.progress(f"clone {name}") as bar:
+        clone = vm_service.clone_vm(ctx.driver, name, new_name, full=full, start=start,
+                                    progress=bar)  # fmt: skip
+    mode = clone.disk_mode.value if clone.disk_mode else "full"
+    ctx.emit(clone, f"{new_name} cloned from {name} ({mode} disk); it is {clone.power_state}")
+
+
+@vm.command("endpoint")
+@click.argument("name")
+@pass_ctx
+def vm_endpoint(ctx: Context, name: str) -> None:
+    """Print the DOCKER_HOST value for the VM's Docker engine."""
+    endpoint = vm_service.docker_endpoint(ctx.driver, name)
+    ctx.emit({"docker_host": endpoint.docker_host, **render.to_data(endpoint)},
+             endpoint.docker_host)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `dockvisor` console script."""
+    try:
+        cli.main(args=argv, prog_name="dockvisor", standalone_mode=False)
+    except click.exceptions.Abort:
+        _fail("interrupted", 130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except InvalidInput as exc:
+        _fail(str(exc), 2)
+    except DockvisorError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except BrokenPipeError:
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The records dockvisor works with, the same for every hypervisor family.
+
+Sizes are in bytes. Nothing here does I/O; adapters fill these in, services and shells
+read them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+
+__all__ = [
+    "Capability",
+    "DiskMode",
+    "DockerEndpoint",
+    "HostInfo",
+    "PowerState",
+    "ResizeResult",
+    "Snapshot",
+    "Template",
+    "TemplateSpec",
+    "VM",
+    "VMSpec",
+]
+
+
+class PowerState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+    SHUTTING_DOWN = "shutting-down"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+
+class DiskMode(enum.StrEnum):
+    LINKED = "linked"  # a copy-on-write overlay on the template's base image
+    FULL = "full"  # an independent copy
+
+
+class Capability(enum.Flag):
+    """What a hypervisor adapter can do; callers check before they ask."""
+
+    NONE = 0
+    LIVE_VCPUS = enum.auto()  # add or remove vCPUs of a running VM
+    LIVE_MEMORY = enum.auto()  # change the memory of a running VM (balloon)
+    SNAPSHOTS = enum.auto()  # disk snapshots, revert, delete
+    MEMORY_SNAPSHOTS = enum.auto()  # snapshots of a running VM with its memory
+    LINKED_CLONES = enum.auto()  # copy-on-write disks on a template or another disk
+    CLONE_RUNNING = enum.auto()  # clone a VM while it runs
+    GUEST_AGENT = enum.auto()  # guest IP addresses and filesystem freeze via an agent
+    LOOPBACK_FORWARD = enum.auto()  # user-mode network with a host-forward on 127.0.0.1
+
+    def names(self) -> list[str]:
+        return [str(c.name).lower().replace("_", "-") for c in Capability if c in self]
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    uri: str
+    hypervisor: str  # "QEMU", "Xen", "Test", "XenServer"...
+    version: str
+    hostname: str
+    cpus: int
+    memory: int
+    max_vcpus_per_vm: int  # the most vCPUs one VM may have here (current or maximum)
+    acceleration: str | None  # "kvm", "tcg" (software emulation), or None if not QEMU
+    capabilities: Capability
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    """What to create: a VM of an exact size from a template, with room to grow live."""
+
+    name: str
+    template: str
+    vcpus: int
+    memory: int
+    max_vcpus: int
+    max_memory: int
+    disk_mode: DiskMode = DiskMode.LINKED
+
+
+@dataclass(frozen=True)
+class VM:
+    name: str
+    uuid: str
+    power_state: PowerState
+    vcpus: int  # what the VM has now (live if running, else at next boot)
+    max_vcpus: int
+    memory: int
+    max_memory: int
+    template: str | None  # None for a VM dockvisor did not create
+    disk_mode: DiskMode | None
+    disk_size: int
+    # What the next boot will have where it differs from now (a change beyond the maximum).
+    pending_vcpus: int | None = None
+    pending_max_vcpus: int | None = None
+    pending_memory: int | None = None
+    pending_max_memory: int | None = None
+    docker_ready: bool = False
+    snapshot_count: int = 0
+    created: datetime | None = None
+    managed: bool = True  # created by dockvisor (False: found on the hypervisor)
+
+    @property
+    def has_pending_changes(self) -> bool:
+        return any(
+            v is not None
+            for v in (
+                self.pending_vcpus,
+                self.pending_max_vcpus,
+                self.pending_memory,
+                self.pending_max_memory,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    description: str
+    disk_size: int
+    docker_ready: bool  # its guests run a Docker engine dockvisor can reach
+    builtin: bool
+    boots_kernel: bool  # boots a kernel + initrd given with the template (else the disk's own)
+    created: datetime | None = None
+    image_key: str | None = None  # the built-in template: key of the guest image it holds
+
+
+@dataclass(frozen=True)
+class TemplateSpec:
+    """A template to register from files on this machine."""
+
+    name: str
+    disk: str
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str = "console=ttyS0 root=/dev/vda1 rw"
+    description: str = ""
+    docker_port: int | None = 2375  # the guest port dockerd listens on; None: no Docker
+    builtin: bool = False
+    image_key: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    vm: str
+    created: datetime
+    power_state: PowerState  # of the VM when the snapshot was taken
+    with_memory: bool
+    description: str = ""
+    parent: str | None = None
+    current: bool = False
+
+
+@dataclass(frozen=True)
+class DockerEndpoint:
+    """Where the Docker engine of a VM answers, as dockvisor reaches it."""
+
+    host: str
+    port: int
+    tls: bool = False
+
+    @property
+    def docker_host(self) -> str:
+        """The value for DOCKER_HOST."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.tls else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ResizeResult:
+    """What a resize did: `applied` took effect (live on a running VM, or in the
+    configuration of a stopped one); `pending` waits for the running VM's next boot."""
+
+    vm: VM
+    applied: dict[str, int] = field(default_factory=dict)
+    pending: dict[str, int] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)

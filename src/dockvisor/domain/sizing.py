@@ -1,0 +1,98 @@
+"""Rules for how big a VM may be, and how much room it gets to grow live.
+
+A VM has a current size (vCPUs, memory) and a maximum it can reach without a reboot.
+Memory beyond the current size is reserved address space that the balloon hands back
+to the host, so the maximum costs little until it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dockvisor.domain.model import HostInfo
+from dockvisor.domain.sizes import MiB, format_size
+from dockvisor.errors import InvalidInput, OutOfCapacity
+
+__all__ = ["MIN_MEMORY", "VCPU_OVERCOMMIT", "SizeRequest", "check_resize", "plan_size"]
+
+MIN_MEMORY = 128 * MiB
+# vCPUs are host threads: a VM may have more than the host has cores, up to this factor.
+VCPU_OVERCOMMIT = 2
+
+
+def vcpu_ceiling(cpus: int, hypervisor_max: int) -> int:
+    """The most vCPUs one VM may have on a host with `cpus` logical CPUs."""
+    return max(1, min(hypervisor_max, cpus * VCPU_OVERCOMMIT))
+
+
+@dataclass(frozen=True)
+class SizeRequest:
+    vcpus: int
+    memory: int
+    max_vcpus: int
+    max_memory: int
+
+
+def plan_size(
+    host: HostInfo,
+    *,
+    vcpus: int,
+    memory: int,
+    max_vcpus: int | None = None,
+    max_memory: int | None = None,
+) -> SizeRequest:
+    """Check a requested size against the host; fill in the room to grow.
+
+    By default a VM may grow live to twice its vCPUs and memory, within what the host
+    allows. Raises InvalidInput for impossible values and OutOfCapacity for sizes the
+    host cannot give.
+    """
+    _check_vcpus(host, vcpus, "vCPUs")
+    _check_memory(host, memory, "memory")
+    if max_vcpus is None:
+        max_vcpus = max(vcpus, min(2 * vcpus, host.max_vcpus_per_vm))
+    else:
+        _check_vcpus(host, max_vcpus, "max vCPUs")
+        if max_vcpus < vcpus:
+            raise InvalidInput(f"max vCPUs ({max_vcpus}) is below vCPUs ({vcpus})")
+    if max_memory is None:
+        max_memory = max(memory, min(2 * memory, host.memory // MiB * MiB))
+    else:
+        _check_memory(host, max_memory, "max memory")
+        if max_memory < memory:
+            raise InvalidInput(
+                f"max memory ({format_size(max_memory)}) is below memory ({format_size(memory)})"
+            )
+    return SizeRequest(vcpus, memory, max_vcpus, max_memory)
+
+
+def check_resize(host: HostInfo, *, vcpus: int | None, memory: int | None) -> None:
+    """Check a new size for an existing VM (the maximum moves with it if needed)."""
+    if vcpus is None and memory is None:
+        raise InvalidInput("nothing to change: give --vcpus and/or --memory")
+    if vcpus is not None:
+        _check_vcpus(host, vcpus, "vCPUs")
+    if memory is not None:
+        _check_memory(host, memory, "memory")
+
+
+def _check_vcpus(host: HostInfo, count: int, what: str) -> None:
+    if count < 1:
+        raise InvalidInput(f"{what} must be at least 1 (got {count})")
+    if count > host.max_vcpus_per_vm:
+        raise OutOfCapacity(
+            f"{what} {count} is more than host {host.hostname} allows per VM "
+            f"({host.max_vcpus_per_vm}: {host.cpus} CPUs x {VCPU_OVERCOMMIT})"
+        )
+
+
+def _check_memory(host: HostInfo, size: int, what: str) -> None:
+    if size < MIN_MEMORY:
+        raise InvalidInput(f"{what} {format_size(size)} is below the minimum of 128MiB")
+    if size % MiB:
+        raise InvalidInput(f"{what} {format_size(size)} is not a whole number of MiB")
+    if size > host.memory:
+        raise OutOfCapacity(
+            f"{what} {format_size(size)} is more than host {host.hostname} has "
+            f"({format_size(host.memory)})"
+        )

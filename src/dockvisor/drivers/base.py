@@ -1,0 +1,181 @@
+"""The one contract every hypervisor adapter fulfils.
+
+Vocabulary: a *VM* is a guest dockvisor can start and stop; a *template* is what VMs are
+made from (a base disk, optionally a kernel and initrd, and what its guests provide);
+a *snapshot* is a named point a VM can return to. Names are the identifiers callers use;
+native identifiers (libvirt UUIDs, XAPI opaque refs) stay inside the adapters.
+
+Every method either does all it says or, on failure, leaves nothing behind and raises
+one of the errors of `dockvisor.errors` (never a backend exception). Optional features
+are announced in `capabilities`; a method whose capability is absent raises Unsupported.
+Long methods take a `progress(step, fraction)` callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
+
+from dockvisor.domain.model import (
+    VM,
+    Capability,
+    DockerEndpoint,
+    HostInfo,
+    ResizeResult,
+    Snapshot,
+    Template,
+    TemplateSpec,
+    VMSpec,
+)
+from dockvisor.errors import (
+    AlreadyExists,
+    BadPowerState,
+    DockvisorError,
+    GuestTimeout,
+    HypervisorError,
+    HypervisorUnreachable,
+    NotFound,
+    OutOfCapacity,
+    Unsupported,
+)
+
+__all__ = [
+    "AlreadyExists",
+    "BadPowerState",
+    "Capability",
+    "DockvisorError",
+    "GuestTimeout",
+    "HypervisorDriver",
+    "HypervisorError",
+    "HypervisorUnreachable",
+    "NotFound",
+    "OutOfCapacity",
+    "Progress",
+    "Unsupported",
+    "no_progress",
+]
+
+Progress = Callable[[str, float], None]
+
+
+def no_progress(step: str, fraction: float) -> None:
+    """A progress callback that ignores everything."""
+
+
+@runtime_checkable
+class HypervisorDriver(Protocol):
+    """A connection to one hypervisor (a libvirt URI, a XAPI pool)."""
+
+    uri: str
+    capabilities: Capability
+
+    def host_info(self) -> HostInfo:
+        """The host's size, hypervisor, acceleration and what this adapter can do there."""
+        ...
+
+    # -- inventory -------------------------------------------------------------------
+
+    def list_vms(self) -> list[VM]:
+        """Every VM on the hypervisor, including those dockvisor did not create; no templates."""
+        ...
+
+    def get_vm(self, name: str) -> VM:
+        """The VM called `name`; NotFound if there is none (or it is a template)."""
+        ...
+
+    def list_templates(self) -> list[Template]: ...
+
+    def get_template(self, name: str) -> Template:
+        """NotFound if there is no template `name`."""
+        ...
+
+    def register_template(self, spec: TemplateSpec, progress: Progress = no_progress) -> Template:
+        """Copy the spec's files to the hypervisor's storage and record the template.
+
+        AlreadyExists if the name is taken by a template or a VM.
+        """
+        ...
+
+    def remove_template(self, name: str) -> None:
+        """Forget the template and delete its files unless VMs still use its base disk
+        (then raise BadPowerState naming them)."""
+        ...
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
+        """Define a stopped VM of exactly spec's size from spec's template, with its own
+        disk (an overlay on the template's base, or a full copy) and room to grow to
+        spec's maximums. On failure the domain and disk are removed."""
+        ...
+
+    def start_vm(self, name: str) -> VM:
+        """BadPowerState if it is already running."""
+        ...
+
+    def shutdown_vm(self, name: str, *, timeout: float = 60.0) -> VM:
+        """Ask the guest to power off and wait; GuestTimeout if it is still up after
+        `timeout` seconds (it is left running)."""
+        ...
+
+    def force_off(self, name: str) -> VM:
+        """Power off at once, like pulling the plug."""
+        ...
+
+    def reboot_vm(self, name: str) -> VM:
+        """Ask the guest to reboot."""
+        ...
+
+    def delete_vm(self, name: str) -> None:
+        """Remove a stopped VM with its snapshots and its own disks (never a template's
+        base). BadPowerState if it is running."""
+        ...
+
+    def set_resources(
+        self, name: str, *, vcpus: int | None = None, memory: int | None = None
+    ) -> ResizeResult:
+        """Change vCPUs and/or memory. Within the maximums of a running VM the change is
+        live; beyond them (or where the guest refuses) it is stored for the next boot and
+        reported as pending. A stopped VM simply gets the new size."""
+        ...
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def create_snapshot(self, name: str, snapshot: str, description: str = "") -> Snapshot:
+        """Snapshot the VM: disk and, if it runs, memory. AlreadyExists if the VM has one
+        of that name."""
+        ...
+
+    def list_snapshots(self, name: str) -> list[Snapshot]: ...
+
+    def revert_to_snapshot(self, name: str, snapshot: str) -> VM:
+        """Return the VM to the snapshot: running with its memory if it was taken
+        running, stopped otherwise. NotFound if the VM has no such snapshot."""
+        ...
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
+
+    # -- copies and access -----------------------------------------------------------
+
+    def clone_vm(
+        self, name: str, new_name: str, *, linked: bool = True, progress: Progress = no_progress
+    ) -> VM:
+        """A stopped copy of the VM's current disk state (without its snapshots), with a
+        new name, UUID, MAC and Docker forward. Works on a running VM without stopping it:
+        its filesystems are frozen for the instant the copy is cut."""
+        ...
+
+    def guest_addresses(self, name: str) -> list[str]:
+        """The guest's IP addresses as its agent reports them (loopback excluded)."""
+        ...
+
+    def docker_endpoint(self, name: str) -> DockerEndpoint:
+        """Where the VM's Docker engine answers for dockvisor. BadPowerState if the VM is
+        not running, Unsupported if its template has no Docker."""
+        ...
+
+    def console_log(self, name: str, lines: int = 20) -> str:
+        """The last lines the guest wrote to its serial console, if this host keeps them."""
+        ...
+
+    def close(self) -> None: ...

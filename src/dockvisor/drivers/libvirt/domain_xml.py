@@ -1,0 +1,314 @@
+"""Domain XML for dockvisor's VMs and templates, written and read back.
+
+What dockvisor needs to remember about a domain lives in the domain itself, in a
+`<metadata>` element of our own namespace, so the hypervisor stays the one source of
+truth and any libvirt client can see it:
+
+    <dockvisor:domain kind="vm|template">
+      <dockvisor:template>docker-ready</dockvisor:template>
+      <dockvisor:disk mode="linked" size="8589934592" format="qcow2" base="/path/base.qcow2"/>
+      <dockvisor:docker guest-port="2375" host-port="42007"/>
+      <dockvisor:mac>52:54:00:..</dockvisor:mac>
+      <dockvisor:cmdline>console=ttyS0 root=/dev/vda rw</dockvisor:cmdline>
+      <dockvisor:volume>NAME-1a2b3c4d.qcow2</dockvisor:volume>   (volumes it owns)
+      <dockvisor:created>2026-11-22T00:00:00+00:00</dockvisor:created>
+      <dockvisor:description>...</dockvisor:description>       (templates)
+      <dockvisor:builtin image-key="..."/>                       (the built-in template)
+    </dockvisor:domain>
+
+Under QEMU the VM's network is user-mode with a host-forward of the guest's Docker port
+bound to 127.0.0.1, passed on QEMU's command line because libvirt 9.0 cannot express a
+port forward for `<interface type='user'>` (see shared/notes/guest-image.md).
+"""
+
+from __future__ import annotations
+
+import secrets
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+
+from dockvisor.domain.model import DiskMode
+from dockvisor.domain.sizes import KiB
+
+__all__ = [
+    "NS",
+    "DomainConfig",
+    "DomainState",
+    "build_domain_xml",
+    "parse_domain_xml",
+    "random_mac",
+    "with_host_port",
+]
+
+NS = "https://dockvisor.dev/xmlns/domain/1"
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("dockvisor", NS)
+ET.register_namespace("qemu", QEMU_NS)
+
+
+def _q(tag: str) -> str:
+    return f"{{{NS}}}{tag}"
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    """Everything dockvisor puts into a domain's XML."""
+
+    name: str
+    kind: str  # "vm" or "template"
+    vcpus: int
+    max_vcpus: int
+    memory: int  # bytes
+    max_memory: int
+    disk_path: str
+    disk_format: str = "qcow2"
+    disk_size: int = 0
+    disk_readonly: bool = False
+    disk_mode: DiskMode | None = None
+    base_path: str | None = None  # the template base a linked disk sits on
+    kernel: str | None = None
+    initrd: str | None = None
+    cmdline: str | None = None  # without dockvisor's own parameters
+    template: str | None = None
+    mac: str = field(default_factory=lambda: random_mac())
+    docker_guest_port: int | None = None
+    docker_host_port: int | None = None
+    volumes: tuple[str, ...] = ()
+    created: datetime | None = None
+    description: str = ""
+    builtin_key: str | None = None
+    uuid: str | None = None
+    managed: bool = True  # False: a domain dockvisor did not create
+
+
+@dataclass(frozen=True)
+class DomainState:
+    """A parsed domain: its config plus what only the hypervisor knows."""
+
+    config: DomainConfig
+    uuid: str
+    console_log: str | None
+
+
+def random_mac() -> str:
+    """A locally administered address in QEMU's 52:54:00 range."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def with_host_port(xml: str, port: int) -> str:
+    """`xml` (a dockvisor domain) with its Docker host-forward moved to `port`."""
+    state = parse_domain_xml(xml)
+    return build_domain_xml(
+        replace(state.config, docker_host_port=port, uuid=state.uuid),
+        virt_type=ET.fromstring(xml).get("type", "qemu"),
+        console_log=state.console_log,
+    )
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def build_domain_xml(
+    config: DomainConfig, *, virt_type: str, console_log: str | None = None
+) -> str:
+    """The domain XML for `config` on a libvirt driver whose domain type is `virt_type`
+    ("kvm", "qemu" for TCG, "test", "xen")."""
+    qemu = virt_type in ("kvm", "qemu")
+    root = ET.Element("domain", {"type": virt_type})
+    _sub(root, "name", config.name)
+    if config.uuid:
+        _sub(root, "uuid", config.uuid)
+    _metadata(ET.SubElement(root, "metadata"), config)
+    _sub(root, "memory", str(config.max_memory // KiB), unit="KiB")
+    _sub(root, "currentMemory", str(config.memory // KiB), unit="KiB")
+    _sub(root, "vcpu", str(config.max_vcpus), placement="static", current=str(config.vcpus))
+    if virt_type != "xen":
+        # vCPU 0 is fixed; the others can be plugged and unplugged while the VM runs.
+        vcpus = ET.SubElement(root, "vcpus")
+        for i in range(config.max_vcpus):
+            attrs = {"id": str(i), "enabled": "yes" if i < config.vcpus else "no"}
+            attrs["hotpluggable"] = "no" if i == 0 else "yes"
+            if i < config.vcpus:
+                attrs["order"] = str(i + 1)
+            _sub(vcpus, "vcpu", **attrs)
+    os_el = ET.SubElement(root, "os")
+    _sub(os_el, "type", "hvm", arch="x86_64", machine="pc") if qemu else _sub(os_el, "type", "hvm")
+    if config.kernel:
+        _sub(os_el, "kernel", config.kernel)
+        if config.initrd:
+            _sub(os_el, "initrd", config.initrd)
+        _sub(os_el, "cmdline", _kernel_cmdline(config))
+    else:
+        _sub(os_el, "boot", dev="hd")
+    features = ET.SubElement(root, "features")
+    ET.SubElement(features, "acpi")
+    ET.SubElement(features, "apic")
+    if virt_type == "kvm":
+        _sub(root, "cpu", mode="host-passthrough")
+    elif virt_type == "qemu":
+        _sub(root, "cpu", mode="maximum")
+    _sub(root, "clock", offset="utc")
+    _sub(root, "on_poweroff", "destroy")
+    _sub(root, "on_reboot", "restart")
+    _sub(root, "on_crash", "destroy")
+
+    devices = ET.SubElement(root, "devices")
+    disk = _sub(devices, "disk", type="file", device="disk")
+    _sub(disk, "driver", name="qemu" if virt_type != "xen" else "qemu", type=config.disk_format)
+    _sub(disk, "source", file=config.disk_path)
+    _sub(disk, "target", dev="vda" if virt_type != "xen" else "xvda",
+         bus="virtio" if virt_type != "xen" else "xen")  # fmt: skip
+    if config.disk_readonly:
+        ET.SubElement(disk, "readonly")
+    serial = _sub(devices, "serial", type="pty")
+    if console_log:
+        _sub(serial, "log", file=console_log, append="off")
+    _sub(devices, "console", type="pty")
+    if config.kind == "vm":
+        if qemu:
+            channel = _sub(devices, "channel", type="unix")
+            _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
+            balloon = _sub(devices, "memballoon", model="virtio")
+            _sub(balloon, "stats", period="5")
+            rng = _sub(devices, "rng", model="virtio")
+            _sub(rng, "backend", "/dev/urandom", model="random")
+        elif virt_type == "xen":
+            iface = _sub(devices, "interface", type="network")
+            _sub(iface, "source", network="default")
+            _sub(iface, "mac", address=config.mac)
+    if qemu and config.kind == "vm":
+        args = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+        netdev = "user,id=dvnet0"
+        if config.docker_guest_port and config.docker_host_port:
+            netdev += (
+                f",hostfwd=tcp:127.0.0.1:{config.docker_host_port}-:{config.docker_guest_port}"
+            )
+        nic = f"virtio-net-pci,netdev=dvnet0,mac={config.mac},bus=pci.0,addr=0x10"
+        for value in ("-netdev", netdev, "-device", nic):
+            ET.SubElement(args, f"{{{QEMU_NS}}}arg", {"value": value})
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def _kernel_cmdline(config: DomainConfig) -> str:
+    parts = [config.cmdline or ""]
+    if config.kind == "vm":
+        parts.append(f"dockvisor.hostname={config.name}")
+        if config.docker_guest_port:
+            parts.append(f"dockvisor.docker_port={config.docker_guest_port}")
+    return " ".join(p for p in parts if p)
+
+
+def _metadata(parent: ET.Element, config: DomainConfig) -> None:
+    meta = ET.SubElement(parent, _q("domain"), {"kind": config.kind})
+    if config.template:
+        _sub(meta, _q("template"), config.template)
+    disk = {"size": str(config.disk_size), "format": config.disk_format}
+    if config.disk_mode:
+        disk["mode"] = config.disk_mode.value
+    if config.base_path:
+        disk["base"] = config.base_path
+    _sub(meta, _q("disk"), **disk)
+    if config.docker_guest_port:
+        docker = {"guest-port": str(config.docker_guest_port)}
+        if config.docker_host_port:
+            docker["host-port"] = str(config.docker_host_port)
+        _sub(meta, _q("docker"), **docker)
+    _sub(meta, _q("mac"), config.mac)
+    if config.cmdline is not None:
+        _sub(meta, _q("cmdline"), config.cmdline)
+    for volume in config.volumes:
+        _sub(meta, _q("volume"), volume)
+    created = config.created or datetime.now(UTC)
+    _sub(meta, _q("created"), created.isoformat(timespec="seconds"))
+    if config.description:
+        _sub(meta, _q("description"), config.description)
+    if config.builtin_key:
+        _sub(meta, _q("builtin"), **{"image-key": config.builtin_key})
+
+
+def _int(el: ET.Element | None, default: int = 0) -> int:
+    return int(el.text) if el is not None and el.text else default
+
+
+def _kib(el: ET.Element | None) -> int:
+    if el is None or not el.text:
+        return 0
+    unit = el.get("unit", "KiB").lower()
+    factor = {"b": 1, "bytes": 1, "k": KiB, "kib": KiB, "m": KiB**2, "mib": KiB**2,
+              "g": KiB**3, "gib": KiB**3}.get(unit, KiB)  # fmt: skip
+    return int(el.text) * factor
+
+
+def parse_domain_xml(xml: str) -> DomainState:
+    """Read a domain's XML (ours or anyone's) back into a DomainConfig."""
+    root = ET.fromstring(xml)
+    vcpu_el = root.find("vcpu")
+    max_vcpus = _int(vcpu_el, 1)
+    vcpus = int(vcpu_el.get("current", max_vcpus)) if vcpu_el is not None else 1
+    disk_el = next(
+        (d for d in root.iterfind("devices/disk") if d.get("device", "disk") == "disk"), None
+    )
+    disk_path = ""
+    disk_format = "raw"
+    if disk_el is not None:
+        source = disk_el.find("source")
+        if source is not None:
+            disk_path = source.get("file") or source.get("dev") or source.get("volume") or ""
+        driver = disk_el.find("driver")
+        if driver is not None:
+            disk_format = driver.get("type", "raw")
+    serial_log = root.find("devices/serial/log")
+    meta = root.find(f"metadata/{_q('domain')}")
+    common = {
+        "name": root.findtext("name", ""),
+        "vcpus": vcpus,
+        "max_vcpus": max_vcpus,
+        "memory": _kib(root.find("currentMemory")) or _kib(root.find("memory")),
+        "max_memory": _kib(root.find("memory")),
+        "disk_path": disk_path,
+        "disk_format": disk_format,
+        "disk_readonly": disk_el is not None and disk_el.find("readonly") is not None,
+        "kernel": root.findtext("os/kernel"),
+        "initrd": root.findtext("os/initrd"),
+        "uuid": root.findtext("uuid"),
+    }
+    if meta is None:
+        config = DomainConfig(kind="vm", cmdline=root.findtext("os/cmdline"), managed=False,
+                              mac="", **common)  # type: ignore[arg-type]  # fmt: skip
+    else:
+        disk_meta = meta.find(_q("disk"))
+        docker = meta.find(_q("docker"))
+        builtin = meta.find(_q("builtin"))
+        mode = disk_meta.get("mode") if disk_meta is not None else None
+        created = meta.findtext(_q("created"))
+        config = DomainConfig(
+            kind=meta.get("kind", "vm"),
+            template=meta.findtext(_q("template")),
+            disk_size=int(disk_meta.get("size", "0")) if disk_meta is not None else 0,
+            disk_mode=DiskMode(mode) if mode else None,
+            base_path=disk_meta.get("base") if disk_meta is not None else None,
+            cmdline=meta.findtext(_q("cmdline")),
+            mac=meta.findtext(_q("mac"), ""),
+            docker_guest_port=int(docker.get("guest-port", "0")) or None
+            if docker is not None
+            else None,
+            docker_host_port=int(docker.get("host-port", "0")) or None
+            if docker is not None
+            else None,
+            volumes=tuple(v.text or "" for v in meta.iterfind(_q("volume"))),
+            created=datetime.fromisoformat(created) if created else None,
+            description=meta.findtext(_q("description"), ""),
+            builtin_key=builtin.get("image-key") if builtin is not None else None,
+            **common,  # type: ignore[arg-type]
+        )
+    return DomainState(
+        config=config,
+        uuid=root.findtext("uuid", ""),
+        console_log=serial_log.get("file") if serial_log is not None else None,
+    )

@@ -1,0 +1,987 @@
+"""The libvirt adapter: QEMU/KVM, Xen (libxl), the in-process test driver, local or remote.
+
+Templates are inactive domains marked as templates in their metadata, with a read-only
+base disk, as XAPI and Proxmox model them. VMs get their own volume: a qcow2 overlay on
+the template's base (linked) or a flattened copy (full).
+
+Two QEMU operations bypass libvirt's usual call, for reasons measured on libvirt 9.0:
+- Revert to a memory snapshot: libvirt restarts QEMU with `-loadvm`, which runs before
+  libvirt can re-plug hot-added vCPUs, so a snapshot taken after a live vCPU change
+  never loads ("Unknown savevm section ... cpu_common"). We start the snapshot's
+  configuration paused (libvirt plugs its vCPUs), then `loadvm` through the monitor.
+- Clone: libvirt's volume copy flattens qcow2 chains and cannot read a running VM's disk
+  consistently. We mirror the disk with a block-copy job (shallow for a linked clone),
+  freeze the guest's filesystems through its agent, and cancel the job: the copy is the
+  disk as of that instant. A stopped VM is started paused for the copy.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlparse
+
+import libvirt
+
+from dockvisor.domain.model import (
+    VM,
+    Capability,
+    DiskMode,
+    DockerEndpoint,
+    HostInfo,
+    PowerState,
+    ResizeResult,
+    Snapshot,
+    Template,
+    TemplateSpec,
+    VMSpec,
+)
+from dockvisor.domain.sizes import KiB, MiB
+from dockvisor.domain.sizing import vcpu_ceiling
+from dockvisor.drivers.base import Progress, no_progress
+from dockvisor.drivers.libvirt.acceleration import detect_acceleration
+from dockvisor.drivers.libvirt.domain_xml import (
+    DomainConfig,
+    DomainState,
+    build_domain_xml,
+    parse_domain_xml,
+    random_mac,
+    with_host_port,
+)
+from dockvisor.drivers.libvirt.errors import libvirt_errors
+from dockvisor.drivers.libvirt.storage import StoragePool, unique_volume_name
+from dockvisor.errors import (
+    AlreadyExists,
+    BadPowerState,
+    GuestTimeout,
+    HypervisorError,
+    HypervisorUnreachable,
+    InvalidInput,
+    NotFound,
+    Unsupported,
+)
+
+__all__ = ["DEFAULT_URI", "LibvirtDriver"]
+
+DEFAULT_URI = "qemu:///system"
+# Host ports for Docker forwards are taken from this range (override: DOCKVISOR_PORT_RANGE).
+PORT_RANGE = (42000, 42999)
+
+_STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.UNKNOWN,
+}
+
+# Silence libvirt's default handler, which prints every error to stderr; errors reach
+# us as exceptions and are reported once, translated.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def _port_range() -> tuple[int, int]:
+    text = os.environ.get("DOCKVISOR_PORT_RANGE", "")
+    if match := re.fullmatch(r"(\d+)-(\d+)", text.strip()):
+        low, high = int(match[1]), int(match[2])
+        if 1024 <= low <= high <= 65535:
+            return low, high
+    return PORT_RANGE
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class LibvirtDriver:
+    """A HypervisorDriver for one libvirt connection."""
+
+    def __init__(self, uri: str = DEFAULT_URI, *, pool: str = "dockvisor") -> None:
+        self.uri = uri
+        try:
+            self._conn = libvirt.open(uri)
+        except libvirt.libvirtError as exc:
+            reason = (exc.get_error_message() or str(exc)).strip()
+            hint = ""
+            if "libvirt-sock" in reason or "virtqemud" in reason:
+                hint = " (is libvirtd running? start it with: libvirtd -d)"
+            raise HypervisorUnreachable(f"cannot connect to {uri}: {reason}{hint}") from exc
+        with libvirt_errors(f"querying {uri}"):
+            self._type_name = str(self._conn.getType())  # "QEMU", "Xen", "TEST"...
+            self._type = self._type_name.upper()
+        parsed = urlparse(uri)
+        self._local = not parsed.hostname or parsed.hostname in ("localhost", "127.0.0.1")
+        self._storage = StoragePool(self._conn, uri, pool)
+        self._virt_type = self._detect_virt_type()
+        self.capabilities = self._detect_capabilities()
+
+    # -- connection facts ------------------------------------------------------------
+
+    @property
+    def _is_qemu(self) -> bool:
+        return self._type == "QEMU"
+
+    def _detect_virt_type(self) -> str:
+        if self._type == "TEST":
+            return "test"
+        if self._type == "XEN":
+            return "xen"
+        if self._is_qemu:
+            if self._local:
+                return "kvm" if detect_acceleration() == "kvm" else "qemu"
+            with suppress(libvirt.libvirtError):
+                self._conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+                return "kvm"
+            return "qemu"
+        raise Unsupported(f"{self.uri}: libvirt driver {self._type_name} is not supported")
+
+    def _detect_capabilities(self) -> Capability:
+        c = Capability
+        if self._type == "TEST":
+            return (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
+                    | c.LINKED_CLONES | c.CLONE_RUNNING)  # fmt: skip
+        if self._type == "XEN":  # libxl: no snapshots, no block copy, no agent
+            return c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES
+        caps = (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
+                | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT)  # fmt: skip
+        return caps | c.LOOPBACK_FORWARD if self._local else caps
+
+    def _require(self, capability: Capability, what: str) -> None:
+        if capability not in self.capabilities:
+            raise Unsupported(f"{what} is not supported by {self.uri} ({self._type})")
+
+    def host_info(self) -> HostInfo:
+        with libvirt_errors(f"querying {self.uri}"):
+            info = self._conn.getInfo()
+            try:
+                hv_max = int(self._conn.getMaxVcpus(None))
+            except libvirt.libvirtError:
+                hv_max = 255
+            version = self._conn.getVersion()
+            hostname = self._conn.getHostname()
+            memory = int(info[1]) * MiB
+            with suppress(libvirt.libvirtError):  # NUMA node sizes can undercount the host
+                stats = self._conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
+                memory = max(memory, int(stats.get("total", 0)) * KiB)
+        return HostInfo(
+            uri=self.uri,
+            hypervisor=self._type_name,
+            version=f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
+            hostname=hostname,
+            cpus=int(info[2]),
+            memory=memory,
+            max_vcpus_per_vm=vcpu_ceiling(int(info[2]), hv_max),
+            acceleration={"kvm": "kvm", "qemu": "tcg"}.get(self._virt_type),
+            capabilities=self.capabilities,
+        )
+
+    def close(self) -> None:
+        with suppress(libvirt.libvirtError):
+            self._conn.close()
+
+    # -- reading domains -------------------------------------------------------------
+
+    def _domains(self) -> list[libvirt.virDomain]:
+        with libvirt_errors(f"listing domains on {self.uri}"):
+            return list(self._conn.listAllDomains(0))
+
+    def _lookup(self, name: str, kind: str = "VM") -> libvirt.virDomain:
+        try:
+            return self._conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFound(f"no {kind} named {name!r} on {self.uri}") from exc
+            raise HypervisorError(f"looking up {name}: {exc.get_error_message()}") from exc
+
+    @staticmethod
+    def _state(dom: libvirt.virDomain, *, inactive: bool = False) -> DomainState:
+        flags = libvirt.VIR_DOMAIN_XML_INACTIVE if inactive else 0
+        with libvirt_errors(f"reading domain {dom.name()}"):
+            return parse_domain_xml(dom.XMLDesc(flags))
+
+    def _vm_domain(self, name: str) -> tuple[libvirt.virDomain, DomainState]:
+        dom = self._lookup(name)
+        state = self._state(dom)
+        if state.config.kind == "template":
+            raise NotFound(f"{name!r} is a template, not a VM (make a VM from it: vm create)")
+        return dom, state
+
+    def _power(self, dom: libvirt.virDomain) -> PowerState:
+        with libvirt_errors(f"reading state of {dom.name()}"):
+            return _STATES.get(dom.state(0)[0], PowerState.UNKNOWN)
+
+    def _balloon(self, dom: libvirt.virDomain) -> int | None:
+        """The memory a running QEMU guest has now (the balloon's actual size).
+
+        libvirt's own record lags behind after a revert: it learns the balloon size from
+        QEMU events, and loading a snapshot into a paused QEMU changes it without one.
+        """
+        if not self._is_qemu or not dom.isActive():
+            return None
+        try:
+            actual = dom.memoryStats().get("actual")
+        except libvirt.libvirtError:
+            return None
+        return int(actual) * KiB if actual else None
+
+    def _to_vm(self, dom: libvirt.virDomain, state: DomainState) -> VM:
+        power = self._power(dom)
+        live = state.config
+        if (actual := self._balloon(dom)) is not None:
+            live = replace(live, memory=actual)
+        pending: dict[str, int | None] = {}
+        if dom.isActive() and dom.isPersistent():
+            nxt = self._state(dom, inactive=True).config
+            for key, now, later in (
+                ("pending_vcpus", live.vcpus, nxt.vcpus),
+                ("pending_max_vcpus", live.max_vcpus, nxt.max_vcpus),
+                ("pending_memory", live.memory, nxt.memory),
+                ("pending_max_memory", live.max_memory, nxt.max_memory),
+            ):
+                pending[key] = later if later != now else None
+        with libvirt_errors(f"counting snapshots of {dom.name()}"):
+            try:
+                snapshots = dom.snapshotNum(0)
+            except libvirt.libvirtError:
+                snapshots = 0
+        return VM(
+            name=live.name,
+            uuid=state.uuid,
+            power_state=power,
+            vcpus=live.vcpus,
+            max_vcpus=live.max_vcpus,
+            memory=live.memory,
+            max_memory=live.max_memory,
+            template=live.template,
+            disk_mode=live.disk_mode,
+            disk_size=live.disk_size,
+            docker_ready=live.docker_guest_port is not None,
+            snapshot_count=snapshots,
+            created=live.created,
+            managed=live.managed,
+            **pending,
+        )
+
+    def list_vms(self) -> list[VM]:
+        vms = []
+        for dom in self._domains():
+            with suppress(NotFound):  # it vanished while we looked
+                state = self._state(dom)
+                if state.config.kind != "template":
+                    vms.append(self._to_vm(dom, state))
+        return sorted(vms, key=lambda vm: vm.name)
+
+    def get_vm(self, name: str) -> VM:
+        dom, state = self._vm_domain(name)
+        return self._to_vm(dom, state)
+
+    # -- templates -------------------------------------------------------------------
+
+    @staticmethod
+    def _to_template(state: DomainState) -> Template:
+        c = state.config
+        return Template(
+            name=c.name,
+            description=c.description,
+            disk_size=c.disk_size,
+            docker_ready=c.docker_guest_port is not None,
+            builtin=c.builtin_key is not None,
+            boots_kernel=c.kernel is not None,
+            created=c.created,
+            image_key=c.builtin_key,
+        )
+
+    def _template_state(self, name: str) -> DomainState:
+        try:
+            dom = self._lookup(name, "template")
+        except NotFound:
+            raise NotFound(f"no template named {name!r} on {self.uri}") from None
+        state = self._state(dom)
+        if state.config.kind != "template":
+            raise NotFound(f"{name!r} is a VM, not a template")
+        return state
+
+    def list_templates(self) -> list[Template]:
+        templates = []
+        for dom in self._domains():
+            with suppress(NotFound):
+                state = self._state(dom)
+                if state.config.kind == "template":
+                    templates.append(self._to_template(state))
+        return sorted(templates, key=lambda t: t.name)
+
+    def get_template(self, name: str) -> Template:
+        return self._to_template(self._template_state(name))
+
+    def register_template(self, spec: TemplateSpec, progress: Progress = no_progress) -> Template:
+        existing = self._existing(spec.name)
+        if existing is not None and not (spec.builtin and existing.config.builtin_key):
+            kind = "template" if existing.config.kind == "template" else "VM"
+            raise AlreadyExists(f"a {kind} named {spec.name!r} already exists on {self.uri}")
+        for path in (spec.disk, spec.kernel, spec.initrd):
+            if path and not Path(path).is_file():
+                raise InvalidInput(f"no such file: {path}")
+        if spec.initrd and not spec.kernel:
+            raise InvalidInput("--initrd needs --kernel")
+        send = self._type != "TEST"  # the test driver keeps no file content
+        created: list[str] = []
+        try:
+            volumes = {}
+            for role, path in (("disk", spec.disk), ("kernel", spec.kernel),
+                               ("initrd", spec.initrd)):  # fmt: skip
+                if path:
+                    vol = unique_volume_name(f"template-{spec.name}", role)
+                    self._storage.upload(vol, path, progress=progress, send_content=send)
+                    created.append(vol)
+                    volumes[role] = vol
+            disk_vol = volumes["disk"]
+            disk_format = self._storage.format_of(disk_vol) if send else _local_format(spec.disk)
+            config = DomainConfig(
+                name=spec.name,
+                kind="template",
+                vcpus=1,
+                max_vcpus=1,
+                memory=128 * MiB,
+                max_memory=128 * MiB,
+                disk_path=self._storage.path_of(disk_vol),
+                disk_format=disk_format,
+                disk_size=self._storage.capacity(disk_vol) if send else _local_size(spec.disk),
+                disk_readonly=True,
+                kernel=self._storage.path_of(volumes["kernel"]) if "kernel" in volumes else None,
+                initrd=self._storage.path_of(volumes["initrd"]) if "initrd" in volumes else None,
+                cmdline=spec.cmdline if spec.kernel else None,
+                docker_guest_port=spec.docker_port,
+                volumes=tuple(created),
+                description=spec.description,
+                builtin_key=spec.image_key if spec.builtin else None,
+            )
+            if existing is not None:  # a new build of the built-in template
+                config = replace(config, uuid=existing.uuid)
+            with libvirt_errors(f"defining template {spec.name}"):
+                self._conn.defineXML(build_domain_xml(config, virt_type=self._virt_type))
+        except BaseException:
+            for vol in created:
+                with suppress(Exception):
+                    self._storage.delete(vol)
+            raise
+        if existing is not None:
+            self._delete_unused_volumes(existing.config.volumes)
+        return self.get_template(spec.name)
+
+    def _existing(self, name: str) -> DomainState | None:
+        try:
+            return self._state(self._lookup(name))
+        except NotFound:
+            return None
+
+    def _users_of(self, paths: set[str]) -> list[str]:
+        users = []
+        for dom in self._domains():
+            with suppress(NotFound):
+                c = self._state(dom, inactive=True).config
+                if c.kind == "vm" and (c.base_path in paths):
+                    users.append(c.name)
+        return sorted(users)
+
+    def _delete_unused_volumes(self, volumes: tuple[str, ...]) -> None:
+        paths = {}
+        for vol in volumes:
+            with suppress(NotFound):
+                paths[self._storage.path_of(vol)] = vol
+        if not self._users_of(set(paths)):
+            for vol in paths.values():
+                self._storage.delete(vol)
+
+    def remove_template(self, name: str) -> None:
+        state = self._template_state(name)
+        users = self._users_of({state.config.disk_path})
+        if users:
+            raise BadPowerState(
+                f"template {name!r} is the base of VMs {', '.join(users)}; delete them first"
+            )
+        with libvirt_errors(f"removing template {name}"):
+            self._lookup(name).undefine()
+        for vol in state.config.volumes:
+            self._storage.delete(vol)
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _allocate_port(self, *, exclude: set[int] | None = None) -> int | None:
+        if Capability.LOOPBACK_FORWARD not in self.capabilities:
+            return None
+        used = set(exclude or ())
+        for dom in self._domains():
+            with suppress(NotFound):
+                for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
+                    with libvirt_errors("reading domains"):
+                        port = parse_domain_xml(dom.XMLDesc(flags)).config.docker_host_port
+                    if port:
+                        used.add(port)
+        low, high = _port_range()
+        for port in range(low, high + 1):
+            if port not in used and _port_is_free(port):
+                return port
+        raise HypervisorError(f"no free port on 127.0.0.1 in {low}-{high} for a Docker forward")
+
+    def _console_log_path(self, name: str) -> str | None:
+        if self._is_qemu and self.uri.endswith("/system"):
+            return f"/var/log/libvirt/qemu/{name}-console.log"
+        return None
+
+    def _define(self, config: DomainConfig) -> libvirt.virDomain:
+        xml = build_domain_xml(
+            config, virt_type=self._virt_type, console_log=self._console_log_path(config.name)
+        )
+        with libvirt_errors(f"defining VM {config.name}"):
+            return self._conn.defineXML(xml)
+
+    def _check_new_name(self, name: str) -> None:
+        existing = self._existing(name)
+        if existing is not None:
+            kind = "template" if existing.config.kind == "template" else "VM"
+            raise AlreadyExists(f"a {kind} named {name!r} already exists on {self.uri}")
+
+    def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
+        self._check_new_name(spec.name)
+        template = self._template_state(spec.template).config
+        volume = unique_volume_name(spec.name, "qcow2")
+        progress("creating disk", 0.1)
+        try:
+            if spec.disk_mode is DiskMode.LINKED:
+                disk = self._storage.create_overlay(
+                    volume, template.disk_path, template.disk_format, template.disk_size
+                )
+            else:
+                disk = self._storage.create_copy(volume, template.disk_path, template.disk_size)
+            progress("defining VM", 0.8)
+            config = DomainConfig(
+                name=spec.name,
+                kind="vm",
+                vcpus=spec.vcpus,
+                max_vcpus=spec.max_vcpus,
+                memory=spec.memory,
+                max_memory=spec.max_memory,
+                disk_path=disk,
+                disk_size=template.disk_size,
+                disk_mode=spec.disk_mode,
+                base_path=template.disk_path if spec.disk_mode is DiskMode.LINKED else None,
+                kernel=template.kernel,
+                initrd=template.initrd,
+                cmdline=template.cmdline,
+                template=spec.template,
+                docker_guest_port=template.docker_guest_port,
+                docker_host_port=self._allocate_port() if template.docker_guest_port else None,
+                volumes=(volume,),
+                created=datetime.now(UTC),
+            )
+            dom = self._define(config)
+        except BaseException:
+            with suppress(Exception):
+                self._storage.delete(volume)
+            raise
+        progress("defined", 1.0)
+        return self._to_vm(dom, self._state(dom))
+
+    def _ensure_forward_port(self, dom: libvirt.virDomain) -> None:
+        """Before a start: if another program took the VM's Docker port, move the VM."""
+        config = self._state(dom, inactive=True).config
+        port = config.docker_host_port
+        if not port or Capability.LOOPBACK_FORWARD not in self.capabilities or _port_is_free(port):
+            return
+        new_port = self._allocate_port(exclude={port})
+        assert new_port is not None
+        with libvirt_errors(f"moving the Docker forward of {config.name}"):
+            self._conn.defineXML(with_host_port(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
+                                                new_port))  # fmt: skip
+
+    def start_vm(self, name: str) -> VM:
+        dom, _ = self._vm_domain(name)
+        if dom.isActive():
+            raise BadPowerState(f"VM {name!r} is already {self._power(dom)}")
+        self._ensure_forward_port(dom)
+        with libvirt_errors(f"starting VM {name}"):
+            dom.create()
+        return self.get_vm(name)
+
+    def _require_running(self, dom: libvirt.virDomain, doing: str) -> None:
+        if not dom.isActive():
+            raise BadPowerState(f"cannot {doing} VM {dom.name()!r}: it is stopped")
+
+    def _wait_stopped(self, dom: libvirt.virDomain, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not dom.isActive():
+                return True
+            time.sleep(0.2)
+        return not dom.isActive()
+
+    def shutdown_vm(self, name: str, *, timeout: float = 60.0) -> VM:
+        dom, _ = self._vm_domain(name)
+        self._require_running(dom, "shut down")
+        with libvirt_errors(f"shutting down VM {name}"):
+            if self._is_qemu:
+                dom.shutdownFlags(
+                    libvirt.VIR_DOMAIN_SHUTDOWN_GUEST_AGENT
+                    | libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN
+                )
+            else:
+                dom.shutdown()
+        if not self._wait_stopped(dom, timeout):
+            raise GuestTimeout(
+                f"VM {name!r} did not shut down within {timeout:.0f} s; "
+                f"power it off with: dockvisor vm kill {name}"
+            )
+        return self.get_vm(name)
+
+    def force_off(self, name: str) -> VM:
+        dom, _ = self._vm_domain(name)
+        self._require_running(dom, "power off")
+        with libvirt_errors(f"powering off VM {name}"):
+            dom.destroy()
+        return self.get_vm(name)
+
+    def reboot_vm(self, name: str) -> VM:
+        dom, _ = self._vm_domain(name)
+        self._require_running(dom, "reboot")
+        with libvirt_errors(f"rebooting VM {name}"):
+            if self._is_qemu:
+                dom.reboot(
+                    libvirt.VIR_DOMAIN_REBOOT_GUEST_AGENT | libvirt.VIR_DOMAIN_REBOOT_ACPI_POWER_BTN
+                )
+            else:
+                dom.reboot(0)
+        return self.get_vm(name)
+
+    def delete_vm(self, name: str) -> None:
+        dom, state = self._vm_domain(name)
+        if dom.isActive():
+            raise BadPowerState(f"VM {name!r} is running; stop it before deleting it")
+        config = self._state(dom, inactive=True).config
+        # Ours: the volumes its metadata lists. Not ours: its writable disk, if that is a
+        # volume of a libvirt pool (never a path libvirt does not manage).
+        own: list[libvirt.virStorageVol] = []
+        if config.managed:
+            for vol_name in config.volumes:
+                with suppress(NotFound):
+                    own.append(self._storage.volume(vol_name))
+        elif config.disk_path and not config.disk_readonly:
+            vol = self._storage.volume_by_path(config.disk_path)
+            if vol is not None:
+                own.append(vol)
+        with libvirt_errors(f"deleting VM {name}"):
+            flags = libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            if self._is_qemu:
+                flags |= (
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                )
+            try:
+                dom.undefineFlags(flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in (libvirt.VIR_ERR_NO_SUPPORT,
+                                                libvirt.VIR_ERR_INVALID_ARG):  # fmt: skip
+                    raise
+                for snap in dom.listAllSnapshots(0):
+                    snap.delete(libvirt.VIR_DOMAIN_SNAPSHOT_DELETE_METADATA_ONLY)
+                dom.undefine()
+        for vol in own:
+            with libvirt_errors(f"deleting the disk of {name}"):
+                vol.delete(0)
+
+    def set_resources(
+        self, name: str, *, vcpus: int | None = None, memory: int | None = None
+    ) -> ResizeResult:
+        dom, state = self._vm_domain(name)
+        running = bool(dom.isActive())
+        live = state.config
+        applied: dict[str, int] = {}
+        pending: dict[str, int] = {}
+        reasons: list[str] = []
+        cfg = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        with libvirt_errors(f"resizing VM {name}"):
+            if vcpus is not None:
+                nxt = self._state(dom, inactive=True).config
+                if vcpus > nxt.max_vcpus:
+                    dom.setVcpusFlags(vcpus, cfg | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+                dom.setVcpusFlags(vcpus, cfg)
+                if not running or vcpus == live.vcpus:
+                    applied["vcpus"] = vcpus
+                elif vcpus > live.max_vcpus:
+                    pending.update(vcpus=vcpus, max_vcpus=vcpus)
+                    reasons.append(
+                        f"{vcpus} vCPUs is above the {live.max_vcpus} this VM was booted with "
+                        "room for: applies at the next boot"
+                    )
+                else:
+                    try:
+                        dom.setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                        applied["vcpus"] = vcpus
+                    except libvirt.libvirtError as exc:
+                        pending["vcpus"] = vcpus
+                        reasons.append(
+                            f"the running VM did not take {vcpus} vCPUs "
+                            f"({exc.get_error_message()}): applies at the next boot"
+                        )
+            if memory is not None:
+                kib = memory // KiB
+                nxt = self._state(dom, inactive=True).config
+                if memory > nxt.max_memory:
+                    dom.setMemoryFlags(kib, cfg | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+                dom.setMemoryFlags(kib, cfg)
+                if not running:
+                    applied["memory"] = memory
+                elif memory > live.max_memory:
+                    pending.update(memory=memory, max_memory=memory)
+                    reasons.append(
+                        f"memory {memory // MiB}MiB is above the {live.max_memory // MiB}MiB "
+                        "this VM was booted with room for: applies at the next boot"
+                    )
+                else:
+                    dom.setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                    applied["memory"] = memory
+                    if not self._wait_balloon(dom, memory):
+                        reasons.append(
+                            "the guest has not yet adjusted its memory (its balloon driver is "
+                            "slow or missing); it will as it can"
+                        )
+        return ResizeResult(vm=self.get_vm(name), applied=applied, pending=pending,
+                            reasons=reasons)  # fmt: skip
+
+    def _wait_balloon(self, dom: libvirt.virDomain, target: int, timeout: float = 15.0) -> bool:
+        """Wait for a running guest to reach `target` bytes of memory; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            actual = self._balloon(dom)
+            if actual is None or abs(actual - target) < MiB:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+
+    # -- snapshots -------------------------------------------------------------------
+
+    def _snapshot(self, dom: libvirt.virDomain, snapshot: str) -> libvirt.virDomainSnapshot:
+        try:
+            return dom.snapshotLookupByName(snapshot, 0)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
+                raise HypervisorError(f"looking up snapshot {snapshot}: {exc}") from exc
+            owners = [d.name() for d in self._domains() if d.name() != dom.name()
+                      and snapshot in _snapshot_names(d)]  # fmt: skip
+            where = f" (VM {owners[0]!r} has one of that name)" if owners else ""
+            raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot!r}{where}") from exc
+
+    @staticmethod
+    def _to_snapshot(vm: str, snap: libvirt.virDomainSnapshot) -> Snapshot:
+        import xml.etree.ElementTree as ET
+
+        root = ET.fromstring(snap.getXMLDesc(0))
+        state = root.findtext("state", "shutoff")
+        memory = root.find("memory")
+        with_memory = (
+            memory.get("snapshot") in ("internal", "external")
+            if memory is not None
+            else state in ("running", "paused")
+        )
+        created = int(root.findtext("creationTime", "0"))
+        try:
+            current = bool(snap.isCurrent(0))
+        except libvirt.libvirtError:
+            current = False
+        return Snapshot(
+            name=root.findtext("name", ""),
+            vm=vm,
+            created=datetime.fromtimestamp(created, UTC),
+            power_state={"running": PowerState.RUNNING, "paused": PowerState.PAUSED}.get(
+                state, PowerState.STOPPED
+            ),
+            with_memory=with_memory,
+            description=root.findtext("description", ""),
+            parent=root.findtext("parent/name"),
+            current=current,
+        )
+
+    def create_snapshot(self, name: str, snapshot: str, description: str = "") -> Snapshot:
+        self._require(Capability.SNAPSHOTS, "snapshots")
+        dom, _ = self._vm_domain(name)
+        if snapshot in _snapshot_names(dom):
+            raise AlreadyExists(f"VM {name!r} already has a snapshot {snapshot!r}")
+        from xml.sax.saxutils import escape
+
+        xml = (
+            f"<domainsnapshot><name>{escape(snapshot)}</name>"
+            f"<description>{escape(description)}</description></domainsnapshot>"
+        )
+        with libvirt_errors(f"snapshotting VM {name}"):
+            snap = dom.snapshotCreateXML(xml, 0)
+        return self._to_snapshot(name, snap)
+
+    def list_snapshots(self, name: str) -> list[Snapshot]:
+        dom, _ = self._vm_domain(name)
+        with libvirt_errors(f"listing snapshots of {name}"):
+            snaps = [self._to_snapshot(name, s) for s in dom.listAllSnapshots(0)]
+        return sorted(snaps, key=lambda s: (s.created, s.name))
+
+    def revert_to_snapshot(self, name: str, snapshot: str) -> VM:
+        self._require(Capability.SNAPSHOTS, "snapshots")
+        dom, _ = self._vm_domain(name)
+        snap = self._snapshot(dom, snapshot)
+        info = self._to_snapshot(name, snap)
+        if self._is_qemu and info.with_memory:
+            self._revert_with_memory(dom, snap, info)
+        else:
+            with libvirt_errors(f"reverting VM {name} to {snapshot}"):
+                dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
+        return self.get_vm(name)
+
+    def _revert_with_memory(
+        self, dom: libvirt.virDomain, snap: libvirt.virDomainSnapshot, info: Snapshot
+    ) -> None:
+        import libvirt_qemu
+
+        name = dom.name()
+        snap_xml = snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
+        match = re.search(r"<domain[ >].*</domain>", snap_xml, re.S)
+        if match is None:
+            raise HypervisorError(f"snapshot {info.name} of {name} records no configuration")
+        with libvirt_errors(f"reverting VM {name} to {info.name}"):
+            if dom.isActive():
+                dom.destroy()
+            dom = self._conn.defineXML(match.group(0))
+            self._ensure_forward_port(dom)
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            try:
+                reply = libvirt_qemu.qemuMonitorCommand(
+                    dom,
+                    f'loadvm "{info.name}"',
+                    libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+                )
+            except libvirt.libvirtError:
+                dom.destroy()
+                raise
+            if reply.strip():
+                dom.destroy()
+                raise HypervisorError(
+                    f"reverting VM {name} to {info.name}: QEMU said: {reply.strip()[:300]}"
+                )
+            dom.snapshotCreateXML(
+                snap_xml,
+                libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
+                | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT,
+            )
+            if info.power_state is PowerState.RUNNING:
+                dom.resume()
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        self._require(Capability.SNAPSHOTS, "snapshots")
+        dom, _ = self._vm_domain(name)
+        snap = self._snapshot(dom, snapshot)
+        with libvirt_errors(f"deleting snapshot {snapshot} of {name}"):
+            snap.delete(0)
+
+    # -- clones ----------------------------------------------------------------------
+
+    def clone_vm(
+        self, name: str, new_name: str, *, linked: bool = True, progress: Progress = no_progress
+    ) -> VM:
+        dom, state = self._vm_domain(name)
+        self._check_new_name(new_name)
+        source = self._state(dom, inactive=True).config
+        if not source.managed:
+            raise Unsupported(f"VM {name!r} was not created by dockvisor; it cannot be cloned")
+        mode = DiskMode.LINKED if linked and source.disk_mode is DiskMode.LINKED else DiskMode.FULL
+        if mode is DiskMode.LINKED:
+            self._require(Capability.LINKED_CLONES, "linked clones")
+        volume = unique_volume_name(new_name, "qcow2")
+        new_dom = None
+        try:
+            if mode is DiskMode.LINKED:
+                assert source.base_path is not None
+                base_format = self._base_format(source.base_path)
+                disk = self._storage.create_overlay(
+                    volume, source.base_path, base_format, source.disk_size
+                )
+            else:
+                disk = self._storage.create_empty(volume, source.disk_size)
+            if self._is_qemu:
+                self._copy_disk(dom, state.config.disk_path, disk, shallow=mode is DiskMode.LINKED,
+                                progress=progress)  # fmt: skip
+            elif self._type != "TEST":
+                self._require(Capability.CLONE_RUNNING, "cloning")
+            config = replace(
+                source,
+                name=new_name,
+                uuid=None,
+                mac=random_mac(),
+                disk_path=disk,
+                disk_mode=mode,
+                base_path=source.base_path if mode is DiskMode.LINKED else None,
+                docker_host_port=self._allocate_port() if source.docker_guest_port else None,
+                volumes=(volume,),
+                created=datetime.now(UTC),
+            )
+            progress("defining the clone", 0.95)
+            new_dom = self._define(config)
+        except BaseException:
+            if new_dom is not None:
+                with suppress(Exception):
+                    new_dom.undefine()
+            with suppress(Exception):
+                self._storage.delete(volume)
+            raise
+        progress("cloned", 1.0)
+        return self._to_vm(new_dom, self._state(new_dom))
+
+    def _base_format(self, path: str) -> str:
+        vol = self._storage.volume_by_path(path)
+        if vol is None:
+            return "qcow2"
+        import xml.etree.ElementTree as ET
+
+        fmt = ET.fromstring(vol.XMLDesc(0)).find("target/format")
+        return fmt.get("type", "qcow2") if fmt is not None else "qcow2"
+
+    def _copy_disk(self, dom: libvirt.virDomain, source: str, dest: str, *, shallow: bool,
+                   progress: Progress) -> None:  # fmt: skip
+        """Copy the VM's disk into `dest` (pre-created) through a block-copy job."""
+        started_here = False
+        name = dom.name()
+        with libvirt_errors(f"copying the disk of {name}"):
+            if not dom.isActive():
+                progress("starting the stopped VM paused to read its disk", 0.1)
+                self._ensure_forward_port(dom)
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                started_here = True
+            try:
+                self._mirror_and_cut(dom, dest, shallow=shallow, progress=progress,
+                                     freeze=not started_here)  # fmt: skip
+            finally:
+                if started_here:
+                    with suppress(libvirt.libvirtError):
+                        dom.destroy()
+
+    def _mirror_and_cut(self, dom: libvirt.virDomain, dest: str, *, shallow: bool,
+                        progress: Progress, freeze: bool) -> None:  # fmt: skip
+        target = f"<disk type='file'><source file='{dest}'/><driver type='qcow2'/></disk>"
+        flags = (
+            libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
+        )
+        if shallow:
+            flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
+        dom.blockCopy("vda", target, None, flags)
+        try:
+            deadline = time.monotonic() + 3600
+            while "ready='yes'" not in dom.XMLDesc(0):
+                info = dom.blockJobInfo("vda", 0)
+                if not info:
+                    raise HypervisorError(f"the disk copy of {dom.name()} stopped unexpectedly")
+                if info.get("end"):
+                    progress("copying disk", 0.1 + 0.8 * info["cur"] / info["end"])
+                if time.monotonic() > deadline:
+                    raise GuestTimeout(f"the disk copy of {dom.name()} did not finish in an hour")
+                time.sleep(0.1)
+            frozen = False
+            if freeze:
+                with suppress(libvirt.libvirtError):
+                    dom.fsFreeze(None, 0)
+                    frozen = True
+            try:
+                dom.blockJobAbort("vda", 0)  # the copy now holds the disk as of this instant
+            finally:
+                if frozen:
+                    with suppress(libvirt.libvirtError):
+                        dom.fsThaw(None, 0)
+        except BaseException:
+            with suppress(libvirt.libvirtError):
+                dom.blockJobAbort("vda", 0)
+            raise
+
+    # -- guest access ----------------------------------------------------------------
+
+    def guest_addresses(self, name: str) -> list[str]:
+        dom, _ = self._vm_domain(name)
+        self._require_running(dom, "query the guest of")
+        if self._type == "TEST":
+            source = libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE
+        else:
+            self._require(Capability.GUEST_AGENT, "the guest agent")
+            source = libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT
+        with libvirt_errors(f"asking the guest agent of {name}"):
+            ifaces = dom.interfaceAddresses(source, 0)
+        addresses = []
+        for iface, data in sorted(ifaces.items()):
+            for addr in data.get("addrs") or []:
+                ip = addr.get("addr", "")
+                if iface != "lo" and ip and not ip.startswith(("127.", "::1", "fe80:")):
+                    addresses.append(ip)
+        return addresses
+
+    def docker_endpoint(self, name: str) -> DockerEndpoint:
+        dom, state = self._vm_domain(name)
+        config = state.config
+        if config.docker_guest_port is None:
+            raise Unsupported(
+                f"VM {name!r} has no Docker engine (its template is not Docker-ready)"
+            )
+        self._require_running(dom, "reach the Docker engine of")
+        if config.docker_host_port and Capability.LOOPBACK_FORWARD in self.capabilities:
+            return DockerEndpoint("127.0.0.1", config.docker_host_port)
+        addresses = self.guest_addresses(name)
+        if not addresses:
+            raise GuestTimeout(f"the guest agent of {name!r} reports no IP address yet")
+        return DockerEndpoint(addresses[0], config.docker_guest_port)
+
+    def console_log(self, name: str, lines: int = 20) -> str:
+        dom, state = self._vm_domain(name)
+        path = state.console_log
+        if not path or not self._local:
+            return ""
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # -- for tests and benchmarks ----------------------------------------------------
+
+    @contextmanager
+    def raw_connection(self) -> Iterator[libvirt.virConnect]:
+        """The underlying libvirt connection (benchmarks compare against raw calls)."""
+        yield self._conn
+
+    def volume_names(self) -> list[str]:
+        return self._storage.names()
+
+
+def _snapshot_names(dom: libvirt.virDomain) -> list[str]:
+    try:
+        return list(dom.snapshotListNames(0))
+    except libvirt.libvirtError:
+        return []
+
+
+def _local_format(path: str) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def _local_size(path: str) -> int:
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if head[:4] == b"QFI\xfb":
+        return int.from_bytes(head[24:32], "big")
+    return os.path.getsize(path)

@@ -1,0 +1,80 @@
+"""Every error dockvisor reports, as one tree.
+
+    DockvisorError                  anything dockvisor refuses or fails to do
+    ├── InvalidInput                a value that cannot be used: a size, a name, a count
+    ├── NotFound                    no such VM, template or snapshot
+    ├── AlreadyExists               the name is taken
+    ├── BadPowerState               the VM is running and must be off, or the reverse
+    ├── Unsupported                 this hypervisor or template cannot do that
+    ├── OutOfCapacity               more vCPUs or memory than the host or the VM allows
+    ├── HypervisorUnreachable       the hypervisor URI cannot be connected to
+    ├── HypervisorError             the hypervisor failed an operation for another reason
+    ├── GuestTimeout                the guest did not reach a state in time
+    └── ImageBuildError             the Docker-ready guest image could not be built
+
+Adapters wrap their backend's exceptions (libvirtError, XAPI Failure) into these at
+their boundary; nothing above the adapters sees a backend exception. Each class has a
+stable `code` that the CLI prints and the API will return.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AlreadyExists",
+    "BadPowerState",
+    "DockvisorError",
+    "GuestTimeout",
+    "HypervisorError",
+    "HypervisorUnreachable",
+    "ImageBuildError",
+    "InvalidInput",
+    "NotFound",
+    "OutOfCapacity",
+    "Unsupported",
+]
+
+
+class DockvisorError(Exception):
+    """Base of every error dockvisor reports; the message is one line for a human."""
+
+    code = "error"
+
+
+class InvalidInput(DockvisorError):
+    code = "invalid-input"
+
+
+class NotFound(DockvisorError):
+    code = "not-found"
+
+
+class AlreadyExists(DockvisorError):
+    code = "already-exists"
+
+
+class BadPowerState(DockvisorError):
+    code = "bad-power-state"
+
+
+class Unsupported(DockvisorError):
+    code = "unsupported"
+
+
+class OutOfCapacity(DockvisorError):
+    code = "out-of-capacity"
+
+
+class HypervisorUnreachable(DockvisorError):
+    code = "hypervisor-unreachable"
+
+
+class HypervisorError(DockvisorError):
+    code = "hypervisor-error"
+
+
+class GuestTimeout(DockvisorError):
+    code = "guest-timeout"
+
+
+class ImageBuildError(DockvisorError):
+    code = "image-build-failed"

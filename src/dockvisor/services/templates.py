@@ -1,0 +1,103 @@
+"""The template use cases: the built-in Docker-ready template and templates from an
+admin's own disk images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dockvisor.domain.model import Template, TemplateSpec
+from dockvisor.domain.naming import validate_template_name
+from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
+from dockvisor.errors import InvalidInput, NotFound
+from dockvisor.guest.image import GuestImage, build_image
+
+__all__ = [
+    "BUILTIN_TEMPLATE",
+    "add_template",
+    "build_builtin_template",
+    "list_templates",
+    "remove_template",
+]
+
+BUILTIN_TEMPLATE = "docker-ready"
+
+
+def list_templates(driver: HypervisorDriver) -> list[Template]:
+    return driver.list_templates()
+
+
+def build_builtin_template(
+    driver: HypervisorDriver, *, force: bool = False, progress: Progress = no_progress
+) -> tuple[GuestImage, Template]:
+    """Build the Docker-ready guest image (unless the cache has it) and make sure the
+    hypervisor's `docker-ready` template holds that build."""
+    image = build_image(
+        force=force, progress=lambda step, f: progress(f"image: {step}", 0.85 * f)
+    )
+    try:
+        current = driver.get_template(BUILTIN_TEMPLATE)
+        if current.image_key == image.key and not force:
+            progress("template up to date", 1.0)
+            return image, current
+    except NotFound:
+        pass
+    spec = TemplateSpec(
+        name=BUILTIN_TEMPLATE,
+        disk=str(image.disk),
+        kernel=str(image.kernel),
+        initrd=str(image.initrd),
+        cmdline=image.cmdline,
+        description=f"Docker {_docker_version(image)} on Debian's cloud kernel {image.kernel_version}",
+        docker_port=image.docker_port,
+        builtin=True,
+        image_key=image.key,
+    )
+    template = driver.register_template(
+        spec, progress=lambda step, f: progress(f"template: {step}", 0.85 + 0.15 * f)
+    )
+    return image, template
+
+
+def _docker_version(image: GuestImage) -> str:
+    for package in image.packages:
+        if package.startswith("docker.io="):
+            return package.split("=", 1)[1].split("+", 1)[0]
+    return "engine"
+
+
+def add_template(
+    driver: HypervisorDriver,
+    *,
+    name: str,
+    disk: str,
+    kernel: str | None = None,
+    initrd: str | None = None,
+    cmdline: str | None = None,
+    docker_port: int | None = 2375,
+    description: str = "",
+    progress: Progress = no_progress,
+) -> Template:
+    """Register a template from a disk image on this machine (qcow2 or raw), booted by its
+    own bootloader or by the given kernel and initrd."""
+    validate_template_name(name)
+    for label, path in (("disk", disk), ("kernel", kernel), ("initrd", initrd)):
+        if path is not None and not Path(path).is_file():
+            raise InvalidInput(f"{label} {path!r} is not a file")
+    if initrd and not kernel:
+        raise InvalidInput("an initrd needs a kernel: give --kernel too")
+    if docker_port is not None and not 1 <= docker_port <= 65535:
+        raise InvalidInput(f"Docker port {docker_port} is not a TCP port")
+    spec = TemplateSpec(
+        name=name,
+        disk=disk,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=cmdline or "console=ttyS0 root=/dev/vda1 rw",
+        description=description,
+        docker_port=docker_port,
+    )
+    return driver.register_template(spec, progress=progress)
+
+
+def remove_template(driver: HypervisorDriver, name: str) -> None:
+    driver.remove_template(name)

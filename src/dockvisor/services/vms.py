@@ -1,0 +1,239 @@
+"""The VM use cases: one function per thing a user does to a VM.
+
+This is the layer that checks input against the domain rules and then calls the
+hypervisor adapter (and, where a VM's Docker engine matters, waits for it). The control
+plane adds permissions, quotas, tasks and audit here, not in the shells.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+
+from dockvisor.domain.model import (
+    VM,
+    DiskMode,
+    DockerEndpoint,
+    PowerState,
+    ResizeResult,
+    Snapshot,
+    VMSpec,
+)
+from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
+from dockvisor.domain.sizing import check_resize, plan_size
+from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
+from dockvisor.engines.docker import DockerEngine
+from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout
+
+__all__ = [
+    "DOCKER_TIMEOUT",
+    "clone_vm",
+    "create_vm_from_template",
+    "delete_snapshot",
+    "delete_vm",
+    "docker_endpoint",
+    "kill_vm",
+    "list_snapshots",
+    "reboot_vm",
+    "resize_vm",
+    "revert_to_snapshot",
+    "snapshot_vm",
+    "start_vm",
+    "stop_vm",
+    "wait_for_docker",
+]
+
+# How long a boot may take to bring up the guest's Docker API (software emulation is slow).
+DOCKER_TIMEOUT = 150.0
+
+
+def _scaled(progress: Progress, low: float, high: float) -> Progress:
+    return lambda step, fraction: progress(step, low + (high - low) * fraction)
+
+
+def wait_for_docker(
+    driver: HypervisorDriver,
+    name: str,
+    *,
+    timeout: float = DOCKER_TIMEOUT,
+    progress: Progress = no_progress,
+) -> DockerEndpoint:
+    """Wait until the VM's Docker engine answers; its endpoint. GuestTimeout (with the
+    end of the guest's console) if it does not within `timeout` seconds."""
+    endpoint = driver.docker_endpoint(name)
+    with DockerEngine(endpoint) as engine:
+        try:
+            engine.wait_until_ready(
+                timeout,
+                on_wait=lambda waited: progress(
+                    f"waiting for Docker ({waited:.0f} s)", min(0.95, waited / 40)
+                ),
+            )
+        except GuestTimeout as exc:
+            console = driver.console_log(name, lines=5).strip()
+            tail = f"; guest console ends with: {' | '.join(console.splitlines())}" if console else ""
+            raise GuestTimeout(f"VM {name!r}: {exc}{tail}") from None
+    progress("Docker is up", 1.0)
+    return endpoint
+
+
+def create_vm_from_template(
+    driver: HypervisorDriver,
+    *,
+    name: str,
+    template: str,
+    vcpus: int,
+    memory: int,
+    max_vcpus: int | None = None,
+    max_memory: int | None = None,
+    full: bool = False,
+    start: bool = True,
+    wait: bool = True,
+    progress: Progress = no_progress,
+) -> VM:
+    """Create a VM of exactly `vcpus` and `memory` from `template`, start it, and wait for
+    its Docker engine. If any step fails, the VM and its disk are removed."""
+    validate_vm_name(name)
+    size = plan_size(
+        driver.host_info(),
+        vcpus=vcpus,
+        memory=memory,
+        max_vcpus=max_vcpus,
+        max_memory=max_memory,
+    )
+    driver.get_template(template)
+    spec = VMSpec(
+        name=name,
+        template=template,
+        vcpus=size.vcpus,
+        memory=size.memory,
+        max_vcpus=size.max_vcpus,
+        max_memory=size.max_memory,
+        disk_mode=DiskMode.FULL if full else DiskMode.LINKED,
+    )
+    vm = driver.create_vm(spec, progress=_scaled(progress, 0.0, 0.15))
+    if not start:
+        progress("created", 1.0)
+        return vm
+    try:
+        progress("booting", 0.15)
+        vm = driver.start_vm(name)
+        if wait and vm.docker_ready:
+            wait_for_docker(driver, name, progress=_scaled(progress, 0.2, 1.0))
+    except BaseException:
+        _remove_quietly(driver, name)
+        raise
+    return driver.get_vm(name)
+
+
+def _remove_quietly(driver: HypervisorDriver, name: str) -> None:
+    with suppress(DockvisorError):
+        if driver.get_vm(name).power_state is not PowerState.STOPPED:
+            driver.force_off(name)
+    with suppress(DockvisorError):
+        driver.delete_vm(name)
+
+
+def start_vm(
+    driver: HypervisorDriver, name: str, *, wait: bool = True, progress: Progress = no_progress
+) -> VM:
+    vm = driver.start_vm(name)
+    if wait and vm.docker_ready:
+        wait_for_docker(driver, name, progress=progress)
+    return driver.get_vm(name)
+
+
+def stop_vm(driver: HypervisorDriver, name: str, *, timeout: float = 60.0) -> VM:
+    return driver.shutdown_vm(name, timeout=timeout)
+
+
+def kill_vm(driver: HypervisorDriver, name: str) -> VM:
+    return driver.force_off(name)
+
+
+def reboot_vm(
+    driver: HypervisorDriver, name: str, *, wait: bool = False, progress: Progress = no_progress
+) -> VM:
+    vm = driver.reboot_vm(name)
+    if wait and vm.docker_ready:
+        wait_for_docker(driver, name, progress=progress)
+    return vm
+
+
+def delete_vm(driver: HypervisorDriver, name: str, *, force: bool = False) -> None:
+    """Delete a VM with its disks and snapshots. A running VM needs `force` (it is
+    powered off first)."""
+    vm = driver.get_vm(name)
+    if vm.power_state is not PowerState.STOPPED:
+        if not force:
+            raise BadPowerState(
+                f"VM {name!r} is {vm.power_state}; stop it first (dockvisor vm stop {name}) "
+                "or delete it with --force"
+            )
+        driver.force_off(name)
+    driver.delete_vm(name)
+
+
+def resize_vm(
+    driver: HypervisorDriver, name: str, *, vcpus: int | None = None, memory: int | None = None
+) -> ResizeResult:
+    """Give the VM more (or fewer) vCPUs or memory: live within its maximums, else at
+    its next boot, reported as pending."""
+    check_resize(driver.host_info(), vcpus=vcpus, memory=memory)
+    driver.get_vm(name)
+    return driver.set_resources(name, vcpus=vcpus, memory=memory)
+
+
+def snapshot_vm(
+    driver: HypervisorDriver, name: str, snapshot: str, *, description: str = ""
+) -> Snapshot:
+    validate_snapshot_name(snapshot)
+    return driver.create_snapshot(name, snapshot, description)
+
+
+def list_snapshots(driver: HypervisorDriver, name: str) -> list[Snapshot]:
+    return driver.list_snapshots(name)
+
+
+def revert_to_snapshot(
+    driver: HypervisorDriver, name: str, snapshot: str, *, progress: Progress = no_progress
+) -> VM:
+    """Return the VM to `snapshot`. A snapshot with memory comes back running, its Docker
+    engine answering at once; one taken stopped leaves the VM stopped."""
+    progress("reverting", 0.1)
+    vm = driver.revert_to_snapshot(name, snapshot)
+    if vm.power_state is PowerState.RUNNING and vm.docker_ready:
+        wait_for_docker(driver, name, timeout=30.0, progress=_scaled(progress, 0.5, 1.0))
+    progress("reverted", 1.0)
+    return vm
+
+
+def delete_snapshot(driver: HypervisorDriver, name: str, snapshot: str) -> None:
+    driver.delete_snapshot(name, snapshot)
+
+
+def clone_vm(
+    driver: HypervisorDriver,
+    name: str,
+    new_name: str,
+    *,
+    full: bool = False,
+    start: bool = False,
+    progress: Progress = no_progress,
+) -> VM:
+    """Copy a VM (running or not) under a new name; the clone is stopped unless `start`.
+    If starting the clone fails, the clone is removed."""
+    validate_vm_name(new_name)
+    clone = driver.clone_vm(
+        name, new_name, linked=not full, progress=_scaled(progress, 0.0, 0.5 if start else 1.0)
+    )
+    if start:
+        try:
+            clone = start_vm(driver, new_name, progress=_scaled(progress, 0.5, 1.0))
+        except BaseException:
+            _remove_quietly(driver, new_name)
+            raise
+    return clone
+
+
+def docker_endpoint(driver: HypervisorDriver, name: str) -> DockerEndpoint:
+    return driver.docker_endpoint(name)
