@@ -118,8 +118,10 @@ def image_build(ctx: Context, force: bool) -> None:
         )
     ctx.emit(
         {"image": {"key": built.key, "directory": str(built.directory)}, "template": template},
-        lambda: f"image {built.key} in {built.directory}\ntemplate {template.name}: "
-        f"{template.description}",
+        lambda: (
+            f"image {built.key} in {built.directory}\ntemplate {template.name}: "
+            f"{template.description}"
+        ),
     )
 
 

@@ -77,7 +77,7 @@ def vm_details(vm: VM, endpoint: str | None = None) -> str:
         ("vCPUs", f"{vm.vcpus} (max {vm.max_vcpus} without reboot)"),
         ("Memory", f"{format_size(vm.memory)} (max {format_size(vm.max_memory)} without reboot)"),
         ("Template", vm.template or "- (not created by dockvisor)"),
-        ("Disk", f"{format_size(vm.disk_size)} {vm.disk_mode.value if vm.disk_mode else ''}".strip()),
+        ("Disk", f"{format_size(vm.disk_size)} {vm.disk_mode or ''}".strip()),
         ("Snapshots", str(vm.snapshot_count)),
         ("Docker", "yes" if vm.docker_ready else "no"),
     ]

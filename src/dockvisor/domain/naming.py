@@ -19,7 +19,7 @@ _SNAPSHOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 def validate_vm_name(name: str, *, what: str = "VM name") -> str:
     """Return `name` if it is a valid VM name, else raise InvalidInput saying why."""
-    if not _DNS_LABEL.match(name):
+    if not _DNS_LABEL.fullmatch(name):
         raise InvalidInput(
             f"{what} {name!r} is not valid: use 1-63 lower-case letters, digits and "
             "hyphens, starting and ending with a letter or digit"
@@ -32,7 +32,7 @@ def validate_template_name(name: str) -> str:
 
 
 def validate_snapshot_name(name: str) -> str:
-    if not _SNAPSHOT.match(name):
+    if not _SNAPSHOT.fullmatch(name):
         raise InvalidInput(
             f"snapshot name {name!r} is not valid: use 1-64 letters, digits, '.', '_' "
             "and '-', starting with a letter or digit"

@@ -55,10 +55,14 @@ def parse_size(text: str, *, what: str = "size") -> int:
 def format_size(size: int) -> str:
     """A binary size for reading: exact where it can be short (1073741824 -> "1GiB",
     1610612736 -> "1.5GiB"), else rounded to one decimal (25276502016 -> "23.5GiB")."""
-    for unit, factor in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+    units = (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB))
+    for i, (unit, factor) in enumerate(units):
         if size >= factor:
             value = Decimal(size) / factor
             if value * 100 == (value * 100).to_integral_value():
                 return f"{value.normalize():f}{unit}"
-            return f"{value:.1f}{unit}"
+            rounded = round(value, 1)
+            if rounded >= 1024 and i > 0:  # 1023.99MiB rounds to 1024.0: say 1.0GiB
+                return f"{rounded / 1024:.1f}{units[i - 1][0]}"
+            return f"{rounded:.1f}{unit}"
     return f"{size}B"

@@ -90,7 +90,7 @@ def _check_memory(host: HostInfo, size: int, what: str) -> None:
     if size < MIN_MEMORY:
         raise InvalidInput(f"{what} {format_size(size)} is below the minimum of 128MiB")
     if size % MiB:
-        raise InvalidInput(f"{what} {format_size(size)} is not a whole number of MiB")
+        raise InvalidInput(f"{what} of {size} bytes is not a whole number of MiB")
     if size > host.memory:
         raise OutOfCapacity(
             f"{what} {format_size(size)} is more than host {host.hostname} has "

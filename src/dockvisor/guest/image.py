@@ -249,6 +249,10 @@ def _assemble_root(root: Path, debs: list[Path], work: Path) -> str:
         dest.write_bytes((files / name).read_bytes())
         dest.chmod(0o755)
     etc = root / "etc"
+    power_button = etc / "acpi/PWRF/00000080"  # busybox acpid runs it on a power-button press
+    power_button.parent.mkdir(parents=True)
+    power_button.write_text("#!/bin/sh\nkill -USR2 1\n")
+    power_button.chmod(0o755)
     (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
     (etc / "group").write_text("root:x:0:\ndocker:x:999:\n")
     (etc / "shadow").write_text("root:*:19000:0:99999:7:::\n")
@@ -376,5 +380,5 @@ def _seal(work: Path, raw: Path) -> None:
         ) from None
     console = proc.stdout
     (work / "seal-console.log").write_text(console)
-    if "dockvisor: busybox image imported" not in console or "dockvisor: sealed" not in console:
+    if "] busybox image imported" not in console or "] sealed" not in console:
         raise ImageBuildError(f"sealing boot failed; last console lines: {console[-800:]}")

@@ -31,9 +31,7 @@ def build_builtin_template(
 ) -> tuple[GuestImage, Template]:
     """Build the Docker-ready guest image (unless the cache has it) and make sure the
     hypervisor's `docker-ready` template holds that build."""
-    image = build_image(
-        force=force, progress=lambda step, f: progress(f"image: {step}", 0.85 * f)
-    )
+    image = build_image(force=force, progress=lambda step, f: progress(f"image: {step}", 0.85 * f))
     try:
         current = driver.get_template(BUILTIN_TEMPLATE)
         if current.image_key == image.key and not force:
@@ -47,7 +45,9 @@ def build_builtin_template(
         kernel=str(image.kernel),
         initrd=str(image.initrd),
         cmdline=image.cmdline,
-        description=f"Docker {_docker_version(image)} on Debian's cloud kernel {image.kernel_version}",
+        description=(
+            f"Docker {_docker_version(image)} on Debian's cloud kernel {image.kernel_version}"
+        ),
         docker_port=image.docker_port,
         builtin=True,
         image_key=image.key,

@@ -7,6 +7,8 @@ plane adds permissions, quotas, tasks and audit here, not in the shells.
 
 from __future__ import annotations
 
+import os
+import time
 from contextlib import suppress
 
 from dockvisor.domain.model import (
@@ -43,7 +45,7 @@ __all__ = [
 ]
 
 # How long a boot may take to bring up the guest's Docker API (software emulation is slow).
-DOCKER_TIMEOUT = 150.0
+DOCKER_TIMEOUT = float(os.environ.get("DOCKVISOR_DOCKER_TIMEOUT", "150"))
 
 
 def _scaled(progress: Progress, low: float, high: float) -> Progress:
@@ -70,7 +72,8 @@ def wait_for_docker(
             )
         except GuestTimeout as exc:
             console = driver.console_log(name, lines=5).strip()
-            tail = f"; guest console ends with: {' | '.join(console.splitlines())}" if console else ""
+            lines = " | ".join(console.splitlines())
+            tail = f"; guest console ends with: {lines}" if console else ""
             raise GuestTimeout(f"VM {name!r}: {exc}{tail}") from None
     progress("Docker is up", 1.0)
     return endpoint
@@ -153,10 +156,21 @@ def kill_vm(driver: HypervisorDriver, name: str) -> VM:
 def reboot_vm(
     driver: HypervisorDriver, name: str, *, wait: bool = False, progress: Progress = no_progress
 ) -> VM:
+    """Ask the guest to reboot. With `wait`, return once its Docker engine has gone down
+    and come back (GuestTimeout if the guest never went down)."""
+    endpoint = driver.docker_endpoint(name) if wait and driver.get_vm(name).docker_ready else None
     vm = driver.reboot_vm(name)
-    if wait and vm.docker_ready:
-        wait_for_docker(driver, name, progress=progress)
-    return vm
+    if endpoint is None:
+        return vm
+    progress("waiting for the guest to go down", 0.05)
+    with DockerEngine(endpoint) as engine:
+        deadline = time.monotonic() + 60
+        while engine.ping():
+            if time.monotonic() > deadline:
+                raise GuestTimeout(f"VM {name!r} did not reboot within 60 s")
+            time.sleep(0.25)
+    wait_for_docker(driver, name, progress=_scaled(progress, 0.1, 1.0))
+    return driver.get_vm(name)
 
 
 def delete_vm(driver: HypervisorDriver, name: str, *, force: bool = False) -> None:

@@ -236,13 +236,21 @@ def _int(el: ET.Element | None, default: int = 0) -> int:
     return int(el.text) if el is not None and el.text else default
 
 
+# libvirt's memory units: K/KiB/M/MiB... are binary, KB/MB/GB... decimal, b/bytes bytes.
+_UNIT_FACTORS = {"b": 1, "bytes": 1}
+for _i, _letter in enumerate("kmgtpe", start=1):
+    _UNIT_FACTORS[_letter] = _UNIT_FACTORS[f"{_letter}ib"] = KiB**_i
+    _UNIT_FACTORS[f"{_letter}b"] = 1000**_i
+
+
 def _kib(el: ET.Element | None) -> int:
+    """A libvirt memory element in bytes (its unit attribute defaults to KiB)."""
     if el is None or not el.text:
         return 0
     unit = el.get("unit", "KiB").lower()
-    factor = {"b": 1, "bytes": 1, "k": KiB, "kib": KiB, "m": KiB**2, "mib": KiB**2,
-              "g": KiB**3, "gib": KiB**3}.get(unit, KiB)  # fmt: skip
-    return int(el.text) * factor
+    if unit not in _UNIT_FACTORS:
+        raise ValueError(f"unknown memory unit {unit!r} in domain XML")
+    return int(el.text) * _UNIT_FACTORS[unit]
 
 
 def parse_domain_xml(xml: str) -> DomainState:

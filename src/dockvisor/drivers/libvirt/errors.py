@@ -21,6 +21,8 @@ ERROR_CLASSES: dict[int, type[errors.DockvisorError]] = {
     # no such object
     _E.VIR_ERR_NO_DOMAIN: errors.NotFound,
     _E.VIR_ERR_NO_DOMAIN_SNAPSHOT: errors.NotFound,
+    _E.VIR_ERR_NO_DOMAIN_CHECKPOINT: errors.NotFound,
+    _E.VIR_ERR_NO_DOMAIN_BACKUP: errors.NotFound,
     _E.VIR_ERR_NO_STORAGE_POOL: errors.NotFound,
     _E.VIR_ERR_NO_STORAGE_VOL: errors.NotFound,
     _E.VIR_ERR_NO_NETWORK: errors.NotFound,

@@ -1,0 +1,424 @@
+"""The hypervisor contract, run unchanged against every adapter connection we can reach.
+
+`test:///default` is libvirt's in-process test driver (real libvirt API, no daemon, no
+guest); `qemu:///system` boots real QEMU guests of the Docker-ready template. Where an
+adapter lacks a capability the suite asserts that it says so (Unsupported), it does not
+skip.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dockvisor.domain.model import Capability, DiskMode, PowerState, TemplateSpec, VMSpec
+from dockvisor.domain.sizes import GiB, MiB
+from dockvisor.drivers.base import HypervisorDriver
+from dockvisor.drivers.libvirt import LibvirtDriver
+from dockvisor.engines.docker import DockerEngine
+from dockvisor.errors import (
+    AlreadyExists,
+    BadPowerState,
+    DockvisorError,
+    NotFound,
+    Unsupported,
+)
+from dockvisor.services import templates as template_service
+from dockvisor.services import vms as vm_service
+
+
+@dataclass
+class Env:
+    driver: LibvirtDriver
+    template: str
+    prefix: str
+    real_guests: bool  # guests really boot (a Docker engine and an agent answer)
+
+    def name(self) -> str:
+        return f"{self.prefix}{secrets.token_hex(3)}"
+
+    def spec(self, name: str, **changes: object) -> VMSpec:
+        values: dict[str, object] = {
+            "name": name,
+            "template": self.template,
+            "vcpus": 1,
+            "memory": 512 * MiB,
+            "max_vcpus": 2,
+            "max_memory": 1 * GiB,
+        }
+        values.update(changes)
+        return VMSpec(**values)  # type: ignore[arg-type]
+
+    def volumes_of(self, name: str) -> list[str]:
+        return [v for v in self.driver.volume_names() if v.startswith(f"{name}-")]
+
+    def domain_names(self) -> set[str]:
+        with self.driver.raw_connection() as conn:
+            return {d.name() for d in conn.listAllDomains(0)}
+
+
+def _small_disk(tmp: Path) -> Path:
+    disk = tmp / "blank.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    return disk
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param("test:///default", id="test"),
+        pytest.param("qemu:///system", id="qemu", marks=pytest.mark.vm),
+    ],
+)
+def env(
+    request: pytest.FixtureRequest, run_prefix: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Env]:
+    uri = request.param
+    driver = LibvirtDriver(uri)
+    if uri.startswith("test:"):
+        disk = _small_disk(tmp_path_factory.mktemp("template"))
+        template = f"{run_prefix}tmpl"
+        driver.register_template(TemplateSpec(name=template, disk=str(disk)))
+        real = False
+    else:
+        _, built = template_service.build_builtin_template(driver)
+        template = built.name
+        real = True
+    yield Env(driver, template, run_prefix, real)
+    for vm in driver.list_vms():
+        if vm.name.startswith(run_prefix):
+            vm_service.delete_vm(driver, vm.name, force=True)
+    driver.close()
+
+
+@pytest.fixture(scope="module")
+def running_vm(env: Env) -> Iterator[str]:
+    """One VM booted for the module; tests may resize and snapshot it, and leave it running."""
+    name = env.name()
+    vm_service.create_vm_from_template(
+        env.driver, name=name, template=env.template, vcpus=1, memory=512 * MiB,
+        max_vcpus=4, max_memory=1 * GiB, wait=env.real_guests,
+    )  # fmt: skip
+    yield name
+    vm_service.delete_vm(env.driver, name, force=True)
+
+
+def _delete(driver: HypervisorDriver, name: str) -> None:
+    vm_service.delete_vm(driver, name, force=True)
+
+
+# -- host and templates ----------------------------------------------------------------
+
+
+def test_host_reports_its_size_and_what_the_adapter_can_do(env: Env) -> None:
+    host = env.driver.host_info()
+    assert host.cpus >= 1 and host.memory >= 512 * MiB
+    assert host.max_vcpus_per_vm >= host.cpus
+    assert Capability.SNAPSHOTS in host.capabilities
+    if env.real_guests:
+        assert host.acceleration in ("kvm", "tcg")
+        assert Capability.LOOPBACK_FORWARD in host.capabilities
+
+
+def test_template_is_listed_and_unknown_template_is_not_found(env: Env) -> None:
+    names = [t.name for t in env.driver.list_templates()]
+    assert env.template in names
+    assert env.driver.get_template(env.template).disk_size > 0
+    with pytest.raises(NotFound, match="no template named 'nope'"):
+        env.driver.get_template("nope")
+    assert env.template not in [vm.name for vm in env.driver.list_vms()]
+
+
+def test_register_and_remove_a_template(env: Env, tmp_path: Path) -> None:
+    name = env.name()
+    disk = _small_disk(tmp_path)
+    added = env.driver.register_template(TemplateSpec(name=name, disk=str(disk), docker_port=None))
+    assert added.disk_size == 64 * MiB and not added.docker_ready and not added.builtin
+    with pytest.raises(AlreadyExists):
+        env.driver.register_template(TemplateSpec(name=name, disk=str(disk)))
+    vm = env.name()
+    env.driver.create_vm(env.spec(vm, template=name))
+    with pytest.raises(BadPowerState, match=vm):
+        env.driver.remove_template(name)
+    env.driver.delete_vm(vm)
+    env.driver.remove_template(name)
+    assert name not in [t.name for t in env.driver.list_templates()]
+    assert not [v for v in env.driver.volume_names() if v.startswith(f"template-{name}-")]
+
+
+# -- create and delete -----------------------------------------------------------------
+
+
+def test_create_gives_exact_size_with_room_to_grow(env: Env) -> None:
+    name = env.name()
+    vm = env.driver.create_vm(env.spec(name, vcpus=2, memory=768 * MiB, max_vcpus=4,
+                                       max_memory=2 * GiB))  # fmt: skip
+    assert (vm.vcpus, vm.memory, vm.max_vcpus, vm.max_memory) == (2, 768 * MiB, 4, 2 * GiB)
+    assert vm.power_state is PowerState.STOPPED
+    assert vm.template == env.template and vm.disk_mode is DiskMode.LINKED and vm.managed
+    assert name in [v.name for v in env.driver.list_vms()]
+    assert len(env.volumes_of(name)) == 1
+    env.driver.delete_vm(name)
+    with pytest.raises(NotFound):
+        env.driver.get_vm(name)
+    assert env.volumes_of(name) == []
+
+
+def test_create_full_copy(env: Env) -> None:
+    name = env.name()
+    vm = env.driver.create_vm(env.spec(name, disk_mode=DiskMode.FULL))
+    assert vm.disk_mode is DiskMode.FULL
+    env.driver.delete_vm(name)
+    assert env.volumes_of(name) == []
+
+
+def test_create_with_a_taken_name_is_refused_and_changes_nothing(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    before = env.driver.volume_names()
+    with pytest.raises(AlreadyExists, match=f"VM named '{name}'"):
+        env.driver.create_vm(env.spec(name))
+    with pytest.raises(AlreadyExists, match="template named"):
+        env.driver.create_vm(env.spec(env.template))
+    assert env.driver.volume_names() == before
+    env.driver.delete_vm(name)
+
+
+def test_create_from_unknown_template_leaves_nothing(env: Env) -> None:
+    name = env.name()
+    with pytest.raises(NotFound, match="no template named 'nope'"):
+        env.driver.create_vm(env.spec(name, template="nope"))
+    assert name not in env.domain_names() and env.volumes_of(name) == []
+
+
+def test_a_create_the_hypervisor_rejects_removes_its_disk(env: Env) -> None:
+    name = env.name()
+    # The driver trusts the service to size VMs; libvirt itself refuses zero memory,
+    # after the disk was made.
+    with pytest.raises(DockvisorError, match="Memory size must be specified"):
+        env.driver.create_vm(env.spec(name, memory=0, max_memory=0))
+    assert name not in env.domain_names() and env.volumes_of(name) == []
+
+
+def test_vms_dockvisor_did_not_create_are_listed_and_deletable(env: Env) -> None:
+    name = env.name()
+    virt = "test" if not env.real_guests else "qemu"
+    xml = (
+        f"<domain type='{virt}'><name>{name}</name><memory unit='MiB'>256</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>"
+    )
+    with env.driver.raw_connection() as conn:
+        conn.defineXML(xml)
+    vm = env.driver.get_vm(name)
+    assert not vm.managed and vm.template is None and vm.memory == 256 * MiB
+    with pytest.raises(Unsupported):
+        env.driver.clone_vm(name, env.name())
+    env.driver.delete_vm(name)
+    assert name not in env.domain_names()
+
+
+# -- power -----------------------------------------------------------------------------
+
+
+def test_power_operations_check_the_power_state(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    with pytest.raises(BadPowerState, match="stopped"):
+        env.driver.force_off(name)
+    assert env.driver.start_vm(name).power_state is PowerState.RUNNING
+    with pytest.raises(BadPowerState, match="already running"):
+        env.driver.start_vm(name)
+    with pytest.raises(BadPowerState, match="running"):
+        env.driver.delete_vm(name)
+    assert env.driver.force_off(name).power_state is PowerState.STOPPED
+    env.driver.delete_vm(name)
+
+
+def test_clean_shutdown_and_reboot(env: Env) -> None:
+    name = env.name()
+    vm_service.create_vm_from_template(
+        env.driver, name=name, template=env.template, vcpus=1, memory=512 * MiB,
+        wait=env.real_guests,
+    )  # fmt: skip
+    rebooted = vm_service.reboot_vm(env.driver, name, wait=env.real_guests)
+    assert rebooted.power_state is PowerState.RUNNING
+    if env.real_guests:  # its engine went down and came back
+        with DockerEngine(env.driver.docker_endpoint(name)) as engine:
+            assert engine.ping()
+    assert env.driver.shutdown_vm(name, timeout=90).power_state is PowerState.STOPPED
+    env.driver.delete_vm(name)
+
+
+# -- resources -------------------------------------------------------------------------
+
+
+def test_live_resize_within_the_maximum(env: Env, running_vm: str) -> None:
+    vcpus = env.driver.get_vm(running_vm).vcpus + 1
+    result = env.driver.set_resources(running_vm, vcpus=vcpus, memory=768 * MiB)
+    assert result.applied == {"vcpus": vcpus, "memory": 768 * MiB} and result.pending == {}
+    vm = result.vm
+    assert (vm.vcpus, vm.memory) == (vcpus, 768 * MiB) and not vm.has_pending_changes
+    back = env.driver.set_resources(running_vm, memory=512 * MiB).vm
+    assert back.memory == 512 * MiB
+
+
+def test_fewer_vcpus_for_a_running_vm_wait_for_the_next_boot(env: Env, running_vm: str) -> None:
+    vm = env.driver.get_vm(running_vm)
+    if vm.vcpus == 1:
+        vm = env.driver.set_resources(running_vm, vcpus=2).vm
+    result = env.driver.set_resources(running_vm, vcpus=vm.vcpus - 1)
+    assert result.pending == {"vcpus": vm.vcpus - 1} and "next boot" in result.reasons[0]
+    assert result.vm.vcpus == vm.vcpus and result.vm.pending_vcpus == vm.vcpus - 1
+    env.driver.set_resources(running_vm, vcpus=vm.vcpus)  # back to no pending change
+    assert not env.driver.get_vm(running_vm).has_pending_changes
+
+
+def test_resize_beyond_the_maximum_is_pending_then_applied_at_next_boot(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    env.driver.start_vm(name)
+    result = env.driver.set_resources(name, vcpus=3, memory=1536 * MiB)
+    assert result.pending == {"vcpus": 3, "max_vcpus": 3, "memory": 1536 * MiB,
+                              "max_memory": 1536 * MiB}  # fmt: skip
+    assert result.reasons and "next boot" in result.reasons[0]
+    vm = result.vm
+    assert vm.vcpus == 1 and vm.pending_vcpus == 3 and vm.pending_memory == 1536 * MiB
+    env.driver.force_off(name)
+    vm = env.driver.start_vm(name)
+    assert (vm.vcpus, vm.max_vcpus, vm.max_memory) == (3, 3, 1536 * MiB)
+    assert not vm.has_pending_changes
+    env.driver.force_off(name)
+    env.driver.delete_vm(name)
+
+
+def test_stopped_vm_takes_a_new_size_directly(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    result = env.driver.set_resources(name, vcpus=4, memory=2 * GiB)
+    assert result.applied == {"vcpus": 4, "memory": 2 * GiB} and result.pending == {}
+    assert (result.vm.vcpus, result.vm.max_vcpus, result.vm.max_memory) == (4, 4, 2 * GiB)
+    env.driver.delete_vm(name)
+
+
+# -- snapshots -------------------------------------------------------------------------
+
+
+def test_snapshot_revert_and_delete_on_a_running_vm(env: Env, running_vm: str) -> None:
+    drv = env.driver
+    vcpus = drv.get_vm(running_vm).vcpus
+    one = drv.create_snapshot(running_vm, "one", "before a vCPU is added")
+    assert one.with_memory and one.power_state is PowerState.RUNNING
+    assert one.description == "before a vCPU is added"
+    with pytest.raises(AlreadyExists):
+        drv.create_snapshot(running_vm, "one")
+    drv.set_resources(running_vm, vcpus=vcpus + 1)  # a hot-plugged vCPU, then a snapshot
+    two = drv.create_snapshot(running_vm, "two")
+    assert two.parent == "one"
+    reverted = drv.revert_to_snapshot(running_vm, "one")
+    assert reverted.power_state is PowerState.RUNNING and reverted.vcpus == vcpus
+    reverted = drv.revert_to_snapshot(running_vm, "two")
+    assert reverted.power_state is PowerState.RUNNING and reverted.vcpus == vcpus + 1
+    current = [s.name for s in drv.list_snapshots(running_vm) if s.current]
+    assert current == ["two"]
+    if env.real_guests:
+        with DockerEngine(drv.docker_endpoint(running_vm)) as engine:
+            assert engine.ping()
+    drv.delete_snapshot(running_vm, "one")
+    drv.delete_snapshot(running_vm, "two")
+    assert drv.list_snapshots(running_vm) == []
+    with pytest.raises(NotFound, match="no snapshot 'one'"):
+        drv.revert_to_snapshot(running_vm, "one")
+
+
+def test_snapshot_of_a_stopped_vm_reverts_to_stopped(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    snap = env.driver.create_snapshot(name, "cold")
+    assert not snap.with_memory and snap.power_state is PowerState.STOPPED
+    env.driver.start_vm(name)
+    assert env.driver.revert_to_snapshot(name, "cold").power_state is PowerState.STOPPED
+    assert env.driver.get_vm(name).snapshot_count == 1
+    env.driver.delete_vm(name)
+    assert env.volumes_of(name) == []
+
+
+def test_reverting_to_another_vms_snapshot_is_refused(env: Env) -> None:
+    a, b = env.name(), env.name()
+    env.driver.create_vm(env.spec(a))
+    env.driver.create_vm(env.spec(b))
+    env.driver.create_snapshot(a, "mine")
+    with pytest.raises(NotFound, match=f"VM '{b}' has no snapshot 'mine'.*VM '{a}'"):
+        env.driver.revert_to_snapshot(b, "mine")
+    env.driver.delete_vm(a)
+    env.driver.delete_vm(b)
+
+
+# -- clones ----------------------------------------------------------------------------
+
+
+def test_linked_clone_of_a_running_vm(env: Env, running_vm: str) -> None:
+    source = env.driver.get_vm(running_vm)
+    clone_name = env.name()
+    clone = env.driver.clone_vm(running_vm, clone_name)
+    assert clone.power_state is PowerState.STOPPED and clone.uuid != source.uuid
+    assert clone.disk_mode is DiskMode.LINKED and clone.template == source.template
+    assert (clone.max_vcpus, clone.max_memory) == (source.max_vcpus, source.max_memory)
+    assert clone.snapshot_count == 0
+    assert env.driver.get_vm(running_vm).power_state is PowerState.RUNNING
+    assert len(env.volumes_of(clone_name)) == 1
+    env.driver.delete_vm(clone_name)
+    assert env.volumes_of(clone_name) == []
+
+
+def test_full_clone_of_a_stopped_vm(env: Env) -> None:
+    name, clone_name = env.name(), env.name()
+    env.driver.create_vm(env.spec(name))
+    clone = env.driver.clone_vm(name, clone_name, linked=False)
+    assert clone.disk_mode is DiskMode.FULL and clone.power_state is PowerState.STOPPED
+    assert env.driver.get_vm(name).power_state is PowerState.STOPPED
+    with pytest.raises(AlreadyExists):
+        env.driver.clone_vm(name, clone_name)
+    env.driver.delete_vm(clone_name)
+    env.driver.delete_vm(name)
+
+
+def test_delete_removes_snapshots_and_disks(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    env.driver.create_snapshot(name, "a")
+    env.driver.create_snapshot(name, "b")
+    env.driver.delete_vm(name)
+    assert name not in env.domain_names() and env.volumes_of(name) == []
+
+
+# -- guest access ----------------------------------------------------------------------
+
+
+def test_docker_endpoint_and_guest_addresses(env: Env, running_vm: str) -> None:
+    if not env.real_guests:
+        assert Capability.GUEST_AGENT not in env.driver.capabilities
+        with pytest.raises(Unsupported):
+            env.driver.guest_addresses(running_vm)
+        with pytest.raises(Unsupported):
+            env.driver.docker_endpoint(running_vm)
+        return
+    endpoint = env.driver.docker_endpoint(running_vm)
+    assert endpoint.host == "127.0.0.1" and 42000 <= endpoint.port <= 42999
+    with DockerEngine(endpoint) as engine:
+        assert engine.ping()
+        assert "busybox:latest" in [t for i in engine.images() for t in i["RepoTags"] or []]
+    assert "10.0.2.15" in env.driver.guest_addresses(running_vm)
+
+
+def test_docker_endpoint_of_a_stopped_vm_is_refused(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    expected = BadPowerState if env.real_guests else Unsupported
+    with pytest.raises(expected):
+        env.driver.docker_endpoint(name)
+    env.driver.delete_vm(name)
