@@ -100,7 +100,10 @@ def _port_range() -> tuple[int, int]:
 
 
 def _port_is_free(port: int) -> bool:
+    """Whether QEMU could listen on 127.0.0.1:`port` now. QEMU binds its host-forwards
+    with SO_REUSEADDR, so connections of a previous QEMU in TIME_WAIT do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
