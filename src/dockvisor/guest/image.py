@@ -15,6 +15,7 @@ Nothing is downloaded but the Debian packages apt resolves on the host.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import json
@@ -141,13 +142,41 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+def _apt_state() -> str:
+    """A digest of what apt knows: its package lists and sources (they change together
+    with `apt-get update`)."""
+    h = hashlib.sha256(",".join(GUEST_PACKAGES).encode())
+    for pattern in ("/var/lib/apt/lists/*Packages*", "/etc/apt/sources.list*"):
+        for path in sorted(glob.glob(pattern)):
+            st = os.stat(path)
+            h.update(f"{path}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _resolve_packages() -> list[debian.DebianPackage]:
+    """The packages the image is made of, resolved again only when apt's lists change."""
+    memo = cache_dir() / "resolved-packages.json"
+    state = _apt_state()
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["apt_state"] == state:
+            return [debian.DebianPackage(*p) for p in saved["packages"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    packages = debian.resolve(GUEST_PACKAGES)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(json.dumps({"apt_state": state, "packages": [
+        [p.name, p.version, p.architecture] for p in packages]}))  # fmt: skip
+    return packages
+
+
 def build_image(*, progress: Progress = _no_progress, force: bool = False) -> GuestImage:
     """Build the guest image unless the cache already holds one with the same inputs.
 
     On failure nothing half-built is left under the key's directory.
     """
     progress("resolving Debian packages", 0.0)
-    packages = debian.resolve(GUEST_PACKAGES)
+    packages = _resolve_packages()
     key = image_key(packages)
     if not force and (image := cached_image(key)):
         progress("cached", 1.0)
@@ -187,6 +216,9 @@ def build_image(*, progress: Progress = _no_progress, force: bool = False) -> Gu
         (work / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(directory, ignore_errors=True)
         work.rename(directory)
+        for older in _images_dir().iterdir():  # earlier builds; templates hold copies
+            if older != directory and not older.name.startswith("."):
+                shutil.rmtree(older, ignore_errors=True)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -233,6 +265,8 @@ def _assemble_root(root: Path, debs: list[Path], work: Path) -> str:
         dest = root / "usr/bin" / applet
         if not (dest.exists() or dest.is_symlink() or (root / "usr/sbin" / applet).exists()):
             dest.symlink_to("busybox")
+    # The guest agent sets the clock with /sbin/hwclock (after a revert, for one).
+    (root / "usr/sbin/hwclock").symlink_to("../bin/busybox")
     for name in ("iptables", "iptables-save", "iptables-restore", "ip6tables",
                  "ip6tables-save", "ip6tables-restore"):  # fmt: skip
         alias = root / "usr/sbin" / name

@@ -6,7 +6,8 @@ truth and any libvirt client can see it:
 
     <dockvisor:domain kind="vm|template">
       <dockvisor:template>docker-ready</dockvisor:template>
-      <dockvisor:disk mode="linked" size="8589934592" format="qcow2" base="/path/base.qcow2"/>
+      <dockvisor:disk mode="linked" size="8589934592" format="qcow2" base="/path/base.qcow2"
+                      base-format="qcow2"/>
       <dockvisor:docker guest-port="2375" host-port="42007"/>
       <dockvisor:mac>52:54:00:..</dockvisor:mac>
       <dockvisor:cmdline>console=ttyS0 root=/dev/vda rw</dockvisor:cmdline>
@@ -67,6 +68,7 @@ class DomainConfig:
     disk_readonly: bool = False
     disk_mode: DiskMode | None = None
     base_path: str | None = None  # the template base a linked disk sits on
+    base_format: str = "qcow2"
     kernel: str | None = None
     initrd: str | None = None
     cmdline: str | None = None  # without dockvisor's own parameters
@@ -213,6 +215,7 @@ def _metadata(parent: ET.Element, config: DomainConfig) -> None:
         disk["mode"] = config.disk_mode.value
     if config.base_path:
         disk["base"] = config.base_path
+        disk["base-format"] = config.base_format
     _sub(meta, _q("disk"), **disk)
     if config.docker_guest_port:
         docker = {"guest-port": str(config.docker_guest_port)}
@@ -301,6 +304,7 @@ def parse_domain_xml(xml: str) -> DomainState:
             disk_size=int(disk_meta.get("size", "0")) if disk_meta is not None else 0,
             disk_mode=DiskMode(mode) if mode else None,
             base_path=disk_meta.get("base") if disk_meta is not None else None,
+            base_format=disk_meta.get("base-format", "qcow2") if disk_meta is not None else "qcow2",
             cmdline=meta.findtext(_q("cmdline")),
             mac=meta.findtext(_q("mac"), ""),
             docker_guest_port=int(docker.get("guest-port", "0")) or None

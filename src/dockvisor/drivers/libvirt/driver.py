@@ -21,12 +21,14 @@ import os
 import re
 import socket
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlparse
+from xml.sax.saxutils import escape
 
 import libvirt
 
@@ -55,7 +57,7 @@ from dockvisor.drivers.libvirt.domain_xml import (
     random_mac,
     with_host_port,
 )
-from dockvisor.drivers.libvirt.errors import libvirt_errors
+from dockvisor.drivers.libvirt.errors import libvirt_errors, translate
 from dockvisor.drivers.libvirt.storage import StoragePool, unique_volume_name
 from dockvisor.errors import (
     AlreadyExists,
@@ -131,6 +133,7 @@ class LibvirtDriver:
         self._local = not parsed.hostname or parsed.hostname in ("localhost", "127.0.0.1")
         self._storage = StoragePool(self._conn, uri, pool)
         self._virt_type = self._detect_virt_type()
+        self._host: tuple[float, HostInfo] | None = None
         self.capabilities = self._detect_capabilities()
 
     # -- connection facts ------------------------------------------------------------
@@ -169,6 +172,9 @@ class LibvirtDriver:
             raise Unsupported(f"{what} is not supported by {self.uri} ({self._type})")
 
     def host_info(self) -> HostInfo:
+        """The host's facts, read at most every 30 s (a host's size rarely changes)."""
+        if self._host is not None and time.monotonic() - self._host[0] < 30:
+            return self._host[1]
         with libvirt_errors(f"querying {self.uri}"):
             info = self._conn.getInfo()
             try:
@@ -181,7 +187,7 @@ class LibvirtDriver:
             with suppress(libvirt.libvirtError):  # NUMA node sizes can undercount the host
                 stats = self._conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
                 memory = max(memory, int(stats.get("total", 0)) * KiB)
-        return HostInfo(
+        host = HostInfo(
             uri=self.uri,
             hypervisor=self._type_name,
             version=f"{version // 1000000}.{version // 1000 % 1000}.{version % 1000}",
@@ -192,6 +198,8 @@ class LibvirtDriver:
             acceleration={"kvm": "kvm", "qemu": "tcg"}.get(self._virt_type),
             capabilities=self.capabilities,
         )
+        self._host = (time.monotonic(), host)
+        return host
 
     def close(self) -> None:
         with suppress(libvirt.libvirtError):
@@ -429,12 +437,10 @@ class LibvirtDriver:
             return None
         used = set(exclude or ())
         for dom in self._domains():
-            with suppress(NotFound):
-                for flags in (0, libvirt.VIR_DOMAIN_XML_INACTIVE):
-                    with libvirt_errors("reading domains"):
-                        port = parse_domain_xml(dom.XMLDesc(flags)).config.docker_host_port
-                    if port:
-                        used.add(port)
+            with suppress(NotFound):  # the persistent config holds the port (revert too)
+                port = self._state(dom, inactive=True).config.docker_host_port
+                if port:
+                    used.add(port)
         low, high = _port_range()
         for port in range(low, high + 1):
             if port not in used and _port_is_free(port):
@@ -483,6 +489,7 @@ class LibvirtDriver:
                 disk_size=template.disk_size,
                 disk_mode=spec.disk_mode,
                 base_path=template.disk_path if spec.disk_mode is DiskMode.LINKED else None,
+                base_format=template.disk_format,
                 kernel=template.kernel,
                 initrd=template.initrd,
                 cmdline=template.cmdline,
@@ -699,9 +706,9 @@ class LibvirtDriver:
             raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot!r}{where}") from exc
 
     @staticmethod
-    def _to_snapshot(vm: str, snap: libvirt.virDomainSnapshot) -> Snapshot:
-        import xml.etree.ElementTree as ET
-
+    def _to_snapshot(
+        vm: str, snap: libvirt.virDomainSnapshot, current: bool | None = None
+    ) -> Snapshot:
         root = ET.fromstring(snap.getXMLDesc(0))
         state = root.findtext("state", "shutoff")
         memory = root.find("memory")
@@ -711,10 +718,11 @@ class LibvirtDriver:
             else state in ("running", "paused")
         )
         created = int(root.findtext("creationTime", "0"))
-        try:
-            current = bool(snap.isCurrent(0))
-        except libvirt.libvirtError:
-            current = False
+        if current is None:
+            try:
+                current = bool(snap.isCurrent(0))
+            except libvirt.libvirtError:
+                current = False
         return Snapshot(
             name=root.findtext("name", ""),
             vm=vm,
@@ -731,17 +739,17 @@ class LibvirtDriver:
     def create_snapshot(self, name: str, snapshot: str, description: str = "") -> Snapshot:
         self._require(Capability.SNAPSHOTS, "snapshots")
         dom, _ = self._vm_domain(name)
-        if snapshot in _snapshot_names(dom):
-            raise AlreadyExists(f"VM {name!r} already has a snapshot {snapshot!r}")
-        from xml.sax.saxutils import escape
-
         xml = (
             f"<domainsnapshot><name>{escape(snapshot)}</name>"
             f"<description>{escape(description)}</description></domainsnapshot>"
         )
-        with libvirt_errors(f"snapshotting VM {name}"):
+        try:
             snap = dom.snapshotCreateXML(xml, 0)
-        return self._to_snapshot(name, snap)
+        except libvirt.libvirtError as exc:
+            if snapshot in _snapshot_names(dom):
+                raise AlreadyExists(f"VM {name!r} already has a snapshot {snapshot!r}") from exc
+            raise translate(exc, f"snapshotting VM {name}") from exc
+        return self._to_snapshot(name, snap, current=True)
 
     def list_snapshots(self, name: str) -> list[Snapshot]:
         dom, _ = self._vm_domain(name)
@@ -798,6 +806,21 @@ class LibvirtDriver:
             )
             if info.power_state is PowerState.RUNNING:
                 dom.resume()
+                self._sync_guest_clock(dom)
+
+    @staticmethod
+    def _sync_guest_clock(dom: libvirt.virDomain) -> None:
+        """After a memory revert the guest's clock reads the snapshot's time; set it to
+        now through the agent (best effort: a guest without an agent keeps its clock)."""
+        now = time.time()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                dom.setTime({"seconds": int(now), "nseconds": int(now % 1 * 1e9)}, 0)
+                return
+            except libvirt.libvirtError:
+                time.sleep(0.2)
+                now = time.time()
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._require(Capability.SNAPSHOTS, "snapshots")
@@ -824,9 +847,8 @@ class LibvirtDriver:
         try:
             if mode is DiskMode.LINKED:
                 assert source.base_path is not None
-                base_format = self._base_format(source.base_path)
                 disk = self._storage.create_overlay(
-                    volume, source.base_path, base_format, source.disk_size
+                    volume, source.base_path, source.base_format, source.disk_size
                 )
             else:
                 disk = self._storage.create_empty(volume, source.disk_size)
@@ -858,15 +880,6 @@ class LibvirtDriver:
             raise
         progress("cloned", 1.0)
         return self._to_vm(new_dom, self._state(new_dom))
-
-    def _base_format(self, path: str) -> str:
-        vol = self._storage.volume_by_path(path)
-        if vol is None:
-            return "qcow2"
-        import xml.etree.ElementTree as ET
-
-        fmt = ET.fromstring(vol.XMLDesc(0)).find("target/format")
-        return fmt.get("type", "qcow2") if fmt is not None else "qcow2"
 
     def _copy_disk(self, dom: libvirt.virDomain, source: str, dest: str, *, shallow: bool,
                    progress: Progress) -> None:  # fmt: skip
