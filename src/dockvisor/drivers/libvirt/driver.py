@@ -5,23 +5,12 @@ base disk, as XAPI and Proxmox model them. VMs get their own volume: a qcow2 ove
 the template's base (linked) or a flattened copy (full).
 
 Two QEMU operations bypass libvirt's usual call, for reasons measured on libvirt 9.0:
-- Revert to a memory snapshot: libvirt restarts QEMU with `-loadvm`, which runs before
-  libvirt can re-plug hot-added vCPUs, so a snapshot taken after a live vCPU change
-  never loads ("Unknown savevm section ... cpu_common"). We start the snapshot's
-  configuration paused (libvirt plugs its vCPUs), then `loadvm` through the monitor.
-- Clone: libvirt's volume copy flattens qcow2 chains and cannot read a running VM's disk
-  consistently. We mirror the disk with a block-copy job (shallow for a linked clone),
-  freeze the guest's filesystems through its agent, and cancel the job: the copy is the
-  disk as of that instant. A stopped VM is started paused for the copy.
+reverting to a memory snapshot (see snapshots.py) and cloning (see disk_copy.py).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import socket
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
@@ -49,6 +38,7 @@ from dockvisor.domain.sizes import KiB, MiB
 from dockvisor.domain.sizing import vcpu_ceiling
 from dockvisor.drivers.base import Progress, no_progress
 from dockvisor.drivers.libvirt.acceleration import detect_acceleration
+from dockvisor.drivers.libvirt.disk_copy import mirror_and_cut
 from dockvisor.drivers.libvirt.domain_xml import (
     DomainConfig,
     DomainState,
@@ -58,7 +48,18 @@ from dockvisor.drivers.libvirt.domain_xml import (
     with_host_port,
 )
 from dockvisor.drivers.libvirt.errors import libvirt_errors, translate
-from dockvisor.drivers.libvirt.storage import StoragePool, unique_volume_name
+from dockvisor.drivers.libvirt.ports import port_is_free, port_range
+from dockvisor.drivers.libvirt.snapshots import (
+    load_memory_snapshot,
+    snapshot_names,
+    snapshot_record,
+)
+from dockvisor.drivers.libvirt.storage import (
+    StoragePool,
+    local_disk_format,
+    local_disk_size,
+    unique_volume_name,
+)
 from dockvisor.errors import (
     AlreadyExists,
     BadPowerState,
@@ -73,8 +74,6 @@ from dockvisor.errors import (
 __all__ = ["DEFAULT_URI", "LibvirtDriver"]
 
 DEFAULT_URI = "qemu:///system"
-# Host ports for Docker forwards are taken from this range (override: DOCKVISOR_PORT_RANGE).
-PORT_RANGE = (42000, 42999)
 
 _STATES = {
     libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
@@ -90,27 +89,6 @@ _STATES = {
 # Silence libvirt's default handler, which prints every error to stderr; errors reach
 # us as exceptions and are reported once, translated.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-
-
-def _port_range() -> tuple[int, int]:
-    text = os.environ.get("DOCKVISOR_PORT_RANGE", "")
-    if match := re.fullmatch(r"(\d+)-(\d+)", text.strip()):
-        low, high = int(match[1]), int(match[2])
-        if 1024 <= low <= high <= 65535:
-            return low, high
-    return PORT_RANGE
-
-
-def _port_is_free(port: int) -> bool:
-    """Whether QEMU could listen on 127.0.0.1:`port` now. QEMU binds its host-forwards
-    with SO_REUSEADDR, so connections of a previous QEMU in TIME_WAIT do not count."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class LibvirtDriver:
@@ -361,7 +339,9 @@ class LibvirtDriver:
                     created.append(vol)
                     volumes[role] = vol
             disk_vol = volumes["disk"]
-            disk_format = self._storage.format_of(disk_vol) if send else _local_format(spec.disk)
+            disk_format = (
+                self._storage.format_of(disk_vol) if send else local_disk_format(spec.disk)
+            )
             config = DomainConfig(
                 name=spec.name,
                 kind="template",
@@ -371,7 +351,7 @@ class LibvirtDriver:
                 max_memory=128 * MiB,
                 disk_path=self._storage.path_of(disk_vol),
                 disk_format=disk_format,
-                disk_size=self._storage.capacity(disk_vol) if send else _local_size(spec.disk),
+                disk_size=self._storage.capacity(disk_vol) if send else local_disk_size(spec.disk),
                 disk_readonly=True,
                 kernel=self._storage.path_of(volumes["kernel"]) if "kernel" in volumes else None,
                 initrd=self._storage.path_of(volumes["initrd"]) if "initrd" in volumes else None,
@@ -441,9 +421,9 @@ class LibvirtDriver:
                 port = self._state(dom, inactive=True).config.docker_host_port
                 if port:
                     used.add(port)
-        low, high = _port_range()
+        low, high = port_range()
         for port in range(low, high + 1):
-            if port not in used and _port_is_free(port):
+            if port not in used and port_is_free(port):
                 return port
         raise HypervisorError(f"no free port on 127.0.0.1 in {low}-{high} for a Docker forward")
 
@@ -511,7 +491,7 @@ class LibvirtDriver:
         """Before a start: if another program took the VM's Docker port, move the VM."""
         config = self._state(dom, inactive=True).config
         port = config.docker_host_port
-        if not port or Capability.LOOPBACK_FORWARD not in self.capabilities or _port_is_free(port):
+        if not port or Capability.LOOPBACK_FORWARD not in self.capabilities or port_is_free(port):
             return
         new_port = self._allocate_port(exclude={port})
         assert new_port is not None
@@ -701,40 +681,9 @@ class LibvirtDriver:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN_SNAPSHOT:
                 raise HypervisorError(f"looking up snapshot {snapshot}: {exc}") from exc
             owners = [d.name() for d in self._domains() if d.name() != dom.name()
-                      and snapshot in _snapshot_names(d)]  # fmt: skip
+                      and snapshot in snapshot_names(d)]  # fmt: skip
             where = f" (VM {owners[0]!r} has one of that name)" if owners else ""
             raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot!r}{where}") from exc
-
-    @staticmethod
-    def _to_snapshot(
-        vm: str, snap: libvirt.virDomainSnapshot, current: bool | None = None
-    ) -> Snapshot:
-        root = ET.fromstring(snap.getXMLDesc(0))
-        state = root.findtext("state", "shutoff")
-        memory = root.find("memory")
-        with_memory = (
-            memory.get("snapshot") in ("internal", "external")
-            if memory is not None
-            else state in ("running", "paused")
-        )
-        created = int(root.findtext("creationTime", "0"))
-        if current is None:
-            try:
-                current = bool(snap.isCurrent(0))
-            except libvirt.libvirtError:
-                current = False
-        return Snapshot(
-            name=root.findtext("name", ""),
-            vm=vm,
-            created=datetime.fromtimestamp(created, UTC),
-            power_state={"running": PowerState.RUNNING, "paused": PowerState.PAUSED}.get(
-                state, PowerState.STOPPED
-            ),
-            with_memory=with_memory,
-            description=root.findtext("description", ""),
-            parent=root.findtext("parent/name"),
-            current=current,
-        )
 
     def create_snapshot(self, name: str, snapshot: str, description: str = "") -> Snapshot:
         self._require(Capability.SNAPSHOTS, "snapshots")
@@ -746,81 +695,30 @@ class LibvirtDriver:
         try:
             snap = dom.snapshotCreateXML(xml, 0)
         except libvirt.libvirtError as exc:
-            if snapshot in _snapshot_names(dom):
+            if snapshot in snapshot_names(dom):
                 raise AlreadyExists(f"VM {name!r} already has a snapshot {snapshot!r}") from exc
             raise translate(exc, f"snapshotting VM {name}") from exc
-        return self._to_snapshot(name, snap, current=True)
+        return snapshot_record(name, snap, current=True)
 
     def list_snapshots(self, name: str) -> list[Snapshot]:
         dom, _ = self._vm_domain(name)
         with libvirt_errors(f"listing snapshots of {name}"):
-            snaps = [self._to_snapshot(name, s) for s in dom.listAllSnapshots(0)]
+            snaps = [snapshot_record(name, s) for s in dom.listAllSnapshots(0)]
         return sorted(snaps, key=lambda s: (s.created, s.name))
 
     def revert_to_snapshot(self, name: str, snapshot: str) -> VM:
         self._require(Capability.SNAPSHOTS, "snapshots")
         dom, _ = self._vm_domain(name)
         snap = self._snapshot(dom, snapshot)
-        info = self._to_snapshot(name, snap)
+        info = snapshot_record(name, snap)
         if self._is_qemu and info.with_memory:
-            self._revert_with_memory(dom, snap, info)
+            load_memory_snapshot(
+                self._conn, dom, snap, info, before_start=self._ensure_forward_port
+            )
         else:
             with libvirt_errors(f"reverting VM {name} to {snapshot}"):
                 dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
         return self.get_vm(name)
-
-    def _revert_with_memory(
-        self, dom: libvirt.virDomain, snap: libvirt.virDomainSnapshot, info: Snapshot
-    ) -> None:
-        import libvirt_qemu
-
-        name = dom.name()
-        snap_xml = snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
-        match = re.search(r"<domain[ >].*</domain>", snap_xml, re.S)
-        if match is None:
-            raise HypervisorError(f"snapshot {info.name} of {name} records no configuration")
-        with libvirt_errors(f"reverting VM {name} to {info.name}"):
-            if dom.isActive():
-                dom.destroy()
-            dom = self._conn.defineXML(match.group(0))
-            self._ensure_forward_port(dom)
-            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
-            try:
-                reply = libvirt_qemu.qemuMonitorCommand(
-                    dom,
-                    f'loadvm "{info.name}"',
-                    libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
-                )
-            except libvirt.libvirtError:
-                dom.destroy()
-                raise
-            if reply.strip():
-                dom.destroy()
-                raise HypervisorError(
-                    f"reverting VM {name} to {info.name}: QEMU said: {reply.strip()[:300]}"
-                )
-            dom.snapshotCreateXML(
-                snap_xml,
-                libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
-                | libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_CURRENT,
-            )
-            if info.power_state is PowerState.RUNNING:
-                dom.resume()
-                self._sync_guest_clock(dom)
-
-    @staticmethod
-    def _sync_guest_clock(dom: libvirt.virDomain) -> None:
-        """After a memory revert the guest's clock reads the snapshot's time; set it to
-        now through the agent (best effort: a guest without an agent keeps its clock)."""
-        now = time.time()
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            try:
-                dom.setTime({"seconds": int(now), "nseconds": int(now % 1 * 1e9)}, 0)
-                return
-            except libvirt.libvirtError:
-                time.sleep(0.2)
-                now = time.time()
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._require(Capability.SNAPSHOTS, "snapshots")
@@ -893,48 +791,12 @@ class LibvirtDriver:
                 dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
                 started_here = True
             try:
-                self._mirror_and_cut(dom, dest, shallow=shallow, progress=progress,
-                                     freeze=not started_here)  # fmt: skip
+                mirror_and_cut(dom, dest, shallow=shallow, freeze=not started_here,
+                               progress=progress)  # fmt: skip
             finally:
                 if started_here:
                     with suppress(libvirt.libvirtError):
                         dom.destroy()
-
-    def _mirror_and_cut(self, dom: libvirt.virDomain, dest: str, *, shallow: bool,
-                        progress: Progress, freeze: bool) -> None:  # fmt: skip
-        target = f"<disk type='file'><source file='{dest}'/><driver type='qcow2'/></disk>"
-        flags = (
-            libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT | libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
-        )
-        if shallow:
-            flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW
-        dom.blockCopy("vda", target, None, flags)
-        try:
-            deadline = time.monotonic() + 3600
-            while "ready='yes'" not in dom.XMLDesc(0):
-                info = dom.blockJobInfo("vda", 0)
-                if not info:
-                    raise HypervisorError(f"the disk copy of {dom.name()} stopped unexpectedly")
-                if info.get("end"):
-                    progress("copying disk", 0.1 + 0.8 * info["cur"] / info["end"])
-                if time.monotonic() > deadline:
-                    raise GuestTimeout(f"the disk copy of {dom.name()} did not finish in an hour")
-                time.sleep(0.1)
-            frozen = False
-            if freeze:
-                with suppress(libvirt.libvirtError):
-                    dom.fsFreeze(None, 0)
-                    frozen = True
-            try:
-                dom.blockJobAbort("vda", 0)  # the copy now holds the disk as of this instant
-            finally:
-                if frozen:
-                    with suppress(libvirt.libvirtError):
-                        dom.fsThaw(None, 0)
-        except BaseException:
-            with suppress(libvirt.libvirtError):
-                dom.blockJobAbort("vda", 0)
-            raise
 
     # -- guest access ----------------------------------------------------------------
 
@@ -989,23 +851,3 @@ class LibvirtDriver:
 
     def volume_names(self) -> list[str]:
         return self._storage.names()
-
-
-def _snapshot_names(dom: libvirt.virDomain) -> list[str]:
-    try:
-        return list(dom.snapshotListNames(0))
-    except libvirt.libvirtError:
-        return []
-
-
-def _local_format(path: str) -> str:
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
-
-
-def _local_size(path: str) -> int:
-    with open(path, "rb") as f:
-        head = f.read(32)
-    if head[:4] == b"QFI\xfb":
-        return int.from_bytes(head[24:32], "big")
-    return os.path.getsize(path)
