@@ -98,7 +98,7 @@ def cli(ctx: click.Context, uri: str, as_json: bool) -> None:
 @pass_ctx
 def host_info(ctx: Context) -> None:
     """Show the hypervisor host: size, acceleration, capabilities."""
-    info = ctx.driver.host_info()
+    info = vm_service.host_info(ctx.driver)
     ctx.emit(info, lambda: render.host_details(info))
 
 
@@ -222,7 +222,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
 
 def _endpoint_or_none(ctx: Context, name: str) -> str | None:
     try:
-        return ctx.driver.docker_endpoint(name).docker_host
+        return vm_service.docker_endpoint(ctx.driver, name).docker_host
     except DockvisorError:
         return None
 
@@ -231,7 +231,7 @@ def _endpoint_or_none(ctx: Context, name: str) -> str | None:
 @pass_ctx
 def vm_list(ctx: Context) -> None:
     """List VMs."""
-    vms = ctx.driver.list_vms()
+    vms = vm_service.list_vms(ctx.driver)
     ctx.emit(vms, lambda: render.vm_rows(vms))
 
 
@@ -240,7 +240,7 @@ def vm_list(ctx: Context) -> None:
 @pass_ctx
 def vm_show(ctx: Context, name: str) -> None:
     """Show one VM in detail."""
-    shown = ctx.driver.get_vm(name)
+    shown = vm_service.get_vm(ctx.driver, name)
     ctx.emit(shown, lambda: render.vm_details(shown, _endpoint_or_none(ctx, name)))
 
 

@@ -15,6 +15,7 @@ from dockvisor.domain.model import (
     VM,
     DiskMode,
     DockerEndpoint,
+    HostInfo,
     PowerState,
     ResizeResult,
     Snapshot,
@@ -33,7 +34,10 @@ __all__ = [
     "delete_snapshot",
     "delete_vm",
     "docker_endpoint",
+    "get_vm",
+    "host_info",
     "kill_vm",
+    "list_vms",
     "list_snapshots",
     "reboot_vm",
     "resize_vm",
@@ -50,6 +54,18 @@ DOCKER_TIMEOUT = float(os.environ.get("DOCKVISOR_DOCKER_TIMEOUT", "150"))
 
 def _scaled(progress: Progress, low: float, high: float) -> Progress:
     return lambda step, fraction: progress(step, low + (high - low) * fraction)
+
+
+def host_info(driver: HypervisorDriver) -> HostInfo:
+    return driver.host_info()
+
+
+def list_vms(driver: HypervisorDriver) -> list[VM]:
+    return driver.list_vms()
+
+
+def get_vm(driver: HypervisorDriver, name: str) -> VM:
+    return driver.get_vm(name)
 
 
 def wait_for_docker(
