@@ -10,7 +10,11 @@
     ├── HypervisorUnreachable       the hypervisor URI cannot be connected to
     ├── HypervisorError             the hypervisor failed an operation for another reason
     ├── GuestTimeout                the guest did not reach a state in time
-    └── ImageBuildError             the Docker-ready guest image could not be built
+    ├── ImageBuildError             the Docker-ready guest image could not be built
+    ├── Unauthorized                no valid credentials (log in, or a valid API token)
+    ├── Forbidden                   valid credentials, but not the privilege needed
+    ├── Busy                        another task holds the object; try again later
+    └── Throttled                   too many failed logins; wait before trying again
 
 Adapters wrap their backend's exceptions (libvirtError, XAPI Failure) into these at
 their boundary; nothing above the adapters sees a backend exception. Each class has a
@@ -26,10 +30,14 @@ __all__ = [
     "GuestTimeout",
     "HypervisorError",
     "HypervisorUnreachable",
+    "Busy",
+    "Forbidden",
     "ImageBuildError",
     "InvalidInput",
     "NotFound",
     "OutOfCapacity",
+    "Throttled",
+    "Unauthorized",
     "Unsupported",
 ]
 
@@ -78,3 +86,23 @@ class GuestTimeout(DockvisorError):
 
 class ImageBuildError(DockvisorError):
     code = "image-build-failed"
+
+
+class Unauthorized(DockvisorError):
+    code = "unauthorized"
+
+
+class Forbidden(DockvisorError):
+    code = "forbidden"
+
+
+class Busy(DockvisorError):
+    code = "busy"
+
+
+class Throttled(DockvisorError):
+    code = "throttled"
+
+    def __init__(self, message: str, retry_after: float = 60.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -13,6 +13,7 @@ from contextlib import suppress
 
 from dockvisor.domain.model import (
     VM,
+    Capability,
     DiskMode,
     DockerEndpoint,
     HostInfo,
@@ -50,6 +51,12 @@ __all__ = [
 
 # How long a boot may take to bring up the guest's Docker API (software emulation is slow).
 DOCKER_TIMEOUT = float(os.environ.get("DOCKVISOR_DOCKER_TIMEOUT", "150"))
+
+
+def _docker_reachable(driver: HypervisorDriver, vm: VM) -> bool:
+    """Whether to wait for this VM's engine: it has one, and the hypervisor can say where."""
+    reach = Capability.LOOPBACK_FORWARD | Capability.GUEST_AGENT
+    return vm.docker_ready and bool(driver.capabilities & reach)
 
 
 def _scaled(progress: Progress, low: float, high: float) -> Progress:
@@ -136,7 +143,7 @@ def create_vm_from_template(
     try:
         progress("booting", 0.15)
         vm = driver.start_vm(name)
-        if wait and vm.docker_ready:
+        if wait and _docker_reachable(driver, vm):
             wait_for_docker(driver, name, progress=_scaled(progress, 0.2, 1.0))
     except BaseException:
         _remove_quietly(driver, name)
@@ -156,7 +163,7 @@ def start_vm(
     driver: HypervisorDriver, name: str, *, wait: bool = True, progress: Progress = no_progress
 ) -> VM:
     vm = driver.start_vm(name)
-    if wait and vm.docker_ready:
+    if wait and _docker_reachable(driver, vm):
         wait_for_docker(driver, name, progress=progress)
     return driver.get_vm(name)
 
@@ -174,7 +181,11 @@ def reboot_vm(
 ) -> VM:
     """Ask the guest to reboot. With `wait`, return once its Docker engine has gone down
     and come back (GuestTimeout if the guest never went down)."""
-    endpoint = driver.docker_endpoint(name) if wait and driver.get_vm(name).docker_ready else None
+    endpoint = (
+        driver.docker_endpoint(name)
+        if wait and _docker_reachable(driver, driver.get_vm(name))
+        else None
+    )
     vm = driver.reboot_vm(name)
     if endpoint is None:
         return vm
@@ -231,7 +242,7 @@ def revert_to_snapshot(
     engine answering at once; one taken stopped leaves the VM stopped."""
     progress("reverting", 0.1)
     vm = driver.revert_to_snapshot(name, snapshot)
-    if vm.power_state is PowerState.RUNNING and vm.docker_ready:
+    if vm.power_state is PowerState.RUNNING and _docker_reachable(driver, vm):
         wait_for_docker(driver, name, timeout=30.0, progress=_scaled(progress, 0.5, 1.0))
     progress("reverted", 1.0)
     return vm

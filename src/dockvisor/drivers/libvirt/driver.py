@@ -11,7 +11,7 @@ reverting to a memory snapshot (see snapshots.py) and cloning (see disk_copy.py)
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -48,6 +48,7 @@ from dockvisor.drivers.libvirt.domain_xml import (
     with_host_port,
 )
 from dockvisor.drivers.libvirt.errors import libvirt_errors, translate
+from dockvisor.drivers.libvirt.events import EVENT_NAMES
 from dockvisor.drivers.libvirt.ports import port_is_free, port_range
 from dockvisor.drivers.libvirt.snapshots import (
     load_memory_snapshot,
@@ -841,6 +842,22 @@ class LibvirtDriver:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    # -- events ----------------------------------------------------------------------
+
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        """Call `callback(vm_name, what)` on each domain lifecycle event (what: "started",
+        "stopped", "defined", "undefined"...). Needs `start_event_loop()` to have run
+        before this driver connected."""
+
+        def relay(_conn: object, dom: libvirt.virDomain, event: int, _detail: int,
+                  _opaque: object) -> None:  # fmt: skip
+            callback(dom.name(), EVENT_NAMES.get(event, "changed"))
+
+        with libvirt_errors(f"watching {self.uri}"):
+            self._conn.domainEventRegisterAny(
+                None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, relay, None
+            )
 
     # -- for tests and benchmarks ----------------------------------------------------
 

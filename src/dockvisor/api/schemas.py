@@ -1,0 +1,317 @@
+"""The API's request and response bodies (they make its OpenAPI description)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
+SNAPSHOT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+MAX_BYTES = 2**50  # sizes above a petabyte are not sizes
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(BaseModel):
+    """An error, as application/problem+json (RFC 9457) with a stable `code`."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None
+
+
+class ApiInfo(BaseModel):
+    api_version: str
+    server_version: str
+    extensions: list[str]
+
+
+class LoginRequest(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class LoginResponse(BaseModel):
+    user: str
+    csrf_token: str
+
+
+class WhoAmI(BaseModel):
+    id: int
+    name: str
+    groups: list[int]
+    via: str
+
+
+class UserOut(BaseModel):
+    id: int
+    name: str
+    disabled: bool
+
+
+class UserCreate(Strict):
+    name: str = Field(pattern=NAME)
+    password: str = Field(min_length=8, max_length=1024)
+    admin: bool = False
+
+
+class GroupOut(BaseModel):
+    id: int
+    name: str
+    members: list[str]
+
+
+class GroupCreate(Strict):
+    name: str = Field(pattern=NAME)
+    members: list[str] = Field(default_factory=list, max_length=1000)
+
+
+class GroupMembers(Strict):
+    members: list[str] = Field(max_length=1000)
+
+
+class RoleOut(BaseModel):
+    name: str
+    privileges: list[str]
+    builtin: bool
+    description: str
+
+
+class RoleCreate(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9.-]+$")
+    privileges: list[str] = Field(max_length=100)
+    description: str = Field(default="", max_length=500)
+
+
+class AclOut(BaseModel):
+    id: int
+    subject: str
+    path: str
+    role: str
+    propagate: bool
+
+
+class AclCreate(Strict):
+    subject: str = Field(min_length=3, max_length=80, pattern=r"^(user|group):")
+    path: str = Field(min_length=1, max_length=255)
+    role: str = Field(min_length=1, max_length=64)
+    propagate: bool = True
+
+
+class TokenOut(BaseModel):
+    id: int
+    name: str
+    user: str
+    created: datetime
+    expires: datetime | None
+    revoked: bool
+    last_used: datetime | None
+
+
+class TokenCreate(Strict):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+    expires_in_days: float | None = Field(default=None, gt=0, le=3650)
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The secret: shown this once, never again")
+
+
+class HostOut(BaseModel):
+    id: int
+    name: str
+    uri: str
+
+
+class HostCreate(Strict):
+    name: str = Field(min_length=1, max_length=64)
+    uri: str = Field(min_length=1, max_length=255)
+
+
+class PoolOut(BaseModel):
+    id: int
+    name: str
+
+
+class PoolCreate(Strict):
+    name: str = Field(pattern=NAME)
+
+
+class TemplateOut(BaseModel):
+    host_id: int
+    name: str
+    description: str
+    disk_size: int
+    docker_ready: bool
+    builtin: bool
+
+
+class TemplateCreate(Strict):
+    host_id: int = Field(ge=1, le=2**31)
+    name: str = Field(pattern=NAME)
+    disk: str = Field(min_length=1, max_length=4096, description="A path on the server")
+    kernel: str | None = Field(default=None, max_length=4096)
+    initrd: str | None = Field(default=None, max_length=4096)
+    cmdline: str | None = Field(default=None, max_length=2048)
+    docker_port: int | None = Field(default=2375, ge=1, le=65535)
+    description: str = Field(default="", max_length=500)
+
+
+class ResourcesOut(BaseModel):
+    vcpus: int
+    memory: int
+    disk: int
+    vms: int
+
+
+class LimitsIn(Strict):
+    vcpus: int | None = Field(default=None, ge=0, le=100000)
+    memory: int | None = Field(default=None, ge=0, le=MAX_BYTES)
+    disk: int | None = Field(default=None, ge=0, le=MAX_BYTES)
+    vms: int | None = Field(default=None, ge=0, le=100000)
+
+
+class LimitsOut(BaseModel):
+    vcpus: int | None
+    memory: int | None
+    disk: int | None
+    vms: int | None
+
+
+class ResourceSetIn(Strict):
+    name: str = Field(pattern=NAME)
+    limits: LimitsIn = Field(default_factory=LimitsIn)
+    templates: list[str] = Field(default_factory=list, max_length=100)
+    host_ids: list[int] = Field(default_factory=list, max_length=100)
+    subjects: list[str] = Field(default_factory=list, max_length=1000)
+    count_snapshots: bool = False
+
+
+class ResourceSetOut(BaseModel):
+    id: int
+    name: str
+    limits: LimitsOut
+    usage: ResourcesOut
+    templates: list[str]
+    host_ids: list[int]
+    subjects: list[str]
+    count_snapshots: bool
+
+
+class RecomputeOut(BaseModel):
+    added: list[str]
+    removed: list[str]
+    updated: list[str]
+    unreachable: list[str]
+    drift: dict[str, dict[str, dict[str, int]]]
+
+
+class VmOut(BaseModel):
+    id: str
+    name: str
+    host_id: int
+    pool_id: int | None
+    resource_set_id: int | None
+    state: str
+    vcpus: int
+    max_vcpus: int
+    memory: int
+    max_memory: int
+    disk: int
+    snapshots: int
+    template: str | None
+    docker_ready: bool
+    managed: bool
+
+
+class VmCreate(Strict):
+    name: str = Field(pattern=NAME)
+    template: str = Field(default="docker-ready", pattern=NAME)
+    vcpus: int = Field(ge=1, le=1024)
+    memory: int = Field(ge=1, le=MAX_BYTES, description="Bytes")
+    max_vcpus: int | None = Field(default=None, ge=1, le=1024)
+    max_memory: int | None = Field(default=None, ge=1, le=MAX_BYTES)
+    full: bool = False
+    start: bool = True
+    host_id: int | None = Field(default=None, ge=1, le=2**31)
+    resource_set_id: int | None = Field(default=None, ge=1, le=2**31)
+    pool_id: int | None = Field(default=None, ge=1, le=2**31)
+
+
+class VmResize(Strict):
+    vcpus: int | None = Field(default=None, ge=1, le=1024)
+    memory: int | None = Field(default=None, ge=1, le=MAX_BYTES)
+
+
+class VmState(Strict):
+    action: Literal["start", "stop", "kill", "reboot"]
+
+
+class VmClone(Strict):
+    name: str = Field(pattern=NAME)
+    full: bool = False
+    start: bool = False
+
+
+class SnapshotCreate(Strict):
+    name: str = Field(pattern=SNAPSHOT)
+    description: str = Field(default="", max_length=500)
+
+
+class SnapshotOut(BaseModel):
+    name: str
+    created: datetime
+    power_state: str
+    with_memory: bool
+    description: str
+    parent: str | None
+    current: bool
+
+
+class EndpointOut(BaseModel):
+    docker_host: str
+    host: str
+    port: int
+    tls: bool
+
+
+class TaskOut(BaseModel):
+    id: str
+    kind: str
+    object_type: str
+    object_id: str
+    requester: str
+    state: Literal["pending", "running", "succeeded", "failed"]
+    progress: float
+    step: str
+    error: str | None
+    error_code: str | None
+    result: dict[str, Any] | None
+    created: datetime
+    started: datetime | None
+    finished: datetime | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    time: datetime
+    actor: str
+    action: str
+    object: str
+    result: str
+    detail: str
+    digest: str
+
+
+class AuditVerifyOut(BaseModel):
+    entries: int
+    ok: bool
+    broken_at: int | None
+    reason: str

@@ -1,0 +1,60 @@
+"""Who is calling: an API token (Authorization: Bearer) or a login session (cookie).
+
+Requests that change something with a session cookie must repeat the session's CSRF
+token in the X-CSRF-Token header: a page on another site can make the browser send the
+cookie, not read the token. Token-authenticated requests need no CSRF token.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from fastapi import Request
+
+from dockvisor.errors import Forbidden, Unauthorized
+from dockvisor.services import identity
+from dockvisor.services.identity import Principal
+from dockvisor.services.runtime import ControlPlane
+from dockvisor.store.models import TokenRow
+
+__all__ = ["CSRF_HEADER", "SESSION_COOKIE", "authenticate"]
+
+SESSION_COOKIE = "dockvisor_session"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def authenticate(request: Request) -> Principal:
+    cp: ControlPlane = request.app.state.cp
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthorized("the Authorization header must be: Bearer TOKEN")
+        return _by_token(cp, secret.strip())
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise Unauthorized(
+            "log in first (POST /api/v1/login) or send an API token (Authorization: Bearer)"
+        )
+    with cp.db.read() as session:
+        user, csrf = identity.authenticate_session(session, cookie)
+        who = identity.principal_for(session, user, "session")
+    if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != csrf:
+        raise Forbidden("a request with a session cookie must carry its X-CSRF-Token header")
+    return who
+
+
+def _by_token(cp: ControlPlane, secret: str) -> Principal:
+    with cp.db.read() as session:
+        user, row = identity.authenticate_token(session, secret)
+        who = identity.principal_for(session, user, "token", row.id)
+        stale = row.last_used is None or identity._aware(row.last_used) < datetime.now(
+            UTC
+        ) - timedelta(minutes=1)
+    if stale:  # note the use at most once a minute: no write on every request
+        with cp.db.session() as session:
+            fresh = session.get(TokenRow, row.id)
+            if fresh is not None:
+                fresh.last_used = datetime.now(UTC)
+    return who

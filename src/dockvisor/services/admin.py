@@ -1,0 +1,512 @@
+"""Administration use cases of the server: users, groups, tokens, roles, the ACL, hosts,
+pools, resource sets, templates and the audit log. Each checks the caller's privilege
+and writes the audit log.
+
+Managing users, groups, hosts, pools, templates and resource sets takes Sys.Modify on
+`/`; reading the audit log takes Sys.Audit on `/`; the ACL and roles follow the
+delegation rule of AccessPolicy. Everyone manages their own API tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, select
+
+from dockvisor.domain.model import Template, TemplateSpec
+from dockvisor.domain.naming import validate_template_name
+from dockvisor.domain.privileges import Privilege
+from dockvisor.domain.quota import Limits
+from dockvisor.errors import AlreadyExists, InvalidInput, NotFound
+from dockvisor.services import identity, quotas
+from dockvisor.services.access import ROOT, group_members, resolve_subject, subject_name
+from dockvisor.services.audit import ChainReport
+from dockvisor.services.identity import Principal
+from dockvisor.services.inventory import ReconcileReport, chain_of
+from dockvisor.services.runtime import ControlPlane
+from dockvisor.store.models import (
+    AclEntryRow,
+    AuditRow,
+    GroupMember,
+    GroupRow,
+    HostRow,
+    PoolRow,
+    ResourceSetRow,
+    ResourceSetSubject,
+    RoleRow,
+    TokenRow,
+    UserRow,
+    VmRow,
+)
+
+__all__ = ["Administration"]
+
+P = Privilege
+
+
+@dataclass(frozen=True)
+class AclView:
+    id: int
+    subject: str
+    path: str
+    role: str
+    propagate: bool
+
+
+class Administration:
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+        self.db = cp.db
+        self.access = cp.access
+
+    def _require_root(self, who: Principal, privilege: Privilege) -> None:
+        self.access.require(who, privilege, ROOT)
+
+    # -- users and groups --------------------------------------------------------------
+
+    def list_users(self, who: Principal) -> list[dict[str, Any]]:
+        """Everyone for those who manage users or permissions; oneself for the others."""
+        held = self.access.privileges(who, ROOT)
+        everyone = bool({P.SYS_MODIFY, P.PERMISSIONS_MODIFY} & held)
+        with self.db.read() as session:
+            query = select(UserRow).order_by(UserRow.name)
+            if not everyone:
+                query = query.where(UserRow.id == who.user_id)
+            return [
+                {"id": u.id, "name": u.name, "disabled": u.disabled} for u in session.scalars(query)
+            ]
+
+    def create_user(
+        self, who: Principal, name: str, password: str, admin: bool = False
+    ) -> dict[str, Any]:
+        with self.cp.ops.audited(who, "user.create", f"user:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            if admin:
+                self._require_root(who, P.PERMISSIONS_MODIFY)
+            with self.db.session() as session:
+                user = identity.create_user(session, name, password)
+                if admin:
+                    session.add(
+                        AclEntryRow(
+                            subject_kind="user",
+                            subject_id=user.id,
+                            path="/",
+                            role="Admin",
+                            propagate=True,
+                        )
+                    )
+                result = {"id": user.id, "name": user.name, "disabled": False}
+            self.access.invalidate()
+        return result
+
+    def delete_user(self, who: Principal, name: str) -> None:
+        with self.cp.ops.audited(who, "user.delete", f"user:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                user = identity.user_by_name(session, name)
+                if user.id == who.user_id:
+                    raise InvalidInput("you cannot delete yourself")
+                session.execute(
+                    delete(AclEntryRow).where(
+                        AclEntryRow.subject_kind == "user", AclEntryRow.subject_id == user.id
+                    )
+                )
+                session.execute(
+                    delete(ResourceSetSubject).where(
+                        ResourceSetSubject.subject_kind == "user",
+                        ResourceSetSubject.subject_id == user.id,
+                    )
+                )
+                session.delete(user)
+            self.access.invalidate()
+
+    def list_groups(self, who: Principal) -> list[dict[str, Any]]:
+        held = self.access.privileges(who, ROOT)
+        everyone = bool({P.SYS_MODIFY, P.PERMISSIONS_MODIFY} & held)
+        with self.db.read() as session:
+            groups = session.scalars(select(GroupRow).order_by(GroupRow.name))
+            return [
+                {"id": g.id, "name": g.name, "members": group_members(session, g.id)}
+                for g in groups
+                if everyone or g.id in who.group_ids
+            ]
+
+    def create_group(self, who: Principal, name: str, members: list[str]) -> dict[str, Any]:
+        with self.cp.ops.audited(who, "group.create", f"group:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                group = identity.create_group(session, name)
+                self._set_members(session, group, members)
+                result = {"id": group.id, "name": name, "members": sorted(set(members))}
+            self.access.invalidate()
+        return result
+
+    def set_group_members(self, who: Principal, name: str, members: list[str]) -> dict[str, Any]:
+        with self.cp.ops.audited(who, "group.members", f"group:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                group = identity.group_by_name(session, name)
+                self._set_members(session, group, members)
+                result = {"id": group.id, "name": name, "members": sorted(set(members))}
+            self.access.invalidate()
+        return result
+
+    @staticmethod
+    def _set_members(session: Any, group: GroupRow, members: list[str]) -> None:
+        users = [identity.user_by_name(session, m) for m in sorted(set(members))]
+        session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
+        for user in users:
+            session.add(GroupMember(group_id=group.id, user_id=user.id))
+
+    def delete_group(self, who: Principal, name: str) -> None:
+        with self.cp.ops.audited(who, "group.delete", f"group:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                group = identity.group_by_name(session, name)
+                session.execute(
+                    delete(AclEntryRow).where(
+                        AclEntryRow.subject_kind == "group", AclEntryRow.subject_id == group.id
+                    )
+                )
+                session.execute(
+                    delete(ResourceSetSubject).where(
+                        ResourceSetSubject.subject_kind == "group",
+                        ResourceSetSubject.subject_id == group.id,
+                    )
+                )
+                session.delete(group)
+            self.access.invalidate()
+
+    # -- tokens ------------------------------------------------------------------------
+
+    def list_tokens(self, who: Principal) -> list[identity.TokenInfo]:
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(TokenRow).where(TokenRow.user_id == who.user_id).order_by(TokenRow.id)
+            )
+            return [identity.token_info(r, who.name) for r in rows]
+
+    def create_token(
+        self, who: Principal, name: str, expires: datetime | None
+    ) -> tuple[identity.TokenInfo, str]:
+        with self.cp.ops.audited(who, "token.create", f"token:{who.name}/{name}"):
+            with self.db.session() as session:
+                user = session.get(UserRow, who.user_id)
+                assert user is not None
+                row, secret = identity.create_token(session, user, name, expires)
+                info = identity.token_info(row, who.name)
+        return info, secret
+
+    def revoke_token(self, who: Principal, token_id: int) -> None:
+        with self.cp.ops.audited(who, "token.revoke", f"token:{token_id}"):
+            with self.db.session() as session:
+                row = session.get(TokenRow, token_id)
+                if row is None or row.user_id != who.user_id:
+                    raise NotFound(f"no token {token_id}")
+                row.revoked = True
+
+    # -- roles and the ACL -------------------------------------------------------------
+
+    def list_roles(self) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            return [
+                {
+                    "name": r.name,
+                    "privileges": sorted(r.privileges),
+                    "builtin": r.builtin,
+                    "description": r.description,
+                }
+                for r in session.scalars(select(RoleRow).order_by(RoleRow.name))
+            ]
+
+    def create_role(
+        self, who: Principal, name: str, privileges: list[str], description: str = ""
+    ) -> dict[str, Any]:
+        with self.cp.ops.audited(who, "role.create", f"role:{name}"), self.db.session() as s:
+            row = self.access.create_role(s, who, name, privileges, description)
+            return {
+                "name": row.name,
+                "privileges": row.privileges,
+                "builtin": False,
+                "description": row.description,
+            }
+
+    def delete_role(self, who: Principal, name: str) -> None:
+        with self.cp.ops.audited(who, "role.delete", f"role:{name}"), self.db.session() as s:
+            self.access.delete_role(s, who, name)
+
+    def chain_of_path(self, who: Principal, path: str) -> tuple[str, ...]:
+        """The inheritance chain of an ACL path; NotFound for objects `who` cannot see."""
+        if path == "/":
+            return ROOT
+        parts = path.strip("/").split("/")
+        if len(parts) != 2 or parts[0] not in ("hosts", "pools", "vms", "resource-sets"):
+            raise InvalidInput(
+                f"ACL path {path!r} is not one of /, /hosts/ID, /pools/ID, /vms/ID, "
+                "/resource-sets/ID"
+            )
+        kind, key = parts
+        with self.db.read() as session:
+            if kind == "vms":
+                row = session.get(VmRow, key)
+                if row is None or not self.access.allows(who, P.VM_VIEW, chain_of(row)):
+                    raise NotFound(f"no VM {key}")
+                return chain_of(row)
+            model = {"hosts": HostRow, "pools": PoolRow, "resource-sets": ResourceSetRow}[kind]
+            if not key.isdigit() or session.get(model, int(key)) is None:
+                raise NotFound(f"no {kind[:-1].replace('-', ' ')} {key}")
+        return ("/", path)
+
+    def list_acl(self, who: Principal) -> list[AclView]:
+        """The entries on paths where `who` may change permissions."""
+        with self.db.read() as session:
+            rows = list(session.scalars(select(AclEntryRow).order_by(AclEntryRow.id)))
+            views = []
+            for row in rows:
+                try:
+                    chain = self.chain_of_path(who, row.path)
+                except (NotFound, InvalidInput):
+                    continue
+                if self.access.allows(who, P.PERMISSIONS_MODIFY, chain):
+                    views.append(
+                        AclView(
+                            row.id,
+                            subject_name(session, row.subject_kind, row.subject_id),
+                            row.path,
+                            row.role,
+                            row.propagate,
+                        )
+                    )
+        return views
+
+    def grant(self, who: Principal, subject: str, path: str, role: str, propagate: bool) -> AclView:
+        with self.cp.ops.audited(who, "acl.grant", f"acl:{subject}@{path}={role}"):
+            chain = self.chain_of_path(who, path)
+            with self.db.session() as session:
+                row = self.access.grant(
+                    session,
+                    who,
+                    subject=subject,
+                    path=path,
+                    role=role,
+                    propagate=propagate,
+                    chain=chain,
+                )
+                return AclView(row.id, subject, path, role, propagate)
+
+    def revoke(self, who: Principal, entry_id: int) -> None:
+        with self.cp.ops.audited(who, "acl.revoke", f"acl:{entry_id}"):
+            with self.db.session() as session:
+                row = session.get(AclEntryRow, entry_id)
+                if row is None:
+                    raise NotFound(f"no ACL entry {entry_id}")
+                try:
+                    chain = self.chain_of_path(who, row.path)
+                except NotFound:
+                    raise NotFound(f"no ACL entry {entry_id}") from None
+                if not self.access.allows(who, P.PERMISSIONS_MODIFY, chain):
+                    raise NotFound(f"no ACL entry {entry_id}")
+                self.access.revoke(session, who, row, chain)
+
+    # -- hosts, pools, templates -------------------------------------------------------
+
+    def list_hosts(self, who: Principal) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            hosts = list(session.scalars(select(HostRow).order_by(HostRow.id)))
+        allowed_sets = self._sets_for(who)
+        return [
+            {"id": h.id, "name": h.name, "uri": h.uri}
+            for h in hosts
+            if self.access.privileges(who, ("/", f"/hosts/{h.id}"))
+            or any(h.id in s.host_ids for s in allowed_sets)
+        ]
+
+    def add_host(self, who: Principal, name: str, uri: str) -> dict[str, Any]:
+        with self.cp.ops.audited(who, "host.add", f"host:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                row = self.cp.hosts.add(session, name, uri)
+                host_id = row.id
+        self.cp.inventory.reconcile(host_id)
+        return {"id": host_id, "name": name, "uri": uri}
+
+    def list_pools(self, who: Principal) -> list[dict[str, Any]]:
+        with self.db.read() as session:
+            pools = list(session.scalars(select(PoolRow).order_by(PoolRow.id)))
+        return [
+            {"id": p.id, "name": p.name}
+            for p in pools
+            if self.access.privileges(who, ("/", f"/pools/{p.id}"))
+        ]
+
+    def create_pool(self, who: Principal, name: str) -> dict[str, Any]:
+        with self.cp.ops.audited(who, "pool.create", f"pool:{name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            validate_template_name(name)
+            with self.db.session() as session:
+                if session.scalar(select(PoolRow).where(PoolRow.name == name)) is not None:
+                    raise AlreadyExists(f"a pool named {name!r} already exists")
+                row = PoolRow(name=name)
+                session.add(row)
+                session.flush()
+                return {"id": row.id, "name": row.name}
+
+    def list_templates(
+        self, who: Principal, host_id: int | None = None
+    ) -> list[tuple[int, Template]]:
+        """Admins see every template; others those their resource sets allow."""
+        admin = self.access.allows(who, P.SYS_MODIFY, ROOT)
+        allowed = {(h, t) for s in self._sets_for(who) for h in s.host_ids for t in s.templates}
+        result = []
+        for hid in self.cp.hosts.ids():
+            if host_id is not None and hid != host_id:
+                continue
+            host_visible = admin or self.access.allows(who, P.VM_ALLOCATE, ("/", f"/hosts/{hid}"))
+            if not host_visible and not any(h == hid for h, _ in allowed):
+                continue
+            for template in self.cp.hosts.driver(hid).list_templates():
+                if host_visible or (hid, template.name) in allowed:
+                    result.append((hid, template))
+        return result
+
+    def add_template(self, who: Principal, host_id: int, spec: TemplateSpec) -> Template:
+        with self.cp.ops.audited(who, "template.add", f"template:{spec.name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            from dockvisor.services.templates import add_template
+
+            return add_template(
+                self.cp.hosts.driver(host_id),
+                name=spec.name,
+                disk=spec.disk,
+                kernel=spec.kernel,
+                initrd=spec.initrd,
+                cmdline=spec.cmdline,
+                docker_port=spec.docker_port,
+                description=spec.description,
+            )
+
+    # -- resource sets -----------------------------------------------------------------
+
+    def _sets_for(self, who: Principal) -> list[ResourceSetRow]:
+        with self.db.read() as session:
+            rows = list(session.scalars(select(ResourceSetRow).order_by(ResourceSetRow.id)))
+        if self.access.allows(who, P.SYS_MODIFY, ROOT):
+            return rows
+        return [r for r in rows if self.access.may_allocate_in(who, r.id)]
+
+    def list_resource_sets(self, who: Principal) -> list[quotas.ResourceSetView]:
+        ids = {r.id for r in self._sets_for(who)}
+        with self.db.read() as session:
+            rows = session.scalars(
+                select(ResourceSetRow).where(ResourceSetRow.id.in_(ids)).order_by(ResourceSetRow.id)
+            )
+            return [quotas.set_view(session, r, self._subjects(session, r.id)) for r in rows]
+
+    def get_resource_set(self, who: Principal, set_id: int) -> quotas.ResourceSetView:
+        if set_id not in {r.id for r in self._sets_for(who)}:
+            raise NotFound(f"no resource set {set_id}")
+        with self.db.read() as session:
+            row = session.get(ResourceSetRow, set_id)
+            if row is None:
+                raise NotFound(f"no resource set {set_id}")
+            return quotas.set_view(session, row, self._subjects(session, set_id))
+
+    @staticmethod
+    def _subjects(session: Any, set_id: int) -> list[str]:
+        rows = session.scalars(
+            select(ResourceSetSubject).where(ResourceSetSubject.set_id == set_id)
+        )
+        return sorted(subject_name(session, r.subject_kind, r.subject_id) for r in rows)
+
+    def write_resource_set(
+        self,
+        who: Principal,
+        set_id: int | None,
+        *,
+        name: str,
+        limits: Limits,
+        templates: list[str],
+        host_ids: list[int],
+        subjects: list[str],
+        count_snapshots: bool,
+    ) -> quotas.ResourceSetView:
+        action = "resource-set.create" if set_id is None else "resource-set.update"
+        with self.cp.ops.audited(who, action, f"resource-set:{set_id or name}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                row = None
+                if set_id is not None:
+                    row = quotas.lock_set(session, set_id)
+                resolved = [resolve_subject(session, s) for s in subjects]
+                row = quotas.write_set(
+                    session,
+                    row,
+                    name=name,
+                    limits=limits,
+                    templates=templates,
+                    host_ids=host_ids,
+                    subjects=resolved,
+                    count_snapshots=count_snapshots,
+                )
+                view = quotas.set_view(session, row, self._subjects(session, row.id))
+            self.access.invalidate()
+            return view
+
+    def delete_resource_set(self, who: Principal, set_id: int) -> None:
+        with self.cp.ops.audited(who, "resource-set.delete", f"resource-set:{set_id}"):
+            self._require_root(who, P.SYS_MODIFY)
+            with self.db.session() as session:
+                row = quotas.lock_set(session, set_id)
+                vms = session.scalar(select(VmRow.id).where(VmRow.resource_set_id == set_id))
+                if vms is not None:
+                    raise InvalidInput(f"resource set {row.name!r} still has VMs")
+                session.delete(row)
+            self.access.invalidate()
+
+    def recompute(self, who: Principal) -> dict[str, Any]:
+        """Re-read every VM from the hypervisors; report how usage moved (drift)."""
+        with self.cp.ops.audited(who, "resource-set.recompute", "resource-sets"):
+            self._require_root(who, P.SYS_MODIFY)
+            before = {v.id: v.usage for v in self.list_resource_sets(who)}
+            report: ReconcileReport = self.cp.inventory.reconcile()
+            after = {v.id: v.usage for v in self.list_resource_sets(who)}
+        drift = {
+            str(k): {"before": before[k].__dict__, "after": after[k].__dict__}
+            for k in after
+            if k in before and before[k] != after[k]
+        }
+        return {
+            "added": report.added,
+            "removed": report.removed,
+            "updated": report.updated,
+            "unreachable": report.unreachable,
+            "drift": drift,
+        }
+
+    # -- audit -------------------------------------------------------------------------
+
+    def audit_entries(
+        self, who: Principal, limit: int = 100, before: int | None = None
+    ) -> list[AuditRow]:
+        self._require_root(who, P.SYS_AUDIT)
+        if not 1 <= limit <= 1000:
+            raise InvalidInput("limit is between 1 and 1000")
+        with self.db.read() as session:
+            query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
+            if before is not None:
+                query = query.where(AuditRow.id < before)
+            return list(session.scalars(query))
+
+    def verify_audit(self, who: Principal) -> ChainReport:
+        self._require_root(who, P.SYS_AUDIT)
+        return self.cp.audit.verify()
+
+
+def token_expiry(days: float | None) -> datetime | None:
+    if days is None:
+        return None
+    if days <= 0 or days > 3650:
+        raise InvalidInput("a token lasts more than 0 and at most 3650 days")
+    return datetime.now(UTC) + timedelta(days=days)

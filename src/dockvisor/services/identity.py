@@ -1,0 +1,273 @@
+"""Users, groups, passwords, sessions and API tokens.
+
+Passwords are argon2 hashes. Session ids and API tokens are random secrets of which only
+a SHA-256 digest is stored; a token is shown once, when it is made. Failed logins are
+throttled per user name and per client address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from dockvisor.domain.naming import validate_vm_name
+from dockvisor.errors import AlreadyExists, InvalidInput, NotFound, Unauthorized
+from dockvisor.store.models import GroupMember, GroupRow, SessionRow, TokenRow, UserRow
+
+__all__ = [
+    "LoginThrottle",
+    "Principal",
+    "TokenInfo",
+    "authenticate_token",
+    "create_group",
+    "create_session",
+    "create_token",
+    "create_user",
+    "principal_for",
+    "verify_password",
+]
+
+_HASHER = PasswordHasher()
+SESSION_LIFETIME = timedelta(hours=12)
+TOKEN_PREFIX = "dvt_"
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive datetimes; ours are all UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a user, with their groups, authenticated by `via`."""
+
+    user_id: int
+    name: str
+    group_ids: frozenset[int]
+    via: str  # "session", "token", or "local" (the shell on the server's data directory)
+    token_id: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    id: int
+    name: str
+    user: str
+    created: datetime
+    expires: datetime | None
+    revoked: bool
+    last_used: datetime | None
+
+
+def validate_password(password: str) -> str:
+    if len(password) < 8:
+        raise InvalidInput("a password needs at least 8 characters")
+    if len(password) > 1024:
+        raise InvalidInput("a password has at most 1024 characters")
+    return password
+
+
+def create_user(session: Session, name: str, password: str | None) -> UserRow:
+    validate_vm_name(name, what="user name")
+    if session.scalar(select(UserRow).where(UserRow.name == name)) is not None:
+        raise AlreadyExists(f"a user named {name!r} already exists")
+    user = UserRow(
+        name=name,
+        password_hash=_HASHER.hash(validate_password(password)) if password else None,
+        disabled=False,
+        created=now(),
+    )
+    session.add(user)
+    session.flush()
+    return user
+
+
+def set_password(session: Session, user: UserRow, password: str) -> None:
+    user.password_hash = _HASHER.hash(validate_password(password))
+
+
+def create_group(session: Session, name: str) -> GroupRow:
+    validate_vm_name(name, what="group name")
+    if session.scalar(select(GroupRow).where(GroupRow.name == name)) is not None:
+        raise AlreadyExists(f"a group named {name!r} already exists")
+    group = GroupRow(name=name)
+    session.add(group)
+    session.flush()
+    return group
+
+
+def user_by_name(session: Session, name: str) -> UserRow:
+    user = session.scalar(select(UserRow).where(UserRow.name == name))
+    if user is None:
+        raise NotFound(f"no user named {name!r}")
+    return user
+
+
+def group_by_name(session: Session, name: str) -> GroupRow:
+    group = session.scalar(select(GroupRow).where(GroupRow.name == name))
+    if group is None:
+        raise NotFound(f"no group named {name!r}")
+    return group
+
+
+def principal_for(
+    session: Session, user: UserRow, via: str, token_id: int | None = None
+) -> Principal:
+    groups = session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user.id))
+    return Principal(user.id, user.name, frozenset(groups), via, token_id)
+
+
+def verify_password(session: Session, name: str, password: str) -> UserRow:
+    """The user if `password` is theirs; Unauthorized (the same for every cause) if not."""
+    user = session.scalar(select(UserRow).where(UserRow.name == name))
+    refused = Unauthorized("wrong user name or password")
+    if user is None or user.disabled or not user.password_hash:
+        _HASHER.hash("spend-the-same-time")  # no hint that the user does not exist
+        raise refused
+    try:
+        _HASHER.verify(user.password_hash, password)
+    except (VerificationError, InvalidHashError):
+        raise refused from None
+    return user
+
+
+def create_session(session: Session, user: UserRow) -> tuple[str, str]:
+    """A new login session: (session secret for the cookie, CSRF token)."""
+    secret = secrets.token_urlsafe(32)
+    csrf = secrets.token_urlsafe(24)
+    session.add(
+        SessionRow(
+            digest=digest(secret),
+            user_id=user.id,
+            csrf=csrf,
+            created=now(),
+            expires=now() + SESSION_LIFETIME,
+        )
+    )
+    return secret, csrf
+
+
+def authenticate_session(session: Session, secret: str) -> tuple[UserRow, str]:
+    """The user and CSRF token of a live session; Unauthorized otherwise."""
+    row = session.get(SessionRow, digest(secret))
+    if row is None or _aware(row.expires) < now():
+        raise Unauthorized("the session has expired; log in again")
+    user = session.get(UserRow, row.user_id)
+    if user is None or user.disabled:
+        raise Unauthorized("the session's user is gone or disabled")
+    return user, row.csrf
+
+
+def end_session(session: Session, secret: str) -> None:
+    session.execute(delete(SessionRow).where(SessionRow.digest == digest(secret)))
+
+
+def create_token(
+    session: Session, user: UserRow, name: str, expires: datetime | None = None
+) -> tuple[TokenRow, str]:
+    """A new API token: its row and its secret (shown once, never stored)."""
+    if not name or len(name) > 64 or not name.replace("-", "").replace("_", "").isalnum():
+        raise InvalidInput(
+            f"token name {name!r} is not valid: use 1-64 letters, digits, '-' and '_'"
+        )
+    if expires is not None and _aware(expires) <= now():
+        raise InvalidInput("a token's expiry must be in the future")
+    exists = session.scalar(
+        select(TokenRow).where(TokenRow.user_id == user.id, TokenRow.name == name)
+    )
+    if exists is not None:
+        raise AlreadyExists(f"user {user.name!r} already has a token named {name!r}")
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    row = TokenRow(
+        user_id=user.id,
+        name=name,
+        digest=digest(secret),
+        created=now(),
+        expires=expires,
+        revoked=False,
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def authenticate_token(session: Session, secret: str) -> tuple[UserRow, TokenRow]:
+    row = session.scalar(select(TokenRow).where(TokenRow.digest == digest(secret)))
+    if row is None or row.revoked:
+        raise Unauthorized("the API token is not valid")
+    if row.expires is not None and _aware(row.expires) <= now():
+        raise Unauthorized(f"the API token {row.name!r} expired on {row.expires:%Y-%m-%d %H:%M}")
+    user = session.get(UserRow, row.user_id)
+    if user is None or user.disabled:
+        raise Unauthorized("the token's user is gone or disabled")
+    row.last_used = now()
+    return user, row
+
+
+def token_info(row: TokenRow, user: str) -> TokenInfo:
+    return TokenInfo(
+        id=row.id,
+        name=row.name,
+        user=user,
+        created=_aware(row.created),
+        expires=_aware(row.expires) if row.expires else None,
+        revoked=row.revoked,
+        last_used=_aware(row.last_used) if row.last_used else None,
+    )
+
+
+class LoginThrottle:
+    """After `limit` failures within `window` seconds for one user name or one client
+    address, further attempts from it are refused for `window` seconds."""
+
+    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
+        self.limit = limit
+        self.window = window
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self._lock = threading.Lock()
+
+    def _recent(self, key: str, at: float) -> deque[float]:
+        failures = self._failures[key]
+        while failures and at - failures[0] > self.window:
+            failures.popleft()
+        return failures
+
+    def retry_after(self, *keys: str) -> float:
+        """Seconds to wait before another attempt (0: go ahead)."""
+        at = time.monotonic()
+        with self._lock:
+            waits = [
+                self.window - (at - recent[-self.limit])
+                for key in keys
+                if len(recent := self._recent(key, at)) >= self.limit
+            ]
+        return max(waits, default=0.0)
+
+    def failed(self, *keys: str) -> None:
+        at = time.monotonic()
+        with self._lock:
+            for key in keys:
+                self._recent(key, at).append(at)
+
+    def succeeded(self, *keys: str) -> None:
+        with self._lock:
+            for key in keys:
+                self._failures.pop(key, None)

@@ -1,0 +1,273 @@
+"""The inventory: which VMs exist on which host, kept in step with the hypervisors.
+
+Each host has one open driver. libvirt's domain events refresh a VM's row within a
+second of a change; a periodic reconcile repairs whatever events missed, so a VM created
+or deleted behind dockvisor's back appears or disappears. VM rows also carry what only
+dockvisor knows: its pool, its resource set, who created it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import uuid
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from dockvisor.domain.acl import vm_chain
+from dockvisor.domain.model import VM
+from dockvisor.drivers.base import HypervisorDriver
+from dockvisor.errors import AlreadyExists, DockvisorError, InvalidInput, NotFound
+from dockvisor.services.events import Event, EventBroker
+from dockvisor.store.db import Database
+from dockvisor.store.models import AclEntryRow, HostRow, VmRow
+
+__all__ = ["Hosts", "Inventory", "ReconcileReport", "apply_vm", "chain_of", "vm_data"]
+
+DriverFactory = Callable[[str], HypervisorDriver]
+
+
+def chain_of(row: VmRow) -> tuple[str, ...]:
+    return vm_chain(row.id, row.host_id, row.pool_id)
+
+
+def vm_data(row: VmRow) -> dict[str, Any]:
+    """A VM row as the API and events show it."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "host_id": row.host_id,
+        "pool_id": row.pool_id,
+        "resource_set_id": row.resource_set_id,
+        "state": row.state,
+        "vcpus": row.vcpus,
+        "max_vcpus": row.max_vcpus,
+        "memory": row.memory,
+        "max_memory": row.max_memory,
+        "disk": row.disk,
+        "snapshots": row.snapshots,
+        "template": row.template,
+        "docker_ready": row.docker_ready,
+        "managed": row.managed,
+    }
+
+
+def apply_vm(row: VmRow, vm: VM) -> bool:
+    """Copy what the hypervisor says into the row; True if anything changed. Sizes are
+    the configured ones (a pending change counts: quotas reserve it)."""
+    values = {
+        "hv_uuid": vm.uuid,
+        "state": vm.power_state.value,
+        "vcpus": vm.pending_vcpus or vm.vcpus,
+        "max_vcpus": vm.pending_max_vcpus or vm.max_vcpus,
+        "memory": vm.pending_memory or vm.memory,
+        "max_memory": vm.pending_max_memory or vm.max_memory,
+        "disk": vm.disk_size,
+        "snapshots": vm.snapshot_count,
+        "template": vm.template,
+        "docker_ready": vm.docker_ready,
+        "managed": vm.managed,
+    }
+    changed = any(getattr(row, key) != value for key, value in values.items())
+    for key, value in values.items():
+        setattr(row, key, value)
+    if changed:
+        row.updated = datetime.now(UTC)
+    return changed
+
+
+@dataclass
+class ReconcileReport:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unreachable: list[str] = field(default_factory=list)
+
+
+class Hosts:
+    """The hypervisor hosts this server manages, each with one open driver."""
+
+    def __init__(self, db: Database, factory: DriverFactory) -> None:
+        self._db = db
+        self._factory = factory
+        self._drivers: dict[int, HypervisorDriver] = {}
+        self._lock = threading.Lock()
+        self.on_connect: Callable[[int, HypervisorDriver], None] | None = None
+
+    def add(self, session: Session, name: str, uri: str) -> HostRow:
+        if session.scalar(select(HostRow).where(HostRow.name == name)) is not None:
+            raise AlreadyExists(f"a host named {name!r} already exists")
+        if session.scalar(select(HostRow).where(HostRow.uri == uri)) is not None:
+            raise AlreadyExists(f"host URI {uri} is already registered")
+        if not name or len(name) > 64:
+            raise InvalidInput("a host name has 1 to 64 characters")
+        driver = self._factory(uri)  # HypervisorUnreachable if it cannot be reached
+        row = HostRow(name=name, uri=uri)
+        session.add(row)
+        session.flush()
+        with self._lock:
+            self._drivers[row.id] = driver
+        if self.on_connect:
+            self.on_connect(row.id, driver)
+        return row
+
+    def driver(self, host_id: int) -> HypervisorDriver:
+        with self._lock:
+            if host_id in self._drivers:
+                return self._drivers[host_id]
+        with self._db.read() as session:
+            row = session.get(HostRow, host_id)
+            if row is None:
+                raise NotFound(f"no host {host_id}")
+            uri = row.uri
+        driver = self._factory(uri)
+        with self._lock:
+            existing = self._drivers.setdefault(host_id, driver)
+        if existing is driver and self.on_connect:
+            self.on_connect(host_id, driver)
+        return existing
+
+    def ids(self) -> list[int]:
+        with self._db.read() as session:
+            return list(session.scalars(select(HostRow.id).order_by(HostRow.id)))
+
+    def close(self) -> None:
+        with self._lock:
+            drivers, self._drivers = list(self._drivers.values()), {}
+        for driver in drivers:
+            driver.close()
+
+
+class Inventory:
+    def __init__(self, db: Database, hosts: Hosts, broker: EventBroker) -> None:
+        self._db = db
+        self._hosts = hosts
+        self._broker = broker
+        self._events: queue.Queue[tuple[int, str] | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._stop = threading.Event()
+        hosts.on_connect = self._watch
+
+    # -- events ----------------------------------------------------------------------
+
+    def _watch(self, host_id: int, driver: HypervisorDriver) -> None:
+        watch = getattr(driver, "watch", None)
+        if watch is None:
+            return
+        # Without events from this hypervisor, the periodic reconcile covers it.
+        with suppress(DockvisorError):
+            watch(lambda name, _what: self._events.put((host_id, name)))
+
+    def start(self, reconcile_every: float = 30.0) -> None:
+        """Follow domain events, and reconcile every `reconcile_every` seconds."""
+        self._worker = threading.Thread(target=self._follow, name="inventory", daemon=True)
+        self._worker.start()
+        threading.Thread(
+            target=self._periodic, args=(reconcile_every,), name="reconcile", daemon=True
+        ).start()
+        for host_id in self._hosts.ids():
+            with suppress(DockvisorError):
+                self._hosts.driver(host_id)  # connects, and so subscribes to its events
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._events.put(None)
+
+    def _follow(self) -> None:
+        while (item := self._events.get()) is not None:
+            host_id, name = item
+            with suppress(Exception):  # one bad event must not end the follower
+                self.refresh_vm(host_id, name)
+
+    def _periodic(self, every: float) -> None:
+        while not self._stop.wait(every):
+            with suppress(Exception):  # nor one failed round the reconciling
+                self.reconcile()
+
+    def publish(self, row: VmRow, action: str) -> None:
+        self._broker.publish(
+            Event("vm", action, f"/vms/{row.id}", chain_of(row), None, vm_data(row))
+        )
+
+    # -- reading the hypervisor ------------------------------------------------------
+
+    def refresh_vm(self, host_id: int, name: str) -> VmRow | None:
+        """Bring one VM's row up to date (or remove it if the VM is gone)."""
+        driver = self._hosts.driver(host_id)
+        try:
+            vm: VM | None = driver.get_vm(name)
+        except NotFound:
+            vm = None
+        with self._db.session() as session:
+            row = session.scalar(select(VmRow).where(VmRow.host_id == host_id, VmRow.name == name))
+            if row is not None and row.state == "creating":
+                return row  # its create task owns it until it ends
+            if vm is None:
+                if row is not None:
+                    self._forget(session, row)
+                return None
+            action = "updated"
+            if row is None:
+                row = VmRow(
+                    id=str(uuid.uuid4()),
+                    host_id=host_id,
+                    name=name,
+                    state="",
+                    updated=datetime.now(UTC),
+                )
+                session.add(row)
+                action = "created"
+            if apply_vm(row, vm) or action == "created":
+                session.flush()
+                self.publish(row, action)
+            return row
+
+    def _forget(self, session: Session, row: VmRow) -> None:
+        session.execute(delete(AclEntryRow).where(AclEntryRow.path == f"/vms/{row.id}"))
+        session.delete(row)
+        self.publish(row, "deleted")
+
+    def reconcile(self, host_id: int | None = None) -> ReconcileReport:
+        """Make the rows match the hypervisors: add VMs created behind our back, drop the
+        ones deleted behind it, update sizes and states."""
+        report = ReconcileReport()
+        for hid in [host_id] if host_id is not None else self._hosts.ids():
+            try:
+                vms = {vm.name: vm for vm in self._hosts.driver(hid).list_vms()}
+            except DockvisorError:
+                report.unreachable.append(str(hid))
+                continue
+            with self._db.session() as session:
+                rows = {
+                    r.name: r for r in session.scalars(select(VmRow).where(VmRow.host_id == hid))
+                }
+                for name, row in rows.items():
+                    if row.state == "creating":
+                        continue
+                    if name not in vms:
+                        self._forget(session, row)
+                        report.removed.append(name)
+                    elif apply_vm(row, vms[name]):
+                        self.publish(row, "updated")
+                        report.updated.append(name)
+                for name, vm in vms.items():
+                    if name not in rows:
+                        row = VmRow(
+                            id=str(uuid.uuid4()),
+                            host_id=hid,
+                            name=name,
+                            state="",
+                            updated=datetime.now(UTC),
+                        )
+                        apply_vm(row, vm)
+                        session.add(row)
+                        session.flush()
+                        self.publish(row, "created")
+                        report.added.append(name)
+        return report

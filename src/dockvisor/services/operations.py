@@ -1,0 +1,532 @@
+"""VM operations for a multi-user server: where permissions, quotas, tasks, audit and the
+hypervisor drivers meet, one function per thing a user does.
+
+Each mutating operation checks the caller's privilege on the VM's path, reserves quota
+in its resource set, records a task that holds the VM's lock, and returns at once; the
+hypervisor work runs in the background (services/vms.py does it). A VM the caller cannot
+view does not exist for them: they get NotFound, exactly as for an id that never was.
+Every request that changes something is audited, refused or not.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dockvisor.domain.model import VM, DockerEndpoint, PowerState, Snapshot
+from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
+from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege
+from dockvisor.domain.quota import Resources
+from dockvisor.domain.sizing import check_resize, plan_size
+from dockvisor.errors import (
+    AlreadyExists,
+    DockvisorError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
+from dockvisor.services import quotas
+from dockvisor.services import vms as vm_service
+from dockvisor.services.access import AccessPolicy
+from dockvisor.services.audit import AuditLog
+from dockvisor.services.identity import Principal
+from dockvisor.services.inventory import Hosts, Inventory, apply_vm, chain_of
+from dockvisor.services.tasks import TaskContext, TaskInfo, TaskRunner
+from dockvisor.store.db import Database
+from dockvisor.store.models import AclEntryRow, HostRow, ResourceSetRow, VmRow
+
+__all__ = ["POWER_ACTIONS", "Operations"]
+
+P = Privilege
+POWER_ACTIONS = ("start", "stop", "kill", "reboot")
+
+
+class Operations:
+    def __init__(
+        self,
+        db: Database,
+        hosts: Hosts,
+        inventory: Inventory,
+        access: AccessPolicy,
+        tasks: TaskRunner,
+        audit: AuditLog,
+    ) -> None:
+        self.db = db
+        self.hosts = hosts
+        self.inventory = inventory
+        self.access = access
+        self.tasks = tasks
+        self.audit = audit
+
+    # -- shared steps ----------------------------------------------------------------
+
+    @contextmanager
+    def audited(self, who: Principal, action: str, obj: str) -> Iterator[None]:
+        """Record the request in the audit log: accepted, or how it was refused."""
+        try:
+            yield
+        except DockvisorError as exc:
+            self.audit.append(who.name, action, obj, f"refused:{exc.code}", str(exc))
+            raise
+        self.audit.append(who.name, action, obj, "accepted")
+
+    def _visible_row(
+        self, session: Session, who: Principal, vm_id: str, privilege: Privilege
+    ) -> VmRow:
+        row = session.get(VmRow, vm_id)
+        if row is None or not self.access.allows(who, P.VM_VIEW, chain_of(row)):
+            raise NotFound(f"no VM {vm_id}")
+        if privilege is not P.VM_VIEW:
+            self.access.require(who, privilege, chain_of(row))
+        return row
+
+    def vm_row(self, who: Principal, vm_id: str, privilege: Privilege = P.VM_VIEW) -> VmRow:
+        with self.db.read() as session:
+            return self._visible_row(session, who, vm_id, privilege)
+
+    def _grant_creator(self, session: Session, who: Principal, row: VmRow) -> None:
+        """The creator gets the Developer role on their new VM, unless they already hold
+        all of it there (an admin: an entry at the VM would narrow what they inherit)."""
+        held = self.access.privileges(who, chain_of(row))
+        if BUILTIN_ROLES["Developer"].privileges <= held:
+            return
+        session.add(
+            AclEntryRow(
+                subject_kind="user",
+                subject_id=who.user_id,
+                path=f"/vms/{row.id}",
+                role="Developer",
+                propagate=True,
+            )
+        )
+
+    def _submit(
+        self,
+        who: Principal,
+        kind: str,
+        row: VmRow,
+        work: Callable[[TaskContext], dict[str, Any] | None],
+        on_failure: Callable[[BaseException], None] | None = None,
+    ) -> TaskInfo:
+        return self.tasks.submit(
+            kind=kind,
+            object_type="vm",
+            object_id=row.id,
+            chain=chain_of(row),
+            requester=who,
+            locks=[f"vm:{row.id}"],
+            work=work,
+            on_failure=on_failure,
+        )
+
+    def _refresh(self, row: VmRow) -> None:
+        self.inventory.refresh_vm(row.host_id, row.name)
+
+    # -- reading ---------------------------------------------------------------------
+
+    def list_vms(self, who: Principal) -> list[VmRow]:
+        """The VMs `who` may view, and no others."""
+        candidates = self.access.vm_candidates(who)
+        with self.db.read() as session:
+            query = select(VmRow).order_by(VmRow.name, VmRow.id)
+            if candidates is not None:
+                if not candidates:
+                    return []
+                query = query.where(VmRow.id.in_(candidates))
+            rows = list(session.scalars(query))
+        return [r for r in rows if self.access.allows(who, P.VM_VIEW, chain_of(r))]
+
+    def list_snapshots(self, who: Principal, vm_id: str) -> list[Snapshot]:
+        row = self.vm_row(who, vm_id)
+        return self.hosts.driver(row.host_id).list_snapshots(row.name)
+
+    def docker_endpoint(self, who: Principal, vm_id: str) -> DockerEndpoint:
+        row = self.vm_row(who, vm_id, P.DOCKER_VIEW)
+        return self.hosts.driver(row.host_id).docker_endpoint(row.name)
+
+    # -- create and clone --------------------------------------------------------------
+
+    def _placement(
+        self,
+        session: Session,
+        who: Principal,
+        *,
+        template: str,
+        host_id: int | None,
+        resource_set_id: int | None,
+        pool_id: int | None,
+    ) -> tuple[int, ResourceSetRow | None]:
+        """Where a new VM may go, or why not: (host id, locked resource set or None)."""
+        if pool_id is not None:
+            self.access.require(who, P.VM_ALLOCATE, ("/", f"/pools/{pool_id}"))
+        if resource_set_id is None:
+            if host_id is None:
+                host_id = session.scalar(select(HostRow.id).order_by(HostRow.id).limit(1))
+                if host_id is None:
+                    raise NotFound("this server has no host yet")
+            elif session.get(HostRow, host_id) is None:
+                raise NotFound(f"no host {host_id}")
+            self.access.require(who, P.VM_ALLOCATE, ("/", f"/hosts/{host_id}"))
+            return host_id, None
+        visible = resource_set_id in self.access.resource_sets_of(who) or self.access.allows(
+            who, P.VM_VIEW, ("/", f"/resource-sets/{resource_set_id}")
+        )
+        if not visible and not self.access.may_allocate_in(who, resource_set_id):
+            raise NotFound(f"no resource set {resource_set_id}")
+        if not self.access.may_allocate_in(who, resource_set_id):
+            raise Forbidden(f"{who.name} may not create VMs in resource set {resource_set_id}")
+        set_row = quotas.lock_set(session, resource_set_id)
+        if template not in set_row.templates:
+            raise Forbidden(
+                f"template {template!r} is not allowed in resource set {set_row.name!r} "
+                f"(allowed: {', '.join(set_row.templates) or 'none'})"
+            )
+        if host_id is None:
+            if not set_row.host_ids:
+                raise Forbidden(f"resource set {set_row.name!r} allows no host")
+            host_id = set_row.host_ids[0]
+        elif host_id not in set_row.host_ids:
+            raise Forbidden(f"host {host_id} is not allowed in resource set {set_row.name!r}")
+        return host_id, set_row
+
+    def create_vm(
+        self,
+        who: Principal,
+        *,
+        name: str,
+        template: str,
+        vcpus: int,
+        memory: int,
+        max_vcpus: int | None = None,
+        max_memory: int | None = None,
+        full: bool = False,
+        start: bool = True,
+        host_id: int | None = None,
+        resource_set_id: int | None = None,
+        pool_id: int | None = None,
+    ) -> tuple[VmRow, TaskInfo]:
+        with self.audited(who, "vm.create", f"vm-name:{name}"):
+            validate_vm_name(name)
+            with self.db.session() as session:
+                host_id, _ = self._placement(
+                    session,
+                    who,
+                    template=template,
+                    host_id=host_id,
+                    resource_set_id=resource_set_id,
+                    pool_id=pool_id,
+                )
+            driver = self.hosts.driver(host_id)
+            size = plan_size(
+                driver.host_info(),
+                vcpus=vcpus,
+                memory=memory,
+                max_vcpus=max_vcpus,
+                max_memory=max_memory,
+            )
+            tmpl = driver.get_template(template)
+            row = VmRow(
+                id=str(uuid.uuid4()),
+                host_id=host_id,
+                name=name,
+                state="creating",
+                pool_id=pool_id,
+                resource_set_id=resource_set_id,
+                created_by=who.user_id,
+                template=template,
+                vcpus=size.vcpus,
+                max_vcpus=size.max_vcpus,
+                memory=size.memory,
+                max_memory=size.max_memory,
+                disk=tmpl.disk_size,
+                docker_ready=tmpl.docker_ready,
+                managed=True,
+                updated=datetime.now(UTC),
+            )
+            self._reserve_new(row)
+            task = self._submit(
+                who,
+                "vm.create",
+                row,
+                self._create_work(who, row, size, full, start),
+                on_failure=lambda _exc: self._drop(row.id),
+            )
+        return row, task
+
+    def _reserve_new(self, row: VmRow) -> None:
+        """Insert the row that holds the quota, checking the set's room in the same
+        transaction; AlreadyExists if the host has a VM of that name."""
+        try:
+            with self.db.session() as session:
+                if row.resource_set_id is not None:
+                    set_row = quotas.lock_set(session, row.resource_set_id)
+                    quotas.reserve(session, set_row, Resources(row.vcpus, row.memory, row.disk, 1))
+                taken = session.scalar(
+                    select(VmRow.id).where(VmRow.host_id == row.host_id, VmRow.name == row.name)
+                )
+                if taken is not None:
+                    raise AlreadyExists(f"a VM named {row.name!r} already exists on this host")
+                session.add(row)
+        except IntegrityError:
+            raise AlreadyExists(f"a VM named {row.name!r} already exists on this host") from None
+
+    def _drop(self, vm_id: str) -> None:
+        with self.db.session() as session:
+            row = session.get(VmRow, vm_id)
+            if row is not None:
+                session.execute(delete(AclEntryRow).where(AclEntryRow.path == f"/vms/{vm_id}"))
+                session.delete(row)
+        self.access.invalidate()
+
+    def _adopt(self, who: Principal, row_id: str, vm: VM) -> None:
+        with self.db.session() as session:
+            row = session.get(VmRow, row_id)
+            assert row is not None
+            apply_vm(row, vm)
+            self._grant_creator(session, who, row)
+        self.access.invalidate()
+        with self.db.session() as session:
+            row = session.get(VmRow, row_id)
+            if row is not None:
+                self.inventory.publish(row, "created")
+
+    def _create_work(
+        self, who: Principal, row: VmRow, size: Any, full: bool, start: bool
+    ) -> Callable[[TaskContext], dict[str, Any]]:
+        driver = self.hosts.driver(row.host_id)
+
+        def work(ctx: TaskContext) -> dict[str, Any]:
+            vm = vm_service.create_vm_from_template(
+                driver,
+                name=row.name,
+                template=row.template or "",
+                vcpus=size.vcpus,
+                memory=size.memory,
+                max_vcpus=size.max_vcpus,
+                max_memory=size.max_memory,
+                full=full,
+                start=start,
+                progress=ctx.progress,
+            )
+            self._adopt(who, row.id, vm)
+            return {"vm": row.id}
+
+        return work
+
+    def clone_vm(
+        self, who: Principal, vm_id: str, *, name: str, full: bool = False, start: bool = False
+    ) -> tuple[VmRow, TaskInfo]:
+        with self.audited(who, "vm.clone", f"vm:{vm_id}"):
+            validate_vm_name(name)
+            source = self.vm_row(who, vm_id, P.VM_CLONE)
+            if source.resource_set_id is None:
+                self.access.require(who, P.VM_ALLOCATE, ("/", f"/hosts/{source.host_id}"))
+            row = VmRow(
+                id=str(uuid.uuid4()),
+                host_id=source.host_id,
+                name=name,
+                state="creating",
+                pool_id=source.pool_id,
+                resource_set_id=source.resource_set_id,
+                created_by=who.user_id,
+                template=source.template,
+                vcpus=source.vcpus,
+                max_vcpus=source.max_vcpus,
+                memory=source.memory,
+                max_memory=source.max_memory,
+                disk=source.disk,
+                docker_ready=source.docker_ready,
+                managed=True,
+                updated=datetime.now(UTC),
+            )
+            self._reserve_new(row)
+            driver = self.hosts.driver(row.host_id)
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                vm = vm_service.clone_vm(
+                    driver, source.name, name, full=full, start=start, progress=ctx.progress
+                )
+                self._adopt(who, row.id, vm)
+                return {"vm": row.id}
+
+            # The clone's task holds the source's lock too: no revert under its feet.
+            task = self.tasks.submit(
+                kind="vm.clone",
+                object_type="vm",
+                object_id=row.id,
+                chain=chain_of(row),
+                requester=who,
+                locks=[f"vm:{row.id}", f"vm:{source.id}"],
+                work=work,
+                on_failure=lambda _exc: self._drop(row.id),
+            )
+        return row, task
+
+    # -- changes to an existing VM ---------------------------------------------------
+
+    def set_power(self, who: Principal, vm_id: str, action: str) -> TaskInfo:
+        with self.audited(who, f"vm.{action}", f"vm:{vm_id}"):
+            if action not in POWER_ACTIONS:
+                raise InvalidInput(f"unknown action {action!r} (use {', '.join(POWER_ACTIONS)})")
+            row = self.vm_row(who, vm_id, P.VM_POWER_MGMT)
+            driver = self.hosts.driver(row.host_id)
+            steps: dict[str, Callable[[TaskContext], object]] = {
+                "start": lambda ctx: vm_service.start_vm(driver, row.name, progress=ctx.progress),
+                "stop": lambda ctx: vm_service.stop_vm(driver, row.name),
+                "kill": lambda ctx: vm_service.kill_vm(driver, row.name),
+                "reboot": lambda ctx: vm_service.reboot_vm(driver, row.name),
+            }
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                try:
+                    steps[action](ctx)
+                finally:
+                    self._refresh(row)
+                return {"vm": row.id}
+
+            return self._submit(who, f"vm.{action}", row, work)
+
+    def delete_vm(self, who: Principal, vm_id: str, *, force: bool = False) -> TaskInfo:
+        with self.audited(who, "vm.delete", f"vm:{vm_id}"):
+            row = self.vm_row(who, vm_id, P.VM_DELETE)
+            driver = self.hosts.driver(row.host_id)
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                vm_service.delete_vm(driver, row.name, force=force)
+                self._drop(row.id)
+                self.inventory.publish(row, "deleted")
+                return {"vm": row.id}
+
+            return self._submit(who, "vm.delete", row, work)
+
+    def resize_vm(
+        self, who: Principal, vm_id: str, *, vcpus: int | None = None, memory: int | None = None
+    ) -> TaskInfo:
+        with self.audited(who, "vm.resize", f"vm:{vm_id}"):
+            row = self.vm_row(who, vm_id)
+            if vcpus is not None:
+                self.access.require(who, P.VM_CONFIG_CPU, chain_of(row))
+            if memory is not None:
+                self.access.require(who, P.VM_CONFIG_MEMORY, chain_of(row))
+            driver = self.hosts.driver(row.host_id)
+            check_resize(driver.host_info(), vcpus=vcpus, memory=memory)
+            before = (row.vcpus, row.memory)
+            with self.db.session() as session:  # reserve the growth before doing it
+                locked = session.get(VmRow, row.id)
+                assert locked is not None
+                if locked.resource_set_id is not None:
+                    set_row = quotas.lock_set(session, locked.resource_set_id)
+                    growth = Resources(
+                        vcpus=(vcpus or locked.vcpus) - locked.vcpus,
+                        memory=(memory or locked.memory) - locked.memory,
+                    )
+                    quotas.reserve(session, set_row, growth)
+                locked.vcpus = vcpus or locked.vcpus
+                locked.memory = memory or locked.memory
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                result = vm_service.resize_vm(driver, row.name, vcpus=vcpus, memory=memory)
+                self._refresh(row)
+                return {
+                    "vm": row.id,
+                    "applied": result.applied,
+                    "pending": result.pending,
+                    "reasons": result.reasons,
+                }
+
+            def undo(_exc: BaseException) -> None:
+                with self.db.session() as session:
+                    locked = session.get(VmRow, row.id)
+                    if locked is not None:
+                        locked.vcpus, locked.memory = before
+                self._refresh(row)
+
+            return self._submit(who, "vm.resize", row, work, on_failure=undo)
+
+    def snapshot_vm(self, who: Principal, vm_id: str, name: str, description: str = "") -> TaskInfo:
+        with self.audited(who, "vm.snapshot", f"vm:{vm_id}"):
+            validate_snapshot_name(name)
+            row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
+            driver = self.hosts.driver(row.host_id)
+            with self.db.session() as session:  # a snapshot's disk counts if the set says so
+                locked = session.get(VmRow, row.id)
+                assert locked is not None
+                if locked.resource_set_id is not None:
+                    set_row = quotas.lock_set(session, locked.resource_set_id)
+                    if set_row.count_snapshots:
+                        quotas.reserve(session, set_row, Resources(disk=locked.disk))
+                locked.snapshots += 1
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                snap = vm_service.snapshot_vm(driver, row.name, name, description=description)
+                self._refresh(row)
+                return {"vm": row.id, "snapshot": snap.name}
+
+            return self._submit(
+                who, "vm.snapshot", row, work, on_failure=lambda _exc: self._refresh(row)
+            )
+
+    def revert_vm(self, who: Principal, vm_id: str, snapshot: str) -> TaskInfo:
+        with self.audited(who, "vm.revert", f"vm:{vm_id}"):
+            row = self.vm_row(who, vm_id, P.VM_SNAPSHOT_ROLLBACK)
+            driver = self.hosts.driver(row.host_id)
+            snaps = {s.name: s for s in driver.list_snapshots(row.name)}
+            if snapshot not in snaps:
+                raise NotFound(f"VM {row.name!r} has no snapshot {snapshot!r}")
+            if snaps[snapshot].with_memory and row.state != PowerState.RUNNING.value:
+                # Reverting would power the VM on: that takes the power privilege too
+                # (as Proxmox's rollback with "start").
+                self.access.require(who, P.VM_POWER_MGMT, chain_of(row))
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                try:
+                    vm_service.revert_to_snapshot(driver, row.name, snapshot, progress=ctx.progress)
+                finally:
+                    self._refresh(row)
+                return {"vm": row.id, "snapshot": snapshot}
+
+            return self._submit(who, "vm.revert", row, work)
+
+    def delete_snapshot(self, who: Principal, vm_id: str, snapshot: str) -> TaskInfo:
+        with self.audited(who, "vm.snapshot.delete", f"vm:{vm_id}"):
+            row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
+            driver = self.hosts.driver(row.host_id)
+            if snapshot not in {s.name for s in driver.list_snapshots(row.name)}:
+                raise NotFound(f"VM {row.name!r} has no snapshot {snapshot!r}")
+
+            def work(ctx: TaskContext) -> dict[str, Any]:
+                try:
+                    vm_service.delete_snapshot(driver, row.name, snapshot)
+                finally:
+                    self._refresh(row)
+                return {"vm": row.id, "snapshot": snapshot}
+
+            return self._submit(who, "vm.snapshot.delete", row, work)
+
+    # -- after a restart ---------------------------------------------------------------
+
+    def recover(self) -> None:
+        """After the tasks of a dead server were failed: rows still "creating" belong to
+        creates that never finished. Keep the VM if the hypervisor has it, else drop the
+        row (and with it the quota it held)."""
+        with self.db.read() as session:
+            rows = list(session.scalars(select(VmRow).where(VmRow.state == "creating")))
+        for row in rows:
+            try:
+                vm = self.hosts.driver(row.host_id).get_vm(row.name)
+            except NotFound:
+                self._drop(row.id)
+                continue
+            except DockvisorError:
+                continue  # host unreachable: decide at the next start
+            with self.db.session() as session:
+                current = session.get(VmRow, row.id)
+                if current is not None:
+                    apply_vm(current, vm)

@@ -1,0 +1,223 @@
+"""The tables of dockvisor's state (SQLAlchemy 2). Schema changes go through Alembic.
+
+Secrets are never stored in the clear: passwords as argon2 hashes, API tokens and
+session ids as SHA-256 digests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = [
+    "AclEntryRow",
+    "AuditRow",
+    "Base",
+    "GroupMember",
+    "GroupRow",
+    "HostRow",
+    "LockRow",
+    "PoolRow",
+    "ResourceSetRow",
+    "ResourceSetSubject",
+    "RoleRow",
+    "SessionRow",
+    "TaskRow",
+    "TokenRow",
+    "UserRow",
+    "VmRow",
+]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class UserRow(Base):
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class GroupRow(Base):
+    __tablename__ = "groups"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class GroupMember(Base):
+    __tablename__ = "group_members"
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class RoleRow(Base):
+    __tablename__ = "roles"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    privileges: Mapped[list[str]] = mapped_column(JSON)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class AclEntryRow(Base):
+    __tablename__ = "acl_entries"
+    __table_args__ = (UniqueConstraint("subject_kind", "subject_id", "path", "role"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(String(8))  # "user" | "group"
+    subject_id: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(String(255), index=True)
+    role: Mapped[str] = mapped_column(String(64))
+    propagate: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class TokenRow(Base):
+    __tablename__ = "tokens"
+    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_used: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class SessionRow(Base):
+    __tablename__ = "sessions"
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    csrf: Mapped[str] = mapped_column(String(64))
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HostRow(Base):
+    __tablename__ = "hosts"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    uri: Mapped[str] = mapped_column(String(255), unique=True)
+
+
+class PoolRow(Base):
+    __tablename__ = "pools"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class ResourceSetRow(Base):
+    __tablename__ = "resource_sets"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    max_vcpus: Mapped[int | None] = mapped_column(Integer)
+    max_memory: Mapped[int | None] = mapped_column(BigInteger)
+    max_disk: Mapped[int | None] = mapped_column(BigInteger)
+    max_vms: Mapped[int | None] = mapped_column(Integer)
+    templates: Mapped[list[str]] = mapped_column(JSON, default=list)  # allowed; [] = none
+    host_ids: Mapped[list[int]] = mapped_column(JSON, default=list)  # allowed; [] = none
+    count_snapshots: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ResourceSetSubject(Base):
+    __tablename__ = "resource_set_subjects"
+    set_id: Mapped[int] = mapped_column(
+        ForeignKey("resource_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    subject_kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    subject_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class VmRow(Base):
+    """The inventory: what the hypervisors have, plus what only dockvisor knows (pool,
+    resource set, creator). Sizes are the configured (next-boot) ones, for quotas.
+
+    A VM being created has state "creating" and holds its quota before it exists."""
+
+    __tablename__ = "vms"
+    __table_args__ = (UniqueConstraint("host_id", "name"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    host_id: Mapped[int] = mapped_column(ForeignKey("hosts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    hv_uuid: Mapped[str | None] = mapped_column(String(36), index=True)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id", ondelete="SET NULL"))
+    resource_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("resource_sets.id", ondelete="SET NULL"), index=True
+    )
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    template: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))
+    vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    max_vcpus: Mapped[int] = mapped_column(Integer, default=0)
+    memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    max_memory: Mapped[int] = mapped_column(BigInteger, default=0)
+    disk: Mapped[int] = mapped_column(BigInteger, default=0)
+    snapshots: Mapped[int] = mapped_column(Integer, default=0)
+    docker_ready: Mapped[bool] = mapped_column(Boolean, default=False)
+    managed: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TaskRow(Base):
+    __tablename__ = "tasks"
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    object_type: Mapped[str] = mapped_column(String(16))
+    object_id: Mapped[str] = mapped_column(String(64), index=True)
+    requester_id: Mapped[int | None] = mapped_column(Integer)
+    requester: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # pending running succeeded failed
+    progress: Mapped[float] = mapped_column(Float, default=0.0)
+    step: Mapped[str] = mapped_column(String(255), default="")
+    error: Mapped[str | None] = mapped_column(Text)
+    error_code: Mapped[str | None] = mapped_column(String(32))
+    result: Mapped[dict[str, object] | None] = mapped_column(JSON)
+    created: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    instance: Mapped[str] = mapped_column(String(36))  # the server process that ran it
+
+
+class LockRow(Base):
+    """One row per locked object: a second conflicting operation fails to insert."""
+
+    __tablename__ = "locks"
+    object_key: Mapped[str] = mapped_column(String(96), primary_key=True)
+    task_id: Mapped[str] = mapped_column(String(36))
+    acquired: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditRow(Base):
+    """Append-only and hash-chained: each row's digest covers its content and the digest
+    of the row before it."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(128))
+    result: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text, default="")
+    prev_digest: Mapped[str] = mapped_column(String(64))
+    digest: Mapped[str] = mapped_column(String(64))
