@@ -15,11 +15,13 @@ from typing import Any, NoReturn
 import click
 
 from dockvisor import __version__
-from dockvisor.cli import render
+from dockvisor.cli import credentials, render
+from dockvisor.cli import server as server_cli
+from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
 from dockvisor.cli.progress import ProgressBar
 from dockvisor.domain.sizes import format_size, parse_size
-from dockvisor.drivers.base import HypervisorDriver
-from dockvisor.errors import DockvisorError, InvalidInput
+from dockvisor.drivers.base import HypervisorDriver, no_progress
+from dockvisor.errors import DockvisorError, InvalidInput, Unauthorized
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
 
@@ -29,10 +31,35 @@ DEFAULT_URI = "qemu:///system"
 
 
 class Context:
-    def __init__(self, uri: str, as_json: bool) -> None:
+    def __init__(self, uri: str, as_json: bool, server: str | None = None,
+                 data: str | None = None, database_url: str | None = None) -> None:  # fmt: skip
         self.uri = uri
         self.as_json = as_json
+        self.server = server
+        self.data = data
+        self.database_url = database_url
         self._driver: HypervisorDriver | None = None
+        self._backend: Backend | None = None
+
+    @property
+    def backend(self) -> Backend:
+        """The server's API with --server, else the hypervisor directly."""
+        if self._backend is None:
+            if self.server:
+                token = os.environ.get("DOCKVISOR_TOKEN") or credentials.token_for(self.server)
+                if not token:
+                    raise Unauthorized(
+                        f"no API token for {self.server}: run `dockvisor login --server "
+                        f"{self.server}` or set DOCKVISOR_TOKEN"
+                    )
+                self._backend = RemoteBackend(ApiClient(self.server, token))
+            else:
+                self._backend = LocalBackend(self.driver)
+        return self._backend
+
+    def local_only(self, what: str) -> None:
+        if self.server:
+            raise InvalidInput(f"{what} works on the hypervisor host, not through --server")
 
     @property
     def driver(self) -> HypervisorDriver:
@@ -83,11 +110,30 @@ def _size(text: str | None, what: str) -> int | None:
     help="libvirt URI of the hypervisor (env DOCKVISOR_HYPERVISOR).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+@click.option(
+    "--server",
+    envvar="DOCKVISOR_SERVER",
+    help="Drive a dockvisor server's API instead of the hypervisor (env "
+    "DOCKVISOR_SERVER; token from DOCKVISOR_TOKEN or `dockvisor login`).",
+)
+@click.option(
+    "--data-dir",
+    "data",
+    envvar="DOCKVISOR_DATA_DIR",
+    help="The server's state directory (env DOCKVISOR_DATA_DIR) [~/.local/share/dockvisor].",
+)
+@click.option(
+    "--database-url",
+    envvar="DOCKVISOR_DATABASE_URL",
+    help="SQLAlchemy URL of the server's database (env DOCKVISOR_DATABASE_URL) "
+    "[SQLite in the data directory].",
+)
 @click.version_option(__version__, prog_name="dockvisor")
 @click.pass_context
-def cli(ctx: click.Context, uri: str, as_json: bool) -> None:
+def cli(ctx: click.Context, uri: str, as_json: bool, server: str | None, data: str | None,
+        database_url: str | None) -> None:  # fmt: skip
     """Docker-ready VMs of an exact size: create, snapshot, roll back, clone, grow live."""
-    ctx.obj = Context(uri, as_json)
+    ctx.obj = Context(uri, as_json, server, data, database_url)
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -98,6 +144,7 @@ def cli(ctx: click.Context, uri: str, as_json: bool) -> None:
 @pass_ctx
 def host_info(ctx: Context) -> None:
     """Show the hypervisor host: size, acceleration, capabilities."""
+    ctx.local_only("host")
     info = vm_service.host_info(ctx.driver)
     ctx.emit(info, lambda: render.host_details(info))
 
@@ -112,6 +159,7 @@ def image() -> None:
 @pass_ctx
 def image_build(ctx: Context, force: bool) -> None:
     """Build the guest image and register it as the `docker-ready` template."""
+    ctx.local_only("image build")
     with ctx.progress("image build") as bar:
         built, template = template_service.build_builtin_template(
             ctx.driver, force=force, progress=bar
@@ -137,7 +185,7 @@ def template() -> None:
 @pass_ctx
 def template_list(ctx: Context) -> None:
     """List templates."""
-    templates = template_service.list_templates(ctx.driver)
+    templates = ctx.backend.templates()
     ctx.emit(templates, lambda: render.template_rows(templates))
 
 
@@ -156,6 +204,7 @@ def template_add(ctx: Context, name: str, disk: str, kernel: str | None, initrd:
                  cmdline: str | None, docker_port: int, no_docker: bool,
                  description: str) -> None:  # fmt: skip
     """Register a template from your own disk image."""
+    ctx.local_only("template add")
     with ctx.progress(f"template add {name}") as bar:
         added = template_service.add_template(
             ctx.driver,
@@ -176,6 +225,7 @@ def template_add(ctx: Context, name: str, disk: str, kernel: str | None, initrd:
 @pass_ctx
 def template_rm(ctx: Context, name: str) -> None:
     """Remove a template no VM is based on."""
+    ctx.local_only("template rm")
     template_service.remove_template(ctx.driver, name)
     ctx.emit({"removed": name}, f"template {name} removed")
 
@@ -205,8 +255,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
     memory_bytes = parse_size(memory, what="memory")
     max_memory_bytes = _size(max_memory, "max memory")
     with ctx.progress(f"create {name}") as bar:
-        created = vm_service.create_vm_from_template(
-            ctx.driver,
+        created = ctx.backend.create_vm(
             name=name,
             template=template_name,
             vcpus=vcpus,
@@ -222,7 +271,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
 
 def _endpoint_or_none(ctx: Context, name: str) -> str | None:
     try:
-        return vm_service.docker_endpoint(ctx.driver, name).docker_host
+        return ctx.backend.endpoint(name).docker_host
     except DockvisorError:
         return None
 
@@ -231,7 +280,7 @@ def _endpoint_or_none(ctx: Context, name: str) -> str | None:
 @pass_ctx
 def vm_list(ctx: Context) -> None:
     """List VMs."""
-    vms = vm_service.list_vms(ctx.driver)
+    vms = ctx.backend.list_vms()
     ctx.emit(vms, lambda: render.vm_rows(vms))
 
 
@@ -240,7 +289,7 @@ def vm_list(ctx: Context) -> None:
 @pass_ctx
 def vm_show(ctx: Context, name: str) -> None:
     """Show one VM in detail."""
-    shown = vm_service.get_vm(ctx.driver, name)
+    shown = ctx.backend.get_vm(name)
     ctx.emit(shown, lambda: render.vm_details(shown, _endpoint_or_none(ctx, name)))
 
 
@@ -251,7 +300,7 @@ def vm_show(ctx: Context, name: str) -> None:
 def vm_start(ctx: Context, name: str, no_wait: bool) -> None:
     """Boot a stopped VM (and wait for its Docker engine)."""
     with ctx.progress(f"start {name}") as bar:
-        started = vm_service.start_vm(ctx.driver, name, wait=not no_wait, progress=bar)
+        started = ctx.backend.power(name, "start", wait=not no_wait, timeout=0, progress=bar)
     ctx.emit(started, f"{name} is {started.power_state}")
 
 
@@ -264,7 +313,7 @@ def vm_stop(ctx: Context, name: str, timeout: float) -> None:
     """Shut a VM down cleanly."""
     with ctx.progress(f"stop {name}") as bar:
         bar("asking the guest to power off", 0.1)
-        stopped = vm_service.stop_vm(ctx.driver, name, timeout=timeout)
+        stopped = ctx.backend.power(name, "stop", wait=True, timeout=timeout, progress=bar)
     ctx.emit(stopped, f"{name} is {stopped.power_state}")
 
 
@@ -273,7 +322,7 @@ def vm_stop(ctx: Context, name: str, timeout: float) -> None:
 @pass_ctx
 def vm_kill(ctx: Context, name: str) -> None:
     """Power a VM off at once."""
-    killed = vm_service.kill_vm(ctx.driver, name)
+    killed = ctx.backend.power(name, "kill", wait=True, timeout=0, progress=no_progress)
     ctx.emit(killed, f"{name} is {killed.power_state}")
 
 
@@ -284,7 +333,7 @@ def vm_kill(ctx: Context, name: str) -> None:
 def vm_reboot(ctx: Context, name: str, wait: bool) -> None:
     """Ask the guest to reboot."""
     with ctx.progress(f"reboot {name}") as bar:
-        rebooted = vm_service.reboot_vm(ctx.driver, name, wait=wait, progress=bar)
+        rebooted = ctx.backend.power(name, "reboot", wait=wait, timeout=0, progress=bar)
     ctx.emit(rebooted, f"{name} is rebooting")
 
 
@@ -294,7 +343,7 @@ def vm_reboot(ctx: Context, name: str, wait: bool) -> None:
 @pass_ctx
 def vm_rm(ctx: Context, name: str, force: bool) -> None:
     """Delete a VM with its disk and snapshots."""
-    vm_service.delete_vm(ctx.driver, name, force=force)
+    ctx.backend.delete_vm(name, force=force)
     ctx.emit({"removed": name}, f"{name} removed")
 
 
@@ -305,7 +354,7 @@ def vm_rm(ctx: Context, name: str, force: bool) -> None:
 @pass_ctx
 def vm_set(ctx: Context, name: str, vcpus: int | None, memory: str | None) -> None:
     """Change vCPUs or memory: live within the VM's maximums, else at next boot."""
-    result = vm_service.resize_vm(ctx.driver, name, vcpus=vcpus, memory=_size(memory, "memory"))
+    result = ctx.backend.resize(name, vcpus=vcpus, memory=_size(memory, "memory"))
 
     def human() -> str:
         lines = []
@@ -330,7 +379,7 @@ def vm_snapshot(ctx: Context, name: str, snapshot: str, description: str) -> Non
     """Take a snapshot (with memory if the VM runs)."""
     with ctx.progress(f"snapshot {name}") as bar:
         bar("saving disk and memory", 0.2)
-        taken = vm_service.snapshot_vm(ctx.driver, name, snapshot, description=description)
+        taken = ctx.backend.snapshot(name, snapshot, description)
     memory = " with memory" if taken.with_memory else ""
     ctx.emit(taken, f"snapshot {taken.name} of {name} taken{memory}")
 
@@ -340,7 +389,7 @@ def vm_snapshot(ctx: Context, name: str, snapshot: str, description: str) -> Non
 @pass_ctx
 def vm_snapshots(ctx: Context, name: str) -> None:
     """List a VM's snapshots (* marks the current one)."""
-    snapshots = vm_service.list_snapshots(ctx.driver, name)
+    snapshots = ctx.backend.snapshots(name)
     ctx.emit(snapshots, lambda: render.snapshot_rows(snapshots))
 
 
@@ -351,7 +400,7 @@ def vm_snapshots(ctx: Context, name: str) -> None:
 def vm_revert(ctx: Context, name: str, snapshot: str) -> None:
     """Roll a VM back to a snapshot."""
     with ctx.progress(f"revert {name}") as bar:
-        reverted = vm_service.revert_to_snapshot(ctx.driver, name, snapshot, progress=bar)
+        reverted = ctx.backend.revert(name, snapshot, bar)
     ctx.emit(reverted, f"{name} reverted to {snapshot}; it is {reverted.power_state}")
 
 
@@ -361,7 +410,7 @@ def vm_revert(ctx: Context, name: str, snapshot: str) -> None:
 @pass_ctx
 def vm_snapshot_rm(ctx: Context, name: str, snapshot: str) -> None:
     """Delete a snapshot."""
-    vm_service.delete_snapshot(ctx.driver, name, snapshot)
+    ctx.backend.delete_snapshot(name, snapshot)
     ctx.emit({"removed": snapshot, "vm": name}, f"snapshot {snapshot} of {name} removed")
 
 
@@ -374,8 +423,7 @@ def vm_snapshot_rm(ctx: Context, name: str, snapshot: str) -> None:
 def vm_clone(ctx: Context, name: str, new_name: str, full: bool, start: bool) -> None:
     """Clone a VM, running or not, under a new name."""
     with ctx.progress(f"clone {name}") as bar:
-        clone = vm_service.clone_vm(ctx.driver, name, new_name, full=full, start=start,
-                                    progress=bar)  # fmt: skip
+        clone = ctx.backend.clone(name, new_name, full=full, start=start, progress=bar)
     mode = clone.disk_mode.value if clone.disk_mode else "full"
     ctx.emit(clone, f"{new_name} cloned from {name} ({mode} disk); it is {clone.power_state}")
 
@@ -385,9 +433,14 @@ def vm_clone(ctx: Context, name: str, new_name: str, full: bool, start: bool) ->
 @pass_ctx
 def vm_endpoint(ctx: Context, name: str) -> None:
     """Print the DOCKER_HOST value for the VM's Docker engine."""
-    endpoint = vm_service.docker_endpoint(ctx.driver, name)
+    endpoint = ctx.backend.endpoint(name)
     ctx.emit({"docker_host": endpoint.docker_host, **render.to_data(endpoint)},
              endpoint.docker_host)  # fmt: skip
+
+
+for _command in (server_cli.serve, server_cli.user, server_cli.token, server_cli.audit,
+                 server_cli.login):  # fmt: skip
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:

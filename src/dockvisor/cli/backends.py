@@ -1,0 +1,367 @@
+"""Where the CLI's VM commands go: straight to a hypervisor, or through a dockvisor server.
+
+`LocalBackend` calls the services with a hypervisor driver (the CLI as admin on the
+host). `RemoteBackend` speaks the REST API with an API token, so the server checks the
+user's privileges, quotas and locks, and audits; long operations are followed through
+their task. Both return the same records, so the CLI prints them alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+import httpx
+
+from dockvisor import errors
+from dockvisor.domain.model import (
+    VM,
+    DockerEndpoint,
+    PowerState,
+    ResizeResult,
+    Snapshot,
+    Template,
+)
+from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
+from dockvisor.services import templates as template_service
+from dockvisor.services import vms as vm_service
+
+__all__ = ["ApiClient", "Backend", "LocalBackend", "RemoteBackend"]
+
+
+class Backend(Protocol):
+    def list_vms(self) -> list[VM]: ...
+    def get_vm(self, name: str) -> VM: ...
+    def create_vm(
+        self,
+        *,
+        name: str,
+        template: str,
+        vcpus: int,
+        memory: int,
+        max_vcpus: int | None,
+        max_memory: int | None,
+        full: bool,
+        start: bool,
+        progress: Progress,
+    ) -> VM: ...
+    def power(
+        self, name: str, action: str, *, wait: bool, timeout: float, progress: Progress
+    ) -> VM: ...
+    def delete_vm(self, name: str, *, force: bool) -> None: ...
+    def resize(self, name: str, *, vcpus: int | None, memory: int | None) -> ResizeResult: ...
+    def snapshot(self, name: str, snapshot: str, description: str) -> Snapshot: ...
+    def snapshots(self, name: str) -> list[Snapshot]: ...
+    def revert(self, name: str, snapshot: str, progress: Progress) -> VM: ...
+    def delete_snapshot(self, name: str, snapshot: str) -> None: ...
+    def clone(
+        self, name: str, new_name: str, *, full: bool, start: bool, progress: Progress
+    ) -> VM: ...
+    def endpoint(self, name: str) -> DockerEndpoint: ...
+    def templates(self) -> list[Template]: ...
+
+
+class LocalBackend:
+    def __init__(self, driver: HypervisorDriver) -> None:
+        self.driver = driver
+
+    def list_vms(self) -> list[VM]:
+        return vm_service.list_vms(self.driver)
+
+    def get_vm(self, name: str) -> VM:
+        return vm_service.get_vm(self.driver, name)
+
+    def create_vm(
+        self,
+        *,
+        name: str,
+        template: str,
+        vcpus: int,
+        memory: int,
+        max_vcpus: int | None,
+        max_memory: int | None,
+        full: bool,
+        start: bool,
+        progress: Progress,
+    ) -> VM:
+        return vm_service.create_vm_from_template(
+            self.driver,
+            name=name,
+            template=template,
+            vcpus=vcpus,
+            memory=memory,
+            max_vcpus=max_vcpus,
+            max_memory=max_memory,
+            full=full,
+            start=start,
+            progress=progress,
+        )
+
+    def power(
+        self, name: str, action: str, *, wait: bool, timeout: float, progress: Progress
+    ) -> VM:
+        if action == "start":
+            return vm_service.start_vm(self.driver, name, wait=wait, progress=progress)
+        if action == "stop":
+            return vm_service.stop_vm(self.driver, name, timeout=timeout)
+        if action == "kill":
+            return vm_service.kill_vm(self.driver, name)
+        return vm_service.reboot_vm(self.driver, name, wait=wait, progress=progress)
+
+    def delete_vm(self, name: str, *, force: bool) -> None:
+        vm_service.delete_vm(self.driver, name, force=force)
+
+    def resize(self, name: str, *, vcpus: int | None, memory: int | None) -> ResizeResult:
+        return vm_service.resize_vm(self.driver, name, vcpus=vcpus, memory=memory)
+
+    def snapshot(self, name: str, snapshot: str, description: str) -> Snapshot:
+        return vm_service.snapshot_vm(self.driver, name, snapshot, description=description)
+
+    def snapshots(self, name: str) -> list[Snapshot]:
+        return vm_service.list_snapshots(self.driver, name)
+
+    def revert(self, name: str, snapshot: str, progress: Progress) -> VM:
+        return vm_service.revert_to_snapshot(self.driver, name, snapshot, progress=progress)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        vm_service.delete_snapshot(self.driver, name, snapshot)
+
+    def clone(self, name: str, new_name: str, *, full: bool, start: bool, progress: Progress) -> VM:
+        return vm_service.clone_vm(
+            self.driver, name, new_name, full=full, start=start, progress=progress
+        )
+
+    def endpoint(self, name: str) -> DockerEndpoint:
+        return vm_service.docker_endpoint(self.driver, name)
+
+    def templates(self) -> list[Template]:
+        return template_service.list_templates(self.driver)
+
+
+_BY_CODE: dict[str, type[errors.DockvisorError]] = {
+    cls.code: cls
+    for cls in (
+        errors.InvalidInput,
+        errors.NotFound,
+        errors.AlreadyExists,
+        errors.BadPowerState,
+        errors.Unsupported,
+        errors.OutOfCapacity,
+        errors.HypervisorUnreachable,
+        errors.HypervisorError,
+        errors.GuestTimeout,
+        errors.Unauthorized,
+        errors.Forbidden,
+        errors.Busy,
+    )
+}
+
+
+class ApiClient:
+    """The REST API with a token; problems come back as dockvisor errors."""
+
+    def __init__(self, server: str, token: str | None, *, timeout: float = 60.0) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=f"{self.server}/api/v1", headers=headers, timeout=timeout, trust_env=False
+        )
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise errors.HypervisorUnreachable(
+                f"cannot reach the dockvisor server at {self.server}: {exc}"
+            ) from None
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+                detail, code = body.get("detail", response.text), body.get("code", "")
+            except ValueError:
+                detail, code = response.text, ""
+            cls = _BY_CODE.get(code, errors.DockvisorError)
+            if response.status_code == 429:
+                cls = errors.Throttled
+            raise cls(f"{detail} (HTTP {response.status_code})")
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
+
+    def follow(self, task: dict[str, Any], progress: Progress = no_progress) -> dict[str, Any]:
+        """Wait for a task, feeding its progress; its result, or its error raised."""
+        while task["state"] in ("pending", "running"):
+            progress(task["step"] or task["state"], task["progress"])
+            time.sleep(0.5)
+            task = self.request("GET", f"/tasks/{task['id']}/wait", params={"timeout": 2})
+        if task["state"] == "failed":
+            cls = _BY_CODE.get(task.get("error_code") or "", errors.DockvisorError)
+            raise cls(task["error"])
+        progress("done", 1.0)
+        return dict(task.get("result") or {})
+
+
+def _vm(data: dict[str, Any]) -> VM:
+    try:
+        state = PowerState(data["state"])
+    except ValueError:
+        state = PowerState.UNKNOWN
+    return VM(
+        name=data["name"],
+        uuid=data["id"],
+        power_state=state,
+        vcpus=data["vcpus"],
+        max_vcpus=data["max_vcpus"],
+        memory=data["memory"],
+        max_memory=data["max_memory"],
+        template=data["template"],
+        disk_mode=None,
+        disk_size=data["disk"],
+        docker_ready=data["docker_ready"],
+        snapshot_count=data["snapshots"],
+        managed=data["managed"],
+    )
+
+
+class RemoteBackend:
+    def __init__(self, client: ApiClient) -> None:
+        self.api = client
+
+    def _id(self, name: str) -> str:
+        matches = [
+            v for v in self.api.request("GET", "/vms") if v["name"] == name or v["id"] == name
+        ]
+        if not matches:
+            raise errors.NotFound(f"no VM named {name!r} on {self.api.server}")
+        if len(matches) > 1:
+            ids = ", ".join(f"{m['id']} (host {m['host_id']})" for m in matches)
+            raise errors.InvalidInput(f"several VMs are named {name!r}: use an id: {ids}")
+        return str(matches[0]["id"])
+
+    def list_vms(self) -> list[VM]:
+        return [_vm(v) for v in self.api.request("GET", "/vms")]
+
+    def get_vm(self, name: str) -> VM:
+        return _vm(self.api.request("GET", f"/vms/{self._id(name)}"))
+
+    def _by_id(self, vm_id: str) -> VM:
+        return _vm(self.api.request("GET", f"/vms/{vm_id}"))
+
+    def create_vm(
+        self,
+        *,
+        name: str,
+        template: str,
+        vcpus: int,
+        memory: int,
+        max_vcpus: int | None,
+        max_memory: int | None,
+        full: bool,
+        start: bool,
+        progress: Progress,
+    ) -> VM:
+        task = self.api.request(
+            "POST",
+            "/vms",
+            json={
+                "name": name,
+                "template": template,
+                "vcpus": vcpus,
+                "memory": memory,
+                "max_vcpus": max_vcpus,
+                "max_memory": max_memory,
+                "full": full,
+                "start": start,
+            },
+        )
+        self.api.follow(task, progress)
+        return self._by_id(task["object_id"])
+
+    def power(
+        self, name: str, action: str, *, wait: bool, timeout: float, progress: Progress
+    ) -> VM:
+        vm_id = self._id(name)
+        task = self.api.request("PUT", f"/vms/{vm_id}/state", json={"action": action})
+        self.api.follow(task, progress)
+        return self._by_id(vm_id)
+
+    def delete_vm(self, name: str, *, force: bool) -> None:
+        vm = self.get_vm(name)
+        if vm.power_state is not PowerState.STOPPED and not force:
+            raise errors.BadPowerState(
+                f"VM {name!r} is {vm.power_state}; stop it first or delete it with --force"
+            )
+        task = self.api.request("DELETE", f"/vms/{vm.uuid}", params={"force": "true"})
+        self.api.follow(task)
+
+    def resize(self, name: str, *, vcpus: int | None, memory: int | None) -> ResizeResult:
+        vm_id = self._id(name)
+        task = self.api.request("PATCH", f"/vms/{vm_id}", json={"vcpus": vcpus, "memory": memory})
+        result = self.api.follow(task)
+        return ResizeResult(
+            vm=self._by_id(vm_id),
+            applied=result.get("applied", {}),
+            pending=result.get("pending", {}),
+            reasons=result.get("reasons", []),
+        )
+
+    def snapshot(self, name: str, snapshot: str, description: str) -> Snapshot:
+        vm_id = self._id(name)
+        task = self.api.request(
+            "POST", f"/vms/{vm_id}/snapshots", json={"name": snapshot, "description": description}
+        )
+        self.api.follow(task)
+        return next(s for s in self.snapshots(name) if s.name == snapshot)
+
+    def snapshots(self, name: str) -> list[Snapshot]:
+        from datetime import datetime
+
+        vm_id = self._id(name)
+        return [
+            Snapshot(
+                name=s["name"],
+                vm=name,
+                created=datetime.fromisoformat(s["created"]),
+                power_state=PowerState(s["power_state"]),
+                with_memory=s["with_memory"],
+                description=s["description"],
+                parent=s["parent"],
+                current=s["current"],
+            )
+            for s in self.api.request("GET", f"/vms/{vm_id}/snapshots")
+        ]
+
+    def revert(self, name: str, snapshot: str, progress: Progress) -> VM:
+        vm_id = self._id(name)
+        task = self.api.request("POST", f"/vms/{vm_id}/snapshots/{snapshot}/revert")
+        self.api.follow(task, progress)
+        return self._by_id(vm_id)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> None:
+        vm_id = self._id(name)
+        self.api.follow(self.api.request("DELETE", f"/vms/{vm_id}/snapshots/{snapshot}"))
+
+    def clone(self, name: str, new_name: str, *, full: bool, start: bool, progress: Progress) -> VM:
+        vm_id = self._id(name)
+        task = self.api.request(
+            "POST", f"/vms/{vm_id}/clone", json={"name": new_name, "full": full, "start": start}
+        )
+        self.api.follow(task, progress)
+        return self._by_id(task["object_id"])
+
+    def endpoint(self, name: str) -> DockerEndpoint:
+        data = self.api.request("GET", f"/vms/{self._id(name)}/endpoint")
+        return DockerEndpoint(data["host"], data["port"], data["tls"])
+
+    def templates(self) -> list[Template]:
+        return [
+            Template(
+                name=t["name"],
+                description=t["description"],
+                disk_size=t["disk_size"],
+                docker_ready=t["docker_ready"],
+                builtin=t["builtin"],
+                boots_kernel=False,
+            )
+            for t in self.api.request("GET", "/templates")
+        ]

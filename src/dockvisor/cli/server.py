@@ -1,0 +1,202 @@
+"""CLI commands of the server side: run it, bootstrap users and tokens, log in, audit.
+
+`user create`, `token create` and `audit verify` work directly on the server's data
+directory (or database URL): whoever can read that is already its administrator.
+"""
+
+from __future__ import annotations
+
+import getpass
+import platform
+import secrets
+import sys
+from typing import Any
+
+import click
+
+from dockvisor.cli.backends import ApiClient
+from dockvisor.cli.credentials import save_token
+from dockvisor.errors import InvalidInput
+
+__all__ = ["audit", "login", "serve", "token", "user"]
+
+
+def _settings(ctx: click.Context, default_host: tuple[str, str] | None = None) -> Any:
+    from dockvisor.services.runtime import Settings
+
+    obj = ctx.obj
+    return Settings.from_environment(
+        data=obj.data, database_url=obj.database_url, default_host=default_host
+    )
+
+
+def _database(ctx: click.Context) -> Any:
+    """The server's database, migrated, without starting a server."""
+    from dockvisor.services.access import ensure_builtin_roles
+    from dockvisor.store.db import Database
+
+    settings = _settings(ctx)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    db.migrate()
+    with db.session() as session:
+        ensure_builtin_roles(session)
+    return db
+
+
+def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
+    password = sys.stdin.readline().rstrip("\n") if from_stdin else getpass.getpass(f"{prompt}: ")
+    if not password:
+        raise InvalidInput("no password given")
+    return password
+
+
+@click.command()
+@click.option("--listen", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=int)
+@click.option(
+    "--reconcile-every",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds between full inventory reconciles (events cover the rest).",
+)
+@click.pass_context
+def serve(ctx: click.Context, listen: str, port: int, reconcile_every: float) -> None:
+    """Run the dockvisor server (REST API under /api/v1).
+
+    On first start it registers the hypervisor given by --hypervisor as host "local".
+    """
+    import uvicorn
+
+    from dockvisor.api.app import create_app
+    from dockvisor.services.runtime import ControlPlane
+
+    settings = _settings(ctx, default_host=("local", ctx.obj.uri))
+    settings = type(settings)(**{**settings.__dict__, "reconcile_every": reconcile_every})
+    cp = ControlPlane(settings)
+    cp.start()
+    click.echo(
+        f"dockvisor {settings.data_dir} listening on http://{listen}:{port}/api/v1", err=True
+    )
+    try:
+        uvicorn.run(create_app(cp), host=listen, port=port, log_level="warning")
+    finally:
+        cp.stop()
+
+
+@click.group()
+def user() -> None:
+    """Users of the server (works on its data directory)."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--admin", is_flag=True, help="Give the user the Admin role on /.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+def user_create(ctx: click.Context, name: str, admin: bool, password_stdin: bool) -> None:
+    """Create a user (the first admin, typically)."""
+    from dockvisor.services import identity
+    from dockvisor.store.models import AclEntryRow
+
+    password = _read_password(password_stdin)
+    db = _database(ctx)
+    with db.session() as session:
+        row = identity.create_user(session, name, password)
+        if admin:
+            session.add(
+                AclEntryRow(
+                    subject_kind="user", subject_id=row.id, path="/", role="Admin", propagate=True
+                )
+            )
+        user_id = row.id
+    from dockvisor.services.audit import AuditLog
+
+    AuditLog(db).append(
+        "local-shell", "user.create", f"user:{name}", "ok", "admin" if admin else ""
+    )
+    _emit(
+        ctx,
+        {"id": user_id, "name": name, "admin": admin},
+        f"user {name} created{' (Admin on /)' if admin else ''}",
+    )
+
+
+@click.group()
+def token() -> None:
+    """API tokens (works on the server's data directory)."""
+
+
+@token.command("create")
+@click.argument("token_name")
+@click.option("--user", "user_name", required=True, help="Whose token it is.")
+@click.option("--expires-in-days", type=float, help="Expire after this many days.")
+@click.pass_context
+def token_create(
+    ctx: click.Context, token_name: str, user_name: str, expires_in_days: float | None
+) -> None:
+    """Create an API token and print it (shown once)."""
+    from dockvisor.services import identity
+    from dockvisor.services.admin import token_expiry
+    from dockvisor.services.audit import AuditLog
+
+    db = _database(ctx)
+    with db.session() as session:
+        owner = identity.user_by_name(session, user_name)
+        _, secret = identity.create_token(session, owner, token_name, token_expiry(expires_in_days))
+    AuditLog(db).append("local-shell", "token.create", f"token:{user_name}/{token_name}", "ok")
+    _emit(ctx, {"name": token_name, "user": user_name, "token": secret}, secret)
+
+
+@click.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+@click.pass_context
+def audit_verify(ctx: click.Context) -> None:
+    """Check the audit log's hash chain; exit 1 if it is broken."""
+    from dockvisor.services.audit import AuditLog
+
+    report = AuditLog(_database(ctx)).verify()
+    _emit(
+        ctx,
+        report.__dict__,
+        f"{report.entries} entries, chain intact"
+        if report.ok
+        else f"chain broken at entry {report.broken_at}: {report.reason}",
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.option("--user", "user_name", help="User name [your login name].")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+def login(ctx: click.Context, user_name: str | None, password_stdin: bool) -> None:
+    """Log in to a server (--server) and keep an API token for the CLI."""
+    server = ctx.obj.server
+    if not server:
+        raise InvalidInput("give the server: dockvisor --server URL login")
+    name = user_name or getpass.getuser()
+    password = _read_password(password_stdin, f"Password for {name} on {server}")
+    api = ApiClient(server, None)
+    session = api.request("POST", "/login", json={"name": name, "password": password})
+    csrf = session["csrf_token"]
+    token_name = f"cli-{platform.node()[:30] or 'host'}-{secrets.token_hex(3)}"
+    created = api.request(
+        "POST", "/tokens", json={"name": token_name}, headers={"X-CSRF-Token": csrf}
+    )
+    path = save_token(server, created["token"])
+    _emit(
+        ctx,
+        {"server": server, "user": name, "token_name": token_name, "saved_in": str(path)},
+        f"logged in to {server} as {name}; token {token_name} saved in {path}",
+    )
+
+
+def _emit(ctx: click.Context, data: dict[str, Any], human: str) -> None:
+    ctx.obj.emit(data, human)
