@@ -1,81 +1,132 @@
 #!/usr/bin/env bash
-# The narrated walk-through `make demo` runs: every step is a real dockvisor command on
-# real VMs under qemu:///system. It ends with the VM `demo` running, for you to explore.
+# `make demo`: the dockvisor server on the embedded default (SQLite in the data directory,
+# the local qemu:///system host with the Docker-ready template), two accounts, and a
+# narrated walk-through of a developer using a delegated sandbox through the API.
+# The server keeps running at the end (Ctrl-C stops it; the VM `demo` stays).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+export DOCKVISOR_DATA_DIR="${DOCKVISOR_DATA_DIR:-$HOME/.local/share/dockvisor}"
+PORT="${DOCKVISOR_PORT:-8080}"
+URL="http://127.0.0.1:$PORT"
 
 bold=$'\033[1m'; dim=$'\033[2m'; off=$'\033[0m'
 say() { printf '\n%s# %s%s\n' "$bold" "$*" "$off"; }
 run() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; "$@"; }
+try() { printf '%s$ %s%s\n' "$dim" "$*" "$off"; "$@" || printf '%s(refused, as it should be)%s\n' "$dim" "$off"; }
 
-# The docker CLI talks to the VM's engine. Use the one on PATH, else the one in the
-# Debian docker.io package the guest image was built from.
+# The docker CLI: the one on PATH, else the one from the Debian package of the guest image.
 if ! command -v docker >/dev/null; then
     deb=$(ls -t "${XDG_CACHE_HOME:-$HOME/.cache}"/dockvisor/debs/docker.io_*.deb 2>/dev/null | head -1)
-    if [ -z "$deb" ]; then echo "no docker CLI and no docker.io package in the cache" >&2; exit 1; fi
+    [ -n "$deb" ] || { echo "no docker CLI and no docker.io package in the cache" >&2; exit 1; }
     tmp=$(mktemp -d)
     dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp" ./usr/bin/docker
     install -m 0755 "$tmp/usr/bin/docker" .venv/bin/docker
     rm -rf "$tmp"
 fi
 
-for old in demo demo-clone; do
-    if dockvisor vm show "$old" >/dev/null 2>&1; then
-        say "Removing the VM '$old' a previous demo left"
-        run dockvisor vm rm --force "$old"
+if python3 - "$PORT" <<'PY'
+import socket, sys
+s = socket.socket(); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
+PY
+then
+    echo "port $PORT is in use (another dockvisor?); stop it or set DOCKVISOR_PORT" >&2
+    exit 1
+fi
+
+# Accounts: created once, with generated passwords shown once (or the ones you give in
+# DOCKVISOR_ADMIN_PASSWORD / DOCKVISOR_DEVELOPER_PASSWORD, which are (re)set each run).
+newpass() { python3 -c 'import secrets; print(secrets.token_urlsafe(12))'; }
+declare -A shown=()
+for account in admin developer; do
+    var="DOCKVISOR_$(echo "$account" | tr a-z A-Z)_PASSWORD"
+    given="${!var:-}"
+    flags=(); [ "$account" = admin ] && flags=(--admin)
+    if [ -n "$given" ]; then
+        printf '%s\n' "$given" | dockvisor user create "$account" "${flags[@]}" --password-stdin >/dev/null 2>&1 ||
+            printf '%s\n' "$given" | dockvisor user password "$account" --password-stdin >/dev/null
+        shown[$account]="$given (from $var)"
+    else
+        password=$(newpass)
+        if printf '%s\n' "$password" | dockvisor user create "$account" "${flags[@]}" --password-stdin >/dev/null 2>&1; then
+            shown[$account]="$password"
+        else
+            shown[$account]="(set when it was created; change it: dockvisor user password $account)"
+        fi
     fi
 done
+ADMIN_TOKEN=$(dockvisor token create "demo-admin-$(date +%s)" --user admin --expires-in-days 1)
+DEV_TOKEN=$(dockvisor token create "demo-dev-$(date +%s)" --user developer --expires-in-days 1)
 
-say "The hypervisor dockvisor drives (libvirt URI qemu:///system by default)"
-run dockvisor host
+say "Starting the server: SQLite in $DOCKVISOR_DATA_DIR, host 'local' = qemu:///system"
+dockvisor serve --port "$PORT" &
+SERVER=$!
+trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null' EXIT
+for _ in $(seq 100); do curl -sf "$URL/api/v1" >/dev/null && break; sleep 0.2; done
+curl -sf "$URL/api/v1" >/dev/null || { echo "the server did not start" >&2; exit 1; }
 
-say "The Docker-ready template, built from Debian packages only"
-run dockvisor template list
+as_admin() { DOCKVISOR_TOKEN="$ADMIN_TOKEN" dockvisor --server "$URL" "$@"; }
+as_dev() { DOCKVISOR_TOKEN="$DEV_TOKEN" dockvisor --server "$URL" "$@"; }
+api() { curl -sf -H "Authorization: Bearer $ADMIN_TOKEN" -H 'Content-Type: application/json' "$@"; }
 
-say "Create a Docker-ready VM of exactly 2 vCPUs and 1 GiB, with room to grow live to 4 and 2 GiB"
-run dockvisor vm create demo --template docker-ready --vcpus 2 --memory 1GiB --max-vcpus 4 --max-memory 2GiB
+for old in demo demo-clone; do
+    as_admin vm show "$old" >/dev/null 2>&1 && as_admin vm rm --force "$old" >/dev/null
+done
 
-say "Point the docker CLI at it and run a container"
-run dockvisor vm endpoint demo
-DOCKER_HOST=$(dockvisor vm endpoint demo); export DOCKER_HOST
+say "The admin gives the developer a sandbox budget: a resource set of 2 VMs, 4 vCPUs, 4 GiB"
+SET=$(api "$URL/api/v1/resource-sets" | python3 -c 'import json,sys; print(next((s["id"] for s in json.load(sys.stdin) if s["name"]=="sandbox"), ""))')
+if [ -z "$SET" ]; then
+    SET=$(api -X POST "$URL/api/v1/resource-sets" -d '{"name": "sandbox", "limits": {"vms": 2, "vcpus": 4, "memory": 4294967296}, "templates": ["docker-ready"], "host_ids": [1], "subjects": ["user:developer"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+fi
+echo "resource set 'sandbox' is #$SET"
+
+say "The developer, through the API, creates a Docker-ready VM of exactly 2 vCPUs and 1 GiB"
+run as_dev vm create demo --resource-set "$SET" --vcpus 2 --memory 1GiB --max-vcpus 4 --max-memory 2GiB
+run as_dev vm list
+
+say "Runs a container in it with the docker CLI"
+DOCKER_HOST=$(as_dev vm endpoint demo); export DOCKER_HOST
 run docker run -d --name web busybox:latest httpd -f -p 8080 -h /etc
-run docker ps --format 'table {{.Names}}\t{{.Image}}\t{{.Status}}'
-
-say "Take a snapshot while it is clean (disk and memory)"
-run dockvisor vm snapshot demo clean --description "one web container"
-
-say "Break it: start something we will regret"
+say "Snapshots it clean, breaks it, rolls it back"
+run as_dev vm snapshot demo clean
 run docker run -d --name mistake busybox:latest sh -c 'while :; do :; done'
 run docker ps --format 'table {{.Names}}\t{{.Status}}'
-
-say "Roll back: the VM is exactly as it was, running, in seconds"
-run dockvisor vm revert demo clean
+run as_dev vm revert demo clean
 run docker ps --format 'table {{.Names}}\t{{.Status}}'
 
-say "Clone it for another test (while it runs) and boot the clone"
-run dockvisor vm clone demo demo-clone --start
-run env DOCKER_HOST="$(dockvisor vm endpoint demo-clone)" docker ps -a --format 'table {{.Names}}\t{{.Status}}'
-run dockvisor vm rm --force demo-clone
-
-say "Grow it live: 3 vCPUs and 1.5 GiB, no reboot; a new container sees them"
+say "Clones it for another test (within the budget)"
+run as_dev vm clone demo demo-clone
+say "A third VM does not fit the budget"
+try as_dev vm create third --resource-set "$SET" --vcpus 1 --memory 512MiB
+say "Resizing is not part of the Developer role; deleting neither"
+try as_dev vm set demo --vcpus 3
+try as_dev vm rm demo-clone
+say "The admin does both"
+run as_admin vm rm demo-clone
+run as_admin vm set demo --vcpus 3 --memory 1536MiB
 run docker run --rm busybox:latest sh -c 'echo "vCPUs: $(nproc)"; grep MemTotal /proc/meminfo'
-run dockvisor vm set demo --vcpus 3 --memory 1536MiB
-run docker run --rm busybox:latest sh -c 'echo "vCPUs: $(nproc)"; grep MemTotal /proc/meminfo'
 
-say "Beyond its maximum, a change waits for the next boot and says so"
-run dockvisor vm set demo --memory 3GiB
-run dockvisor vm list
+say "Everything above is in the audit log, hash-chained"
+api "$URL/api/v1/audit?limit=8" | python3 -c '
+import json, sys
+for e in reversed(json.load(sys.stdin)):
+    print(e["time"][:19], e["actor"].ljust(10), e["action"].ljust(20), e["result"].ljust(24), e["object"])
+'
+run dockvisor audit verify
 
-cat <<EOF
+cat <<EOT
 
-${bold}The VM 'demo' is running. Explore it:${off}
-  export PATH=$PWD/.venv/bin:\$PATH
-  export DOCKER_HOST=$(dockvisor vm endpoint demo)
-  docker ps
-  dockvisor vm show demo
-  dockvisor vm snapshots demo
-  dockvisor vm revert demo clean
-  dockvisor vm stop demo && dockvisor vm start demo     # boots with the pending 3 GiB
-  dockvisor vm rm --force demo                          # when you are done
-EOF
+${bold}dockvisor is running at $URL/api/v1  (API docs: $URL/api/v1/docs)${off}
+  admin      password: ${shown[admin]}
+  developer  password: ${shown[developer]}
+
+  The developer's VM 'demo' is running. Explore it:
+    export PATH=$PWD/.venv/bin:\$PATH
+    dockvisor --server $URL login --user developer
+    dockvisor --server $URL vm list
+    export DOCKER_HOST=\$(dockvisor --server $URL vm endpoint demo); docker ps
+    curl -N -H "Authorization: Bearer \$DOCKVISOR_TOKEN" $URL/api/v1/events   # live events
+
+Ctrl-C stops the server (the VM stays; the next start picks it up).
+EOT
+wait "$SERVER"

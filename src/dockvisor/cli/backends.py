@@ -43,6 +43,7 @@ class Backend(Protocol):
         max_memory: int | None,
         full: bool,
         start: bool,
+        resource_set: int | None,
         progress: Progress,
     ) -> VM: ...
     def power(
@@ -82,8 +83,11 @@ class LocalBackend:
         max_memory: int | None,
         full: bool,
         start: bool,
+        resource_set: int | None,
         progress: Progress,
     ) -> VM:
+        if resource_set is not None:
+            raise errors.InvalidInput("--resource-set needs --server (quotas live in the server)")
         return vm_service.create_vm_from_template(
             self.driver,
             name=name,
@@ -258,6 +262,7 @@ class RemoteBackend:
         max_memory: int | None,
         full: bool,
         start: bool,
+        resource_set: int | None,
         progress: Progress,
     ) -> VM:
         task = self.api.request(
@@ -272,6 +277,7 @@ class RemoteBackend:
                 "max_memory": max_memory,
                 "full": full,
                 "start": start,
+                "resource_set_id": resource_set,
             },
         )
         self.api.follow(task, progress)

@@ -247,10 +247,16 @@ def vm() -> None:
 @click.option("--max-memory", help="Most memory it can grow to live [2 x memory].")
 @click.option("--full", is_flag=True, help="Copy the template's disk instead of linking to it.")
 @click.option("--no-start", is_flag=True, help="Define it but do not boot it.")
+@click.option(
+    "--resource-set",
+    "resource_set",
+    type=int,
+    help="With --server: create it within this resource set (your quota).",
+)
 @pass_ctx
 def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: str,
               max_vcpus: int | None, max_memory: str | None, full: bool,
-              no_start: bool) -> None:  # fmt: skip
+              no_start: bool, resource_set: int | None) -> None:  # fmt: skip
     """Create a VM from a template, boot it and wait for its Docker engine."""
     memory_bytes = parse_size(memory, what="memory")
     max_memory_bytes = _size(max_memory, "max memory")
@@ -264,6 +270,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
             max_memory=max_memory_bytes,
             full=full,
             start=not no_start,
+            resource_set=resource_set,
             progress=bar,
         )
     ctx.emit(created, lambda: render.vm_details(created, _endpoint_or_none(ctx, created.name)))
@@ -424,8 +431,8 @@ def vm_clone(ctx: Context, name: str, new_name: str, full: bool, start: bool) ->
     """Clone a VM, running or not, under a new name."""
     with ctx.progress(f"clone {name}") as bar:
         clone = ctx.backend.clone(name, new_name, full=full, start=start, progress=bar)
-    mode = clone.disk_mode.value if clone.disk_mode else "full"
-    ctx.emit(clone, f"{new_name} cloned from {name} ({mode} disk); it is {clone.power_state}")
+    mode = f" ({clone.disk_mode.value} disk)" if clone.disk_mode else ""
+    ctx.emit(clone, f"{new_name} cloned from {name}{mode}; it is {clone.power_state}")
 
 
 @vm.command("endpoint")

@@ -123,6 +123,23 @@ def user_create(ctx: click.Context, name: str, admin: bool, password_stdin: bool
     )
 
 
+@user.command("password")
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+@click.pass_context
+def user_password(ctx: click.Context, name: str, password_stdin: bool) -> None:
+    """Set a user's password."""
+    from dockvisor.services import identity
+    from dockvisor.services.audit import AuditLog
+
+    password = _read_password(password_stdin)
+    db = _database(ctx)
+    with db.session() as session:
+        identity.set_password(session, identity.user_by_name(session, name), password)
+    AuditLog(db).append("local-shell", "user.password", f"user:{name}", "ok")
+    _emit(ctx, {"name": name}, f"password of {name} set")
+
+
 @click.group()
 def token() -> None:
     """API tokens (works on the server's data directory)."""

@@ -61,27 +61,63 @@ class AclIndex:
             self._by_subject[(entry.subject_kind, entry.subject_id)].append(entry)
 
     def privileges(
-        self, user_id: int, group_ids: frozenset[int], chain: Sequence[str]
+        self,
+        user_id: int,
+        group_ids: frozenset[int],
+        chain: Sequence[str],
+        memo: dict[tuple[str, ...], frozenset[Privilege]] | None = None,
     ) -> frozenset[Privilege]:
-        """What the user holds on the last object of `chain`."""
+        """What the user holds on the last object of `chain`.
+
+        `memo` (one per user) remembers what the user inherits at each chain prefix, so
+        deciding for thousands of VMs under the same few hosts and pools stays cheap.
+        """
         held: frozenset[Privilege] = frozenset()
-        last = len(chain) - 1
-        for depth, path in enumerate(chain):
-            entries = self._by_path.get(path)
+        start = 0
+        if memo is not None and len(chain) > 1:
+            prefix = tuple(chain[:-1])
+            inherited = memo.get(prefix)
+            if inherited is None:
+                inherited = self._walk(user_id, group_ids, prefix, final_at=None)
+                memo[prefix] = inherited
+            held, start = inherited, len(chain) - 1
+        return self._walk(
+            user_id, group_ids, chain, final_at=len(chain) - 1, start=start, held=held
+        )
+
+    def _walk(
+        self,
+        user_id: int,
+        group_ids: frozenset[int],
+        chain: Sequence[str],
+        *,
+        final_at: int | None,
+        start: int = 0,
+        held: frozenset[Privilege] = frozenset(),
+    ) -> frozenset[Privilege]:
+        """Resolve levels `start`.. of `chain` on top of `held` (inherited). At level
+        `final_at` non-propagating entries apply too; None: only propagating ones (the
+        chain is a prefix of a longer one)."""
+        for depth in range(start, len(chain)):
+            entries = self._by_path.get(chain[depth])
             if not entries:
                 continue
-            final = depth == last
+            final = depth == final_at
             mine = [
-                e for e in entries
-                if e.subject_kind is SubjectKind.USER and e.subject_id == user_id
+                e
+                for e in entries
+                if e.subject_kind is SubjectKind.USER
+                and e.subject_id == user_id
                 and (e.propagate or final)
-            ]  # fmt: skip
+            ]
             if not mine:
                 mine = [
-                    e for e in entries
-                    if e.subject_kind is SubjectKind.GROUP and e.subject_id in group_ids
+                    e
+                    for e in entries
+                    if e.subject_kind is SubjectKind.GROUP
+                    and e.subject_id in group_ids
                     and (e.propagate or final)
-                ]  # fmt: skip
+                ]
             if mine:
                 held = self._union(e.role for e in mine)
         return held

@@ -73,6 +73,8 @@ class AccessPolicy:
             self._loaded_at = -1e9
 
     def _fresh(self) -> AclIndex:
+        if time.monotonic() - self._loaded_at <= self._ttl:
+            return self._index  # the common case: no lock
         with self._lock:
             if time.monotonic() - self._loaded_at > self._ttl:
                 with self._db.read() as session:
@@ -102,6 +104,17 @@ class AccessPolicy:
 
     def allows(self, who: Principal, privilege: Privilege, chain: tuple[str, ...]) -> bool:
         return privilege in self.privileges(who, chain)
+
+    def allowed_many(
+        self, who: Principal, privilege: Privilege, chains: list[tuple[str, ...]]
+    ) -> list[bool]:
+        """`allows` for many objects at once (one index, shared inherited prefixes)."""
+        index = self._fresh()
+        memo: dict[tuple[str, ...], frozenset[Privilege]] = {}
+        return [
+            privilege in index.privileges(who.user_id, who.group_ids, chain, memo)
+            for chain in chains
+        ]
 
     def require(self, who: Principal, privilege: Privilege, chain: tuple[str, ...]) -> None:
         """Forbidden, naming the privilege and the path, unless `who` holds it there."""

@@ -28,7 +28,15 @@ from dockvisor.services.events import Event, EventBroker
 from dockvisor.store.db import Database
 from dockvisor.store.models import AclEntryRow, HostRow, VmRow
 
-__all__ = ["Hosts", "Inventory", "ReconcileReport", "apply_vm", "chain_of", "vm_data"]
+__all__ = [
+    "VM_FIELDS",
+    "Hosts",
+    "Inventory",
+    "ReconcileReport",
+    "apply_vm",
+    "chain_of",
+    "vm_data",
+]
 
 DriverFactory = Callable[[str], HypervisorDriver]
 
@@ -37,25 +45,15 @@ def chain_of(row: VmRow) -> tuple[str, ...]:
     return vm_chain(row.id, row.host_id, row.pool_id)
 
 
+VM_FIELDS = (
+    "id", "name", "host_id", "pool_id", "resource_set_id", "state", "vcpus", "max_vcpus",
+    "memory", "max_memory", "disk", "snapshots", "template", "docker_ready", "managed",
+)  # fmt: skip
+
+
 def vm_data(row: VmRow) -> dict[str, Any]:
     """A VM row as the API and events show it."""
-    return {
-        "id": row.id,
-        "name": row.name,
-        "host_id": row.host_id,
-        "pool_id": row.pool_id,
-        "resource_set_id": row.resource_set_id,
-        "state": row.state,
-        "vcpus": row.vcpus,
-        "max_vcpus": row.max_vcpus,
-        "memory": row.memory,
-        "max_memory": row.max_memory,
-        "disk": row.disk,
-        "snapshots": row.snapshots,
-        "template": row.template,
-        "docker_ready": row.docker_ready,
-        "managed": row.managed,
-    }
+    return {field: getattr(row, field) for field in VM_FIELDS}
 
 
 def apply_vm(row: VmRow, vm: VM) -> bool:

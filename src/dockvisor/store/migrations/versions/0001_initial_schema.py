@@ -39,7 +39,7 @@ def upgrade() -> None:
         sa.Column("actor", sa.String(length=64), nullable=False),
         sa.Column("action", sa.String(length=64), nullable=False),
         sa.Column("object", sa.String(length=128), nullable=False),
-        sa.Column("result", sa.String(length=16), nullable=False),
+        sa.Column("result", sa.String(length=64), nullable=False),
         sa.Column("detail", sa.Text(), nullable=False),
         sa.Column("prev_digest", sa.String(length=64), nullable=False),
         sa.Column("digest", sa.String(length=64), nullable=False),
