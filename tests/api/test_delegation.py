@@ -28,7 +28,7 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert response.status_code == status, (response.request.url, response.text)
     assert response.headers["content-type"].startswith("application/problem+json")
     body = response.json()
-    assert PROBLEM_KEYS <= body.keys(), body
+    assert body.keys() >= PROBLEM_KEYS, body
     assert (body["status"], body["code"]) == (status, code), body
     return dict(body)
 
@@ -97,7 +97,9 @@ def test_an_admin_of_one_vm_delegates_on_it_and_nowhere_else(server: Server) -> 
     # B does not exist for the owner: granting there is refused as for an unknown VM.
     refused = assert_problem(grant(owner, "user:friend", f"/vms/{b}", "Viewer"), 404, "not-found")
     ghost = str(uuid.uuid4())
-    unknown = assert_problem(grant(owner, "user:friend", f"/vms/{ghost}", "Viewer"), 404, "not-found")
+    unknown = assert_problem(
+        grant(owner, "user:friend", f"/vms/{ghost}", "Viewer"), 404, "not-found"
+    )
     assert refused["detail"].replace(b, "<id>") == unknown["detail"].replace(ghost, "<id>")
     # Above the VM the owner holds nothing.
     assert_problem(grant(owner, "user:friend", "/", "Viewer"), 403, "forbidden")
@@ -158,7 +160,9 @@ def test_a_role_may_only_hold_privileges_its_maker_holds_on_root(server: Server)
     assert response.status_code == 201, response.text
     maker = server.add_user("maker", role="RoleMaker", path="/")
 
-    refused = maker.post("/roles", json={"name": "Bigger", "privileges": ["VM.View", "VM.Snapshot"]})
+    refused = maker.post(
+        "/roles", json={"name": "Bigger", "privileges": ["VM.View", "VM.Snapshot"]}
+    )
     assert privileges_named_in(assert_problem(refused, 403, "forbidden")["detail"]) == {
         "VM.Snapshot"
     }

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -40,6 +41,9 @@ API_EXTENSIONS = ["vms", "tasks", "acl", "resource-sets", "audit", "events"]
 MAX_BODY = 1024 * 1024
 
 Who = Annotated[Principal, Depends(authenticate)]
+# Path parameters: ids and names are short and printable; numeric ids fit 32 bits.
+Key = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+NumericId = Annotated[int, PathParam(ge=1, le=s.MAX_ID)]
 
 
 def needs(privilege: str) -> dict[str, Any]:
@@ -140,7 +144,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return admin.create_user(who, body.name, body.password, body.admin)
 
     @api.delete("/users/{name}", status_code=204, openapi_extra=needs("Sys.Modify on /"))
-    def delete_user(who: Who, name: str) -> Response:
+    def delete_user(who: Who, name: Key) -> Response:
         admin.delete_user(who, name)
         return Response(status_code=204)
 
@@ -160,11 +164,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
     @api.put(
         "/groups/{name}/members", response_model=s.GroupOut, openapi_extra=needs("Sys.Modify on /")
     )
-    def set_members(who: Who, name: str, body: s.GroupMembers) -> dict[str, Any]:
+    def set_members(who: Who, name: Key, body: s.GroupMembers) -> dict[str, Any]:
         return admin.set_group_members(who, name, body.members)
 
     @api.delete("/groups/{name}", status_code=204, openapi_extra=needs("Sys.Modify on /"))
-    def delete_group(who: Who, name: str) -> Response:
+    def delete_group(who: Who, name: Key) -> Response:
         admin.delete_group(who, name)
         return Response(status_code=204)
 
@@ -182,7 +186,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return admin.create_role(who, body.name, body.privileges, body.description)
 
     @api.delete("/roles/{name}", status_code=204, openapi_extra=needs("Permissions.Modify on /"))
-    def delete_role(who: Who, name: str) -> Response:
+    def delete_role(who: Who, name: Key) -> Response:
         admin.delete_role(who, name)
         return Response(status_code=204)
 
@@ -211,7 +215,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         status_code=204,
         openapi_extra=needs("Permissions.Modify on the path, holding the role there"),
     )
-    def revoke(who: Who, entry_id: int) -> Response:
+    def revoke(who: Who, entry_id: NumericId) -> Response:
         admin.revoke(who, entry_id)
         return Response(status_code=204)
 
@@ -230,7 +234,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return s.TokenCreated(**info.__dict__, token=secret)
 
     @api.delete("/tokens/{token_id}", status_code=204, openapi_extra=needs("any user (own)"))
-    def revoke_token(who: Who, token_id: int) -> Response:
+    def revoke_token(who: Who, token_id: NumericId) -> Response:
         admin.revoke_token(who, token_id)
         return Response(status_code=204)
 
@@ -268,7 +272,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         ),
     )
     def list_templates(
-        who: Who, host_id: Annotated[int | None, Query(ge=1, le=2**31)] = None
+        who: Who, host_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None
     ) -> list[s.TemplateOut]:
         return [
             s.TemplateOut(
@@ -333,10 +337,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.ResourceSetOut,
         openapi_extra=needs("Sys.Modify on /, or being able to allocate in the set"),
     )
-    def get_set(who: Who, set_id: int) -> s.ResourceSetOut:
+    def get_set(who: Who, set_id: NumericId) -> s.ResourceSetOut:
         return _set_out(admin.get_resource_set(who, set_id))
 
-    def _write_set(who: Principal, set_id: int | None, body: s.ResourceSetIn) -> s.ResourceSetOut:
+    def _write_set(
+        who: Principal, set_id: NumericId | None, body: s.ResourceSetIn
+    ) -> s.ResourceSetOut:
         return _set_out(
             admin.write_resource_set(
                 who,
@@ -364,11 +370,11 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.ResourceSetOut,
         openapi_extra=needs("Sys.Modify on /"),
     )
-    def update_set(who: Who, set_id: int, body: s.ResourceSetIn) -> s.ResourceSetOut:
+    def update_set(who: Who, set_id: NumericId, body: s.ResourceSetIn) -> s.ResourceSetOut:
         return _write_set(who, set_id, body)
 
     @api.delete("/resource-sets/{set_id}", status_code=204, openapi_extra=needs("Sys.Modify on /"))
-    def delete_set(who: Who, set_id: int) -> Response:
+    def delete_set(who: Who, set_id: NumericId) -> Response:
         admin.delete_resource_set(who, set_id)
         return Response(status_code=204)
 
@@ -401,7 +407,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return _task(response, task)
 
     @api.get("/vms/{vm_id}", response_model=s.VmOut, openapi_extra=needs(f"{Privilege.VM_VIEW}"))
-    def get_vm(who: Who, vm_id: str) -> dict[str, Any]:
+    def get_vm(who: Who, vm_id: Key) -> dict[str, Any]:
         return vm_data(ops.vm_row(who, vm_id))
 
     @api.delete(
@@ -411,7 +417,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         openapi_extra=needs("VM.Delete on /vms/ID"),
     )
     def delete_vm(
-        who: Who, vm_id: str, response: Response, force: Annotated[bool, Query()] = False
+        who: Who, vm_id: Key, response: Response, force: Annotated[bool, Query()] = False
     ) -> s.TaskOut:
         return _task(response, ops.delete_vm(who, vm_id, force=force))
 
@@ -421,7 +427,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.TaskOut,
         openapi_extra=needs("VM.PowerMgmt on /vms/ID"),
     )
-    def set_state(who: Who, vm_id: str, body: s.VmState, response: Response) -> s.TaskOut:
+    def set_state(who: Who, vm_id: Key, body: s.VmState, response: Response) -> s.TaskOut:
         return _task(response, ops.set_power(who, vm_id, body.action))
 
     @api.patch(
@@ -430,7 +436,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.TaskOut,
         openapi_extra=needs("VM.Config.CPU and/or VM.Config.Memory on /vms/ID"),
     )
-    def resize(who: Who, vm_id: str, body: s.VmResize, response: Response) -> s.TaskOut:
+    def resize(who: Who, vm_id: Key, body: s.VmResize, response: Response) -> s.TaskOut:
         return _task(response, ops.resize_vm(who, vm_id, vcpus=body.vcpus, memory=body.memory))
 
     @api.get(
@@ -438,7 +444,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=list[s.SnapshotOut],
         openapi_extra=needs("VM.View on /vms/ID"),
     )
-    def list_snapshots(who: Who, vm_id: str) -> list[s.SnapshotOut]:
+    def list_snapshots(who: Who, vm_id: Key) -> list[s.SnapshotOut]:
         return [
             s.SnapshotOut(
                 name=x.name,
@@ -458,7 +464,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.TaskOut,
         openapi_extra=needs("VM.Snapshot on /vms/ID"),
     )
-    def snapshot(who: Who, vm_id: str, body: s.SnapshotCreate, response: Response) -> s.TaskOut:
+    def snapshot(who: Who, vm_id: Key, body: s.SnapshotCreate, response: Response) -> s.TaskOut:
         return _task(response, ops.snapshot_vm(who, vm_id, body.name, body.description))
 
     @api.post(
@@ -469,7 +475,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             "VM.Snapshot.Rollback on /vms/ID (and VM.PowerMgmt if it would start the VM)"
         ),
     )
-    def revert(who: Who, vm_id: str, name: str, response: Response) -> s.TaskOut:
+    def revert(who: Who, vm_id: Key, name: Key, response: Response) -> s.TaskOut:
         return _task(response, ops.revert_vm(who, vm_id, name))
 
     @api.delete(
@@ -478,7 +484,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.TaskOut,
         openapi_extra=needs("VM.Snapshot on /vms/ID"),
     )
-    def delete_snapshot(who: Who, vm_id: str, name: str, response: Response) -> s.TaskOut:
+    def delete_snapshot(who: Who, vm_id: Key, name: Key, response: Response) -> s.TaskOut:
         return _task(response, ops.delete_snapshot(who, vm_id, name))
 
     @api.post(
@@ -489,7 +495,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             "VM.Clone on /vms/ID (and VM.Allocate on its host if it is in no resource set)"
         ),
     )
-    def clone(who: Who, vm_id: str, body: s.VmClone, response: Response) -> s.TaskOut:
+    def clone(who: Who, vm_id: Key, body: s.VmClone, response: Response) -> s.TaskOut:
         _, task = ops.clone_vm(who, vm_id, name=body.name, full=body.full, start=body.start)
         return _task(response, task)
 
@@ -498,19 +504,19 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.EndpointOut,
         openapi_extra=needs("Docker.View on /vms/ID"),
     )
-    def endpoint(who: Who, vm_id: str) -> s.EndpointOut:
+    def endpoint(who: Who, vm_id: Key) -> s.EndpointOut:
         e = ops.docker_endpoint(who, vm_id)
         return s.EndpointOut(docker_host=e.docker_host, host=e.host, port=e.port, tls=e.tls)
 
     # -- tasks, audit, events ---------------------------------------------------------------
 
-    def _visible_task(who: Principal, task_id: str) -> TaskInfo:
+    def _visible_task(who: Principal, task_id: Key) -> TaskInfo:
         task = cp.tasks.get(task_id)
         if task.requester != who.name and not _can_view_vm(who, task.object_id):
             raise NotFound(f"no task {task_id}")
         return task
 
-    def _can_view_vm(who: Principal, vm_id: str) -> bool:
+    def _can_view_vm(who: Principal, vm_id: Key) -> bool:
         try:
             ops.vm_row(who, vm_id)
         except Exception:  # noqa: BLE001 - NotFound, or anything else: not visible
@@ -534,7 +540,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         response_model=s.TaskOut,
         openapi_extra=needs("own task, or VM.View on its VM"),
     )
-    def get_task(who: Who, task_id: str) -> s.TaskOut:
+    def get_task(who: Who, task_id: Key) -> s.TaskOut:
         return s.TaskOut(**_visible_task(who, task_id).__dict__)
 
     @api.get(
@@ -543,7 +549,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         openapi_extra=needs("own task, or VM.View on its VM"),
     )
     def wait_task(
-        who: Who, task_id: str, timeout: Annotated[float, Query(ge=0, le=300)] = 30
+        who: Who, task_id: Key, timeout: Annotated[float, Query(ge=0, le=300)] = 30
     ) -> s.TaskOut:
         _visible_task(who, task_id)
         return s.TaskOut(**cp.tasks.wait(task_id, timeout).__dict__)
@@ -623,7 +629,10 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
 
 class _BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, whether or not they say their length."""
+    """Refuse bodies over `limit` bytes with 413, whether or not they say their length.
+
+    A body without Content-Length (chunked) is read here first, up to the limit, and
+    replayed to the app: an error raised while the app reads would become a 400."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -634,28 +643,34 @@ class _BodyLimit:
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await _send_413(scope, receive, send, self.limit)
+        if declared is not None:
+            if not declared.isdigit() or int(declared) > self.limit:
+                await _send_413(scope, receive, send, self.limit)
+            else:
+                await self.app(scope, receive, send)
             return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        chunks, size, more = [], 0, True
+        while more:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":
+                break
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.limit:
+                await _send_413(scope, receive, send, self.limit)
+                return
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _send_413(scope, receive, send, self.limit)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _send_413(scope: Scope, receive: Receive, send: Send, limit: int) -> None:

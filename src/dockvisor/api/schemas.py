@@ -5,15 +5,35 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 NAME = r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"
 SNAPSHOT = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 MAX_BYTES = 2**50  # sizes above a petabyte are not sizes
+MAX_ID = 2**31 - 1  # ids are 32-bit integers in every database we support
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A request body: no unknown fields, no type coercion (true is not 1), no NUL bytes."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, data: Any) -> Any:
+        if _has_nul(data):
+            raise ValueError("text may not contain NUL bytes")
+        return data
 
 
 class Problem(BaseModel):
@@ -154,7 +174,7 @@ class TemplateOut(BaseModel):
 
 
 class TemplateCreate(Strict):
-    host_id: int = Field(ge=1, le=2**31)
+    host_id: int = Field(ge=1, le=MAX_ID)
     name: str = Field(pattern=NAME)
     disk: str = Field(min_length=1, max_length=4096, description="A path on the server")
     kernel: str | None = Field(default=None, max_length=4096)
@@ -240,9 +260,9 @@ class VmCreate(Strict):
     max_memory: int | None = Field(default=None, ge=1, le=MAX_BYTES)
     full: bool = False
     start: bool = True
-    host_id: int | None = Field(default=None, ge=1, le=2**31)
-    resource_set_id: int | None = Field(default=None, ge=1, le=2**31)
-    pool_id: int | None = Field(default=None, ge=1, le=2**31)
+    host_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    resource_set_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    pool_id: int | None = Field(default=None, ge=1, le=MAX_ID)
 
 
 class VmResize(Strict):

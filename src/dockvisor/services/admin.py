@@ -19,7 +19,7 @@ from dockvisor.domain.model import Template, TemplateSpec
 from dockvisor.domain.naming import validate_template_name
 from dockvisor.domain.privileges import Privilege
 from dockvisor.domain.quota import Limits
-from dockvisor.errors import AlreadyExists, InvalidInput, NotFound
+from dockvisor.errors import AlreadyExists, HypervisorUnreachable, InvalidInput, NotFound
 from dockvisor.services import identity, quotas
 from dockvisor.services.access import ROOT, group_members, resolve_subject, subject_name
 from dockvisor.services.audit import ChainReport
@@ -255,7 +255,8 @@ class Administration:
                     raise NotFound(f"no VM {key}")
                 return chain_of(row)
             model = {"hosts": HostRow, "pools": PoolRow, "resource-sets": ResourceSetRow}[kind]
-            if not key.isdigit() or session.get(model, int(key)) is None:
+            valid = key.isdigit() and 1 <= int(key) <= 2**31 - 1
+            if not valid or session.get(model, int(key)) is None:
                 raise NotFound(f"no {kind[:-1].replace('-', ' ')} {key}")
         return ("/", path)
 
@@ -327,7 +328,10 @@ class Administration:
         with self.cp.ops.audited(who, "host.add", f"host:{name}"):
             self._require_root(who, P.SYS_MODIFY)
             with self.db.session() as session:
-                row = self.cp.hosts.add(session, name, uri)
+                try:
+                    row = self.cp.hosts.add(session, name, uri)
+                except HypervisorUnreachable as exc:  # a host that cannot be reached
+                    raise InvalidInput(str(exc)) from None  # is a bad request to add it
                 host_id = row.id
         self.cp.inventory.reconcile(host_id)
         return {"id": host_id, "name": name, "uri": uri}
