@@ -167,7 +167,8 @@ def test_twenty_concurrent_creates_fit_a_set_with_room_for_five(server: Server) 
     assert (used["vcpus"], used["memory"], used["vms"]) == (5, 5 * VM_MEMORY, 5)
     # And the set stays full: one more is refused.
     more = dev.post(
-        "/vms", json={"name": "late", "vcpus": 1, "memory": VM_MEMORY, "resource_set_id": team["id"]}
+        "/vms",
+        json={"name": "late", "vcpus": 1, "memory": VM_MEMORY, "resource_set_id": team["id"]},
     )
     refused(more, 409, "out-of-capacity")
 
@@ -220,8 +221,9 @@ def test_templates_and_hosts_outside_the_set_are_refused(server: Server, tmp_pat
     assert "template 'plain' is not allowed in resource set 'team'" in detail
     assert "(allowed: docker-ready)" in detail
 
-    detail = refused(dev.post("/vms", json={**base, "name": "b", "host_id": host_id}), 403,
-                     "forbidden")  # fmt: skip
+    detail = refused(
+        dev.post("/vms", json={**base, "name": "b", "host_id": host_id}), 403, "forbidden"
+    )
     assert f"host {host_id} is not allowed in resource set 'team'" in detail
 
     # Nothing was reserved by the refusals; the allowed template on the allowed host works.
@@ -243,8 +245,9 @@ def test_resize_reserves_the_growth_and_delete_releases(server: Server) -> None:
 
     detail = refused(dev.patch(f"/vms/{vm['id']}", json={"vcpus": 5}), 409, "out-of-capacity")
     assert "resource set 'team' has 3 of vCPUs left (1 of 4 used); this needs 4" in detail
-    detail = refused(dev.patch(f"/vms/{vm['id']}", json={"memory": 2 * GiB}), 409,
-                     "out-of-capacity")  # fmt: skip
+    detail = refused(
+        dev.patch(f"/vms/{vm['id']}", json={"memory": 2 * GiB}), 409, "out-of-capacity"
+    )
     assert "resource set 'team' has 512MiB of memory left" in detail
     used = usage(admin, team["id"])
     assert (used["vcpus"], used["memory"]) == (1, VM_MEMORY)  # the refusals took nothing
@@ -256,8 +259,10 @@ def test_resize_reserves_the_growth_and_delete_releases(server: Server) -> None:
     assert (used["vcpus"], used["memory"], used["vms"]) == (2, 1 * GiB, 1)
     # Memory is now full: a second VM does not fit.
     refused(
-        dev.post("/vms", json={"name": "second", "vcpus": 1, "memory": VM_MEMORY,
-                               "resource_set_id": team["id"]}),  # fmt: skip
+        dev.post(
+            "/vms",
+            json={"name": "second", "vcpus": 1, "memory": VM_MEMORY, "resource_set_id": team["id"]},
+        ),
         409,
         "out-of-capacity",
     )
@@ -280,8 +285,9 @@ def test_clone_reserves_in_the_same_set_and_is_refused_when_full(server: Server)
     used = usage(admin, team["id"])
     assert (used["vcpus"], used["memory"], used["vms"]) == (2, 2 * VM_MEMORY, 2)
 
-    detail = refused(dev.post(f"/vms/{source['id']}/clone", json={"name": "third"}), 409,
-                     "out-of-capacity")  # fmt: skip
+    detail = refused(
+        dev.post(f"/vms/{source['id']}/clone", json={"name": "third"}), 409, "out-of-capacity"
+    )
     assert "resource set 'team' has 0 of VMs left (2 of 2 used)" in detail
     assert sorted(vm["name"] for vm in vms_in_set(admin, team["id"])) == ["copy", "source"]
     assert usage(admin, team["id"])["vms"] == 2
@@ -308,8 +314,9 @@ def test_snapshots_count_only_when_the_set_says_so(server: Server) -> None:
     assert updated.status_code == 200, updated.text
     assert updated.json()["count_snapshots"] is True
     assert updated.json()["usage"]["disk"] == 2 * disk
-    detail = refused(dev.post(f"/vms/{vm['id']}/snapshots", json={"name": "s2"}), 409,
-                     "out-of-capacity")  # fmt: skip
+    detail = refused(
+        dev.post(f"/vms/{vm['id']}/snapshots", json={"name": "s2"}), 409, "out-of-capacity"
+    )
     assert "resource set 'team'" in detail and "of disk left" in detail
     assert admin.get(f"/vms/{vm['id']}").json()["snapshots"] == 1
     assert usage(admin, team["id"])["disk"] == 2 * disk
@@ -401,9 +408,11 @@ def test_a_locked_vm_refuses_conflicting_requests(server: Server) -> None:
     assert admin.get(f"/vms/{vm['id']}").json()["state"] == "stopped"
     audit = admin.get("/audit", params={"limit": 20}).json()
     assert any(
-        e["action"] == "vm.start" and e["object"] == f"vm:{vm['id']}" and e["result"] ==
-        "refused:busy" for e in audit
-    ), audit  # fmt: skip
+        e["action"] == "vm.start"
+        and e["object"] == f"vm:{vm['id']}"
+        and e["result"] == "refused:busy"
+        for e in audit
+    ), audit
 
     release_lock(server, task_id)
     run(server, admin, admin.put(f"/vms/{vm['id']}/state", json={"action": "start"}))
@@ -439,3 +448,49 @@ def test_requests_refused_as_busy_reserve_nothing(server: Server) -> None:
     release_lock(server, task_id)
     # Once free, the same clone is accepted (its name was not left taken).
     run(server, dev, dev.post(f"/vms/{vm['id']}/clone", json={"name": "copy"}))
+
+
+# -- placement that names what does not exist -------------------------------------------
+
+
+def test_ids_beyond_what_the_store_holds_are_refused_or_not_found(server: Server) -> None:
+    """Ids no row can have (PostgreSQL's INTEGER ends at 2**31-1, SQLite's at 2**63-1)
+    name nothing: the answer is 404, or 422 if the API refuses such ids outright; never
+    a 500 from the database."""
+    vm = {"name": "far", "vcpus": 1, "memory": VM_MEMORY}
+    requests: dict[str, tuple[str, str, dict[str, Any] | None]] = {
+        f"POST /vms {field}=2**31": ("POST", "/vms", {**vm, field: 2**31})
+        for field in ("resource_set_id", "host_id", "pool_id")
+    }
+    for exponent, set_id in (("2**31", 2**31), ("2**63", 2**63), ("10**20", 10**20)):
+        requests[f"GET /resource-sets/{exponent}"] = ("GET", f"/resource-sets/{set_id}", None)
+        requests[f"PUT /resource-sets/{exponent}"] = (
+            "PUT",
+            f"/resource-sets/{set_id}",
+            set_body("far", subjects=()),
+        )
+        requests[f"DELETE /resource-sets/{exponent}"] = (
+            "DELETE",
+            f"/resource-sets/{set_id}",
+            None,
+        )
+    answers = {}
+    for label, (method, path, body) in requests.items():
+        with server.client("admin") as admin:  # a fresh connection each: a 500 drops it
+            response = admin.request(method, path, json=body)
+        answers[label] = (response.status_code, response.json()["code"])
+    fine = {(404, "not-found"), (422, "invalid-request")}
+    assert {label: a for label, a in answers.items() if a not in fine} == {}
+    with server.client("admin") as admin:
+        assert admin.get("/vms").json() == []
+        assert admin.get("/resource-sets").json() == []
+
+
+def test_a_create_in_a_pool_that_does_not_exist_is_not_found(server: Server) -> None:
+    admin = server.client("admin")
+    response = admin.post(
+        "/vms", json={"name": "pooled", "vcpus": 1, "memory": VM_MEMORY, "pool_id": 7}
+    )
+    detail = refused(response, 404, "not-found")
+    assert "pool 7" in detail
+    assert admin.get("/vms").json() == []

@@ -310,8 +310,12 @@ def test_an_adopted_half_create_stays_its_creators(
             srv1.add_user("dev")
             team = admin.post(
                 "/resource-sets",
-                json={"name": "team", "templates": [TEMPLATE], "host_ids": [1],
-                      "subjects": ["user:dev"]},  # fmt: skip
+                json={
+                    "name": "team",
+                    "templates": [TEMPLATE],
+                    "host_ids": [1],
+                    "subjects": ["user:dev"],
+                },
             ).json()
             web = admin.post("/vms", json={"name": "web", "vcpus": 1, "memory": 512 * MiB})
             ids = crash_leftovers(srv1, team["id"], run(srv1, admin, web)["object_id"])
@@ -349,8 +353,7 @@ def test_reconcile_adopts_and_forgets_vms_made_behind_its_back(
             None,
         )
         path = f"/vms/{stray['id']}"
-        grant = admin.post("/acl", json={"subject": "user:viewer", "path": path,
-                                         "role": "Viewer"})  # fmt: skip
+        grant = admin.post("/acl", json={"subject": "user:viewer", "path": path, "role": "Viewer"})
         assert grant.status_code == 201, grant.text
         assert viewer.get(path).status_code == 200
 
@@ -480,3 +483,71 @@ def test_an_audit_entry_changed_in_the_database_breaks_the_chain_there(
         assert cli.returncode == 1
         assert f"chain broken at entry {following}" in cli.stdout + cli.stderr
 
+
+@contextmanager
+def local_time_zone(zone: str) -> Iterator[None]:
+    """Run with this process's local time zone set to `zone` (the server runs in it)."""
+    before = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = before
+        time.tzset()
+
+
+def test_the_audit_chain_holds_whatever_the_servers_time_zone(
+    tmp_path: Path, database_url: str
+) -> None:
+    with local_time_zone("America/New_York"):
+        with control_plane(tmp_path, database_url) as cp, served(cp) as srv:
+            admin = srv.add_user("admin", role="Admin")
+            created = admin.post("/users", json={"name": "ann", "password": "long-password"})
+            assert created.status_code == 201, created.text
+            verify = admin.get("/audit/verify").json()
+            assert verify == {"entries": 1, "ok": True, "broken_at": None, "reason": ""}
+
+
+def test_audit_times_are_absolute(tmp_path: Path, database_url: str) -> None:
+    """Each entry's time says when it happened, with its offset from UTC (the API
+    describes it as an RFC 3339 date-time)."""
+    with local_time_zone("America/New_York"):
+        with control_plane(tmp_path, database_url) as cp, served(cp) as srv:
+            admin = srv.add_user("admin", role="Admin")
+            before = datetime.now(UTC)
+            created = admin.post("/users", json={"name": "ann", "password": "long-password"})
+            assert created.status_code == 201, created.text
+            after = datetime.now(UTC)
+            (entry,) = admin.get("/audit").json()
+            when = datetime.fromisoformat(entry["time"])
+            assert when.tzinfo is not None, entry["time"]
+            assert before <= when <= after, (entry["time"], before, after)
+
+
+def test_audit_pages_before_any_id_the_api_accepts(tmp_path: Path, database_url: str) -> None:
+    """`before` takes ids up to 2**62; beyond the last entry it pages from the newest
+    (or the API refuses the value as invalid): never a 500 from the database."""
+    with control_plane(tmp_path, database_url) as cp, served(cp) as srv:
+        admin = srv.add_user("admin", role="Admin")
+        created = admin.post("/users", json={"name": "ann", "password": "long-password"})
+        assert created.status_code == 201, created.text
+        everything = admin.get("/audit").json()
+        assert len(everything) == 1
+        answers = {}
+        for before in (2**31 - 1, 2**31, 2**62):
+            with srv.client("admin") as client:  # a fresh connection each: a 500 drops it
+                response = client.get("/audit", params={"before": before})
+            answers[before] = (
+                response.status_code,
+                response.json() if response.status_code == 200 else response.json()["code"],
+            )
+        assert answers[2**31 - 1] == (200, everything)
+        assert {
+            b: a
+            for b, a in answers.items()
+            if a not in ((200, everything), (422, "invalid-request"))
+        } == {}

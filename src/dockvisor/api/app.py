@@ -32,6 +32,7 @@ from dockvisor.services.identity import Principal
 from dockvisor.services.inventory import vm_data
 from dockvisor.services.runtime import ControlPlane
 from dockvisor.services.tasks import TaskInfo
+from dockvisor.store.models import utc
 
 __all__ = ["API_EXTENSIONS", "MAX_BODY", "create_app"]
 
@@ -558,12 +559,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
     def audit(
         who: Who,
         limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-        before: Annotated[int | None, Query(ge=1, le=2**62)] = None,
+        before: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None,
     ) -> list[s.AuditOut]:
         return [
             s.AuditOut(
                 id=r.id,
-                time=r.time,
+                time=utc(r.time),
                 actor=r.actor,
                 action=r.action,
                 object=r.object,

@@ -15,7 +15,7 @@ from dockvisor.errors import Forbidden, Unauthorized
 from dockvisor.services import identity
 from dockvisor.services.identity import Principal
 from dockvisor.services.runtime import ControlPlane
-from dockvisor.store.models import TokenRow
+from dockvisor.store.models import TokenRow, utc
 
 __all__ = ["CSRF_HEADER", "SESSION_COOKIE", "authenticate"]
 
@@ -49,9 +49,9 @@ def _by_token(cp: ControlPlane, secret: str) -> Principal:
     with cp.db.read() as session:
         user, row = identity.authenticate_token(session, secret)
         who = identity.principal_for(session, user, "token", row.id)
-        stale = row.last_used is None or identity._aware(row.last_used) < datetime.now(
-            UTC
-        ) - timedelta(minutes=1)
+        stale = row.last_used is None or utc(row.last_used) < datetime.now(UTC) - timedelta(
+            minutes=1
+        )
     if stale:  # note the use at most once a minute: no write on every request
         with cp.db.session() as session:
             fresh = session.get(TokenRow, row.id)

@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from dockvisor.store.db import Database
-from dockvisor.store.models import AuditRow
+from dockvisor.store.models import AuditRow, utc
 
 __all__ = ["GENESIS", "AuditLog", "ChainReport"]
 
@@ -27,7 +27,7 @@ GENESIS = "0" * 64
 def _digest(
     prev: str, when: datetime, actor: str, action: str, obj: str, result: str, detail: str
 ) -> str:
-    stamp = when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+    stamp = utc(when).astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
     body = json.dumps([prev, stamp, actor, action, obj, result, detail], separators=(",", ":"))
     return hashlib.sha256(body.encode()).hexdigest()
 

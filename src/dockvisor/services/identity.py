@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from dockvisor.domain.naming import validate_vm_name
 from dockvisor.errors import AlreadyExists, InvalidInput, NotFound, Unauthorized
-from dockvisor.store.models import GroupMember, GroupRow, SessionRow, TokenRow, UserRow
+from dockvisor.store.models import GroupMember, GroupRow, SessionRow, TokenRow, UserRow, utc
 
 __all__ = [
     "LoginThrottle",
@@ -44,11 +44,6 @@ TOKEN_PREFIX = "dvt_"
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    """SQLite returns naive datetimes; ours are all UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def digest(secret: str) -> str:
@@ -168,7 +163,7 @@ def create_session(session: Session, user: UserRow) -> tuple[str, str]:
 def authenticate_session(session: Session, secret: str) -> tuple[UserRow, str]:
     """The user and CSRF token of a live session; Unauthorized otherwise."""
     row = session.get(SessionRow, digest(secret))
-    if row is None or _aware(row.expires) < now():
+    if row is None or utc(row.expires) < now():
         raise Unauthorized("the session has expired; log in again")
     user = session.get(UserRow, row.user_id)
     if user is None or user.disabled:
@@ -188,7 +183,7 @@ def create_token(
         raise InvalidInput(
             f"token name {name!r} is not valid: use 1-64 letters, digits, '-' and '_'"
         )
-    if expires is not None and _aware(expires) <= now():
+    if expires is not None and utc(expires) <= now():
         raise InvalidInput("a token's expiry must be in the future")
     exists = session.scalar(
         select(TokenRow).where(TokenRow.user_id == user.id, TokenRow.name == name)
@@ -213,7 +208,7 @@ def authenticate_token(session: Session, secret: str) -> tuple[UserRow, TokenRow
     row = session.scalar(select(TokenRow).where(TokenRow.digest == digest(secret)))
     if row is None or row.revoked:
         raise Unauthorized("the API token is not valid")
-    if row.expires is not None and _aware(row.expires) <= now():
+    if row.expires is not None and utc(row.expires) <= now():
         raise Unauthorized(f"the API token {row.name!r} expired on {row.expires:%Y-%m-%d %H:%M}")
     user = session.get(UserRow, row.user_id)
     if user is None or user.disabled:
@@ -227,10 +222,10 @@ def token_info(row: TokenRow, user: str) -> TokenInfo:
         id=row.id,
         name=row.name,
         user=user,
-        created=_aware(row.created),
-        expires=_aware(row.expires) if row.expires else None,
+        created=utc(row.created),
+        expires=utc(row.expires) if row.expires else None,
         revoked=row.revoked,
-        last_used=_aware(row.last_used) if row.last_used else None,
+        last_used=utc(row.last_used) if row.last_used else None,
     )
 
 

@@ -37,11 +37,11 @@ from dockvisor.services import quotas
 from dockvisor.services import vms as vm_service
 from dockvisor.services.access import AccessPolicy
 from dockvisor.services.audit import AuditLog
-from dockvisor.services.identity import Principal
+from dockvisor.services.identity import Principal, principal_for
 from dockvisor.services.inventory import VM_FIELDS, Hosts, Inventory, apply_vm, chain_of
 from dockvisor.services.tasks import TaskContext, TaskInfo, TaskRunner
 from dockvisor.store.db import Database
-from dockvisor.store.models import AclEntryRow, HostRow, ResourceSetRow, VmRow
+from dockvisor.store.models import AclEntryRow, HostRow, PoolRow, ResourceSetRow, UserRow, VmRow
 
 __all__ = ["POWER_ACTIONS", "Operations"]
 
@@ -114,18 +114,28 @@ class Operations:
         kind: str,
         row: VmRow,
         work: Callable[[TaskContext], dict[str, Any] | None],
-        on_failure: Callable[[BaseException], None] | None = None,
+        undo: Callable[[], None] | None = None,
+        *,
+        locks: list[str] | None = None,
     ) -> TaskInfo:
-        return self.tasks.submit(
-            kind=kind,
-            object_type="vm",
-            object_id=row.id,
-            chain=chain_of(row),
-            requester=who,
-            locks=[f"vm:{row.id}"],
-            work=work,
-            on_failure=on_failure,
-        )
+        """Run `work` as a task holding the VM's lock (and `locks`). `undo` gives back
+        what the request reserved: if the task fails, or if it cannot even start (the VM
+        is busy)."""
+        try:
+            return self.tasks.submit(
+                kind=kind,
+                object_type="vm",
+                object_id=row.id,
+                chain=chain_of(row),
+                requester=who,
+                locks=[f"vm:{row.id}", *(locks or [])],
+                work=work,
+                on_failure=(lambda _exc: undo()) if undo else None,
+            )
+        except BaseException:
+            if undo is not None:
+                undo()
+            raise
 
     def _refresh(self, row: VmRow) -> None:
         self.inventory.refresh_vm(row.host_id, row.name)
@@ -170,6 +180,8 @@ class Operations:
     ) -> tuple[int, ResourceSetRow | None]:
         """Where a new VM may go, or why not: (host id, locked resource set or None)."""
         if pool_id is not None:
+            if session.get(PoolRow, pool_id) is None:
+                raise NotFound(f"no pool {pool_id}")
             self.access.require(who, P.VM_ALLOCATE, ("/", f"/pools/{pool_id}"))
         if resource_set_id is None:
             if host_id is None:
@@ -261,7 +273,7 @@ class Operations:
                 "vm.create",
                 row,
                 self._create_work(who, row, size, full, start),
-                on_failure=lambda _exc: self._drop(row.id),
+                undo=lambda: self._drop(row.id),
             )
         return row, task
 
@@ -362,15 +374,13 @@ class Operations:
                 return {"vm": row.id}
 
             # The clone's task holds the source's lock too: no revert under its feet.
-            task = self.tasks.submit(
-                kind="vm.clone",
-                object_type="vm",
-                object_id=row.id,
-                chain=chain_of(row),
-                requester=who,
-                locks=[f"vm:{row.id}", f"vm:{source.id}"],
-                work=work,
-                on_failure=lambda _exc: self._drop(row.id),
+            task = self._submit(
+                who,
+                "vm.clone",
+                row,
+                work,
+                undo=lambda: self._drop(row.id),
+                locks=[f"vm:{source.id}"],
             )
         return row, task
 
@@ -446,14 +456,14 @@ class Operations:
                     "reasons": result.reasons,
                 }
 
-            def undo(_exc: BaseException) -> None:
+            def undo() -> None:
                 with self.db.session() as session:
                     locked = session.get(VmRow, row.id)
                     if locked is not None:
                         locked.vcpus, locked.memory = before
                 self._refresh(row)
 
-            return self._submit(who, "vm.resize", row, work, on_failure=undo)
+            return self._submit(who, "vm.resize", row, work, undo=undo)
 
     def snapshot_vm(self, who: Principal, vm_id: str, name: str, description: str = "") -> TaskInfo:
         with self.audited(who, "vm.snapshot", f"vm:{vm_id}"):
@@ -474,9 +484,7 @@ class Operations:
                 self._refresh(row)
                 return {"vm": row.id, "snapshot": snap.name}
 
-            return self._submit(
-                who, "vm.snapshot", row, work, on_failure=lambda _exc: self._refresh(row)
-            )
+            return self._submit(who, "vm.snapshot", row, work, undo=lambda: self._refresh(row))
 
     def revert_vm(self, who: Principal, vm_id: str, snapshot: str) -> TaskInfo:
         with self.audited(who, "vm.revert", f"vm:{vm_id}"):
@@ -533,5 +541,10 @@ class Operations:
                 continue  # host unreachable: decide at the next start
             with self.db.session() as session:
                 current = session.get(VmRow, row.id)
-                if current is not None:
-                    apply_vm(current, vm)
+                if current is None:
+                    continue
+                apply_vm(current, vm)
+                creator = session.get(UserRow, current.created_by) if current.created_by else None
+                if creator is not None:  # as a create that finished would have
+                    self._grant_creator(session, principal_for(session, creator, "local"), current)
+            self.access.invalidate()

@@ -26,17 +26,11 @@ from dockvisor.services.audit import AuditLog
 from dockvisor.services.events import Event, EventBroker
 from dockvisor.services.identity import Principal
 from dockvisor.store.db import Database
-from dockvisor.store.models import LockRow, TaskRow
+from dockvisor.store.models import LockRow, TaskRow, utc
 
 __all__ = ["TaskContext", "TaskInfo", "TaskRunner"]
 
 ACTIVE = ("pending", "running")
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    if moment is None:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -74,9 +68,9 @@ class TaskInfo:
             error=row.error,
             error_code=row.error_code,
             result=row.result,
-            created=_utc(row.created) or datetime.now(UTC),
-            started=_utc(row.started),
-            finished=_utc(row.finished),
+            created=utc(row.created),
+            started=utc(row.started) if row.started else None,
+            finished=utc(row.finished) if row.finished else None,
         )
 
 

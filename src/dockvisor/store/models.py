@@ -6,7 +6,7 @@ session ids as SHA-256 digests.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "utc",
     "AclEntryRow",
     "AuditRow",
     "Base",
@@ -40,6 +41,12 @@ __all__ = [
     "UserRow",
     "VmRow",
 ]
+
+
+def utc(moment: datetime) -> datetime:
+    """A stored time as an aware UTC datetime: every time dockvisor stores is UTC, and
+    SQLite gives them back without their zone."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 class Base(DeclarativeBase):
