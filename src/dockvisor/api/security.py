@@ -25,7 +25,25 @@ SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
 def authenticate(request: Request) -> Principal:
+    """The caller; Unauthorized or Forbidden (CSRF) otherwise. A refused attempt to
+    change something is audited, with the address it came from."""
     cp: ControlPlane = request.app.state.cp
+    try:
+        return _authenticate(cp, request)
+    except (Unauthorized, Forbidden) as exc:
+        if request.method not in SAFE_METHODS:
+            client = request.client.host if request.client else "?"
+            cp.audit.append(
+                "anonymous",
+                f"{request.method} {request.url.path}"[:64],
+                f"from:{client}",
+                f"refused:{exc.code}",
+                str(exc),
+            )
+        raise
+
+
+def _authenticate(cp: ControlPlane, request: Request) -> Principal:
     header = request.headers.get("authorization")
     if header:
         scheme, _, secret = header.partition(" ")

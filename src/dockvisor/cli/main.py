@@ -446,7 +446,7 @@ def vm_endpoint(ctx: Context, name: str) -> None:
 
 
 for _command in (server_cli.serve, server_cli.user, server_cli.token, server_cli.audit,
-                 server_cli.login):  # fmt: skip
+                 server_cli.login, server_cli.resource_set):  # fmt: skip
     cli.add_command(_command)
 
 

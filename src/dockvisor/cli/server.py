@@ -217,3 +217,50 @@ def login(ctx: click.Context, user_name: str | None, password_stdin: bool) -> No
 
 def _emit(ctx: click.Context, data: dict[str, Any], human: str) -> None:
     ctx.obj.emit(data, human)
+
+
+@click.group("resource-set")
+def resource_set() -> None:
+    """Resource sets (quotas) of a server (needs --server)."""
+
+
+@resource_set.command("list")
+@click.pass_context
+def resource_set_list(ctx: click.Context) -> None:
+    """List the resource sets you can see, with their usage."""
+    sets = _api(ctx).request("GET", "/resource-sets")
+    lines = [f"{'ID':<4} {'NAME':<16} {'VMS':>9} {'VCPUS':>9} {'MEMORY (MiB)':>15}"]
+    for s in sets:
+        lim, use = s["limits"], s["usage"]
+        mib = (lim["memory"] or 0) // 2**20
+        lines.append(
+            f"{s['id']:<4} {s['name']:<16} {use['vms']:>4}/{lim['vms'] or '-':<4} "
+            f"{use['vcpus']:>4}/{lim['vcpus'] or '-':<4} "
+            f"{use['memory'] // 2**20:>7}/{mib or '-':<7}"
+        )
+    _emit(ctx, {"resource_sets": sets}, "\n".join(lines))
+
+
+@resource_set.command("recompute")
+@click.pass_context
+def resource_set_recompute(ctx: click.Context) -> None:
+    """Re-read every VM from the hypervisors and report how usage drifted (admin)."""
+    report = _api(ctx).request("POST", "/resource-sets/recompute")
+    drift = report["drift"]
+    human = [
+        f"added {len(report['added'])}, removed {len(report['removed'])}, "
+        f"updated {len(report['updated'])} VMs"
+    ]
+    human += [f"set {k}: {v['before']} -> {v['after']}" for k, v in drift.items()] or ["no drift"]
+    _emit(ctx, report, "\n".join(human))
+
+
+def _api(ctx: click.Context) -> ApiClient:
+    import os
+
+    from dockvisor.cli.credentials import token_for
+
+    server = ctx.obj.server
+    if not server:
+        raise InvalidInput("this command works through a server: add --server URL")
+    return ApiClient(server, os.environ.get("DOCKVISOR_TOKEN") or token_for(server))
