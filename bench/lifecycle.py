@@ -33,9 +33,9 @@ from dockvisor.domain.model import DockerEndpoint
 from dockvisor.domain.sizes import GiB, KiB, MiB
 from dockvisor.drivers.libvirt import LibvirtDriver
 from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
-from dockvisor.engines.docker import DockerEngine
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
+from dockvisor.services.engines import EngineAccess
 
 TARGET = 1.2
 SIZES = (1536 * MiB, 1 * GiB)
@@ -82,7 +82,7 @@ class Raw:
             except libvirt.libvirtError:
                 time.sleep(0.2)
                 now = time.time()
-        with DockerEngine(self.endpoint) as engine:
+        with EngineAccess.default().engine(self.endpoint) as engine:
             engine.wait_until_ready(30)
 
     def free_port(self) -> int:
@@ -158,7 +158,7 @@ def main() -> int:
         )  # fmt: skip
         start = time.perf_counter()
         driver.start_vm(name)
-        with DockerEngine(driver.docker_endpoint(name)) as engine:
+        with EngineAccess.default().engine(driver.docker_endpoint(name)) as engine:
             engine.wait_until_ready(150)
         boot = time.perf_counter() - start
         print(f"boot to Docker API: {boot:.1f} s (TCG: {driver.host_info().acceleration})")

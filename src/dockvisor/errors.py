@@ -27,6 +27,7 @@ __all__ = [
     "AlreadyExists",
     "BadPowerState",
     "DockvisorError",
+    "EngineUnavailable",
     "GuestTimeout",
     "HypervisorError",
     "HypervisorUnreachable",
@@ -106,3 +107,10 @@ class Throttled(DockvisorError):
     def __init__(self, message: str, retry_after: float = 60.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class EngineUnavailable(DockvisorError):
+    """A VM's Docker engine cannot be used now: the VM is off, or its engine does not
+    answer. Says which, never shows stale data instead."""
+
+    code = "engine-unavailable"

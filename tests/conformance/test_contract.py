@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from dockvisor.domain.model import Capability, DiskMode, PowerState, TemplateSpec, VMSpec
+from dockvisor.domain.model import (
+    Capability,
+    DiskMode,
+    DockerEndpoint,
+    PowerState,
+    TemplateSpec,
+    VMSpec,
+)
 from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.drivers.base import HypervisorDriver
 from dockvisor.drivers.libvirt import LibvirtDriver
@@ -30,6 +37,7 @@ from dockvisor.errors import (
 )
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
+from dockvisor.services.engines import EngineAccess
 
 
 @dataclass
@@ -106,6 +114,11 @@ def running_vm(env: Env) -> Iterator[str]:
     )  # fmt: skip
     yield name
     vm_service.delete_vm(env.driver, name, force=True)
+
+
+def _engine(endpoint: DockerEndpoint) -> DockerEngine:
+    """A client of a VM's engine with the PKI the services used to make the VM."""
+    return EngineAccess.default().engine(endpoint)
 
 
 def _delete(driver: HypervisorDriver, name: str) -> None:
@@ -248,7 +261,7 @@ def test_clean_shutdown_and_reboot(env: Env) -> None:
     rebooted = vm_service.reboot_vm(env.driver, name, wait=env.real_guests)
     assert rebooted.power_state is PowerState.RUNNING
     if env.real_guests:  # its engine went down and came back
-        with DockerEngine(env.driver.docker_endpoint(name)) as engine:
+        with _engine(env.driver.docker_endpoint(name)) as engine:
             assert engine.ping()
     assert env.driver.shutdown_vm(name, timeout=90).power_state is PowerState.STOPPED
     env.driver.delete_vm(name)
@@ -326,7 +339,7 @@ def test_snapshot_revert_and_delete_on_a_running_vm(env: Env, running_vm: str) -
     current = [s.name for s in drv.list_snapshots(running_vm) if s.current]
     assert current == ["two"]
     if env.real_guests:
-        with DockerEngine(drv.docker_endpoint(running_vm)) as engine:
+        with _engine(drv.docker_endpoint(running_vm)) as engine:
             assert engine.ping()
     drv.delete_snapshot(running_vm, "one")
     drv.delete_snapshot(running_vm, "two")
@@ -387,6 +400,24 @@ def test_full_clone_of_a_stopped_vm(env: Env) -> None:
     env.driver.delete_vm(name)
 
 
+def test_a_config_drive_is_the_vms_own_and_a_clone_gets_a_new_one(env: Env) -> None:
+    name, clone_name = env.name(), env.name()
+    engines = EngineAccess.default()
+    guest = engines.guest_config(name)
+    env.driver.create_vm(env.spec(name, guest=guest))
+    assert len(env.volumes_of(name)) == 2  # its disk and its drive
+    fresh = engines.guest_config(clone_name)
+    env.driver.clone_vm(name, clone_name, guest=fresh)
+    assert len(env.volumes_of(clone_name)) == 2
+    bare = env.name()
+    env.driver.clone_vm(name, bare)  # no guest given: no drive, never the source's
+    assert len(env.volumes_of(bare)) == 1
+    for vm in (bare, clone_name, name):
+        env.driver.delete_vm(vm)
+        assert env.volumes_of(vm) == []
+    assert len(env.volumes_of(name)) == 0
+
+
 def test_delete_removes_snapshots_and_disks(env: Env) -> None:
     name = env.name()
     env.driver.create_vm(env.spec(name))
@@ -409,7 +440,8 @@ def test_docker_endpoint_and_guest_addresses(env: Env, running_vm: str) -> None:
         return
     endpoint = env.driver.docker_endpoint(running_vm)
     assert endpoint.host == "127.0.0.1" and 42000 <= endpoint.port <= 42999
-    with DockerEngine(endpoint) as engine:
+    assert endpoint.tls and (endpoint.server_name or "").endswith(".vm.dockvisor")
+    with _engine(endpoint) as engine:
         assert engine.ping()
         assert "busybox:latest" in [t for i in engine.images() for t in i["RepoTags"] or []]
     assert "10.0.2.15" in env.driver.guest_addresses(running_vm)

@@ -17,9 +17,10 @@ from typing import Any
 import libvirt
 import pytest
 
-from dockvisor.domain.model import DockerEndpoint
 from dockvisor.domain.sizes import GiB, MiB
+from dockvisor.drivers.libvirt import LibvirtDriver
 from dockvisor.engines.docker import DockerEngine
+from dockvisor.services.engines import EngineAccess
 
 pytestmark = pytest.mark.vm
 
@@ -55,9 +56,21 @@ def dv_error(*args: str, code: int = 1, env: dict[str, str] | None = None) -> st
 
 
 def engine_of(name: str) -> DockerEngine:
-    data = dv("vm", "endpoint", name)
-    assert data["docker_host"] == f"tcp://127.0.0.1:{data['port']}"
-    return DockerEngine(DockerEndpoint(data["host"], data["port"]))
+    """The VM's engine, reached as `vm endpoint` says: mutual TLS with the data
+    directory's client certificate, the engine's certificate checked by its own name."""
+    env = dv("vm", "endpoint", name)["env"]
+    assert env["DOCKER_TLS_VERIFY"] == "1"
+    cert_path = Path(env["DOCKER_CERT_PATH"])
+    assert cert_path == EngineAccess.default().client_files.directory
+    host, port = env["DOCKER_HOST"].removeprefix("tcp://").rsplit(":", 1)
+    assert host == "127.0.0.1"
+    driver = LibvirtDriver("qemu:///system")
+    try:
+        endpoint = driver.docker_endpoint(name)
+    finally:
+        driver.close()
+    assert (endpoint.host, endpoint.port) == (host, int(port)) and endpoint.tls
+    return EngineAccess.default().engine(endpoint)
 
 
 def names_in(engine: DockerEngine) -> set[str]:
@@ -115,6 +128,8 @@ def test_create_run_snapshot_break_revert_clone_grow_delete(unique_name: str) ->
     assert cloned["power_state"] == "running" and cloned["disk_mode"] == "linked"
     clone_engine = engine_of(clone)
     assert clone_engine.endpoint.port != engine.endpoint.port
+    # The clone has an engine certificate of its own, not a copy of its source's.
+    assert clone_engine.endpoint.server_name != engine.endpoint.server_name
     assert names_in(clone_engine) == {"first"}
     assert clone_engine.info()["Name"] == clone  # the clone's own hostname
 

@@ -277,3 +277,39 @@ def test_each_config_gets_its_own_mac_by_default():
     a = DomainConfig("a", "vm", 1, 1, GiB, GiB, "/a.qcow2")
     b = DomainConfig("b", "vm", 1, 1, GiB, GiB, "/b.qcow2")
     assert a.mac != b.mac
+
+
+# -- the config drive -------------------------------------------------------------------
+
+WITH_DRIVE = replace(
+    VM,
+    docker_guest_port=2376,
+    engine_name="0123456789abcdef.vm.dockvisor",
+    config_drive="/var/lib/dockvisor/web-5e6f7a8b.cidata.iso",
+    volumes=("web-1a2b3c4d.qcow2", "web-5e6f7a8b.cidata.iso"),
+)
+
+
+def test_the_config_drive_is_a_second_read_only_raw_disk():
+    root = ET.fromstring(build_domain_xml(WITH_DRIVE, virt_type="qemu"))
+    disks = root.findall("devices/disk")
+    assert [d.find("target").get("dev") for d in disks] == ["vda", "vdb"]
+    drive = disks[1]
+    assert drive.find("source").get("file") == WITH_DRIVE.config_drive
+    assert drive.find("driver").get("type") == "raw"
+    assert drive.find("readonly") is not None
+    assert disks[0].find("readonly") is None
+
+
+def test_the_engine_name_and_drive_survive_a_roundtrip_and_the_vm_disk_stays_vda():
+    back = roundtrip(WITH_DRIVE, "qemu")
+    assert back.engine_name == WITH_DRIVE.engine_name
+    assert back.config_drive == WITH_DRIVE.config_drive
+    assert back.disk_path == VM.disk_path  # not the drive, though both are disks
+    assert back.volumes == WITH_DRIVE.volumes
+
+
+def test_a_vm_without_a_drive_has_one_disk_and_no_engine_name():
+    root = ET.fromstring(build_domain_xml(VM, virt_type="qemu"))
+    assert len(root.findall("devices/disk")) == 1
+    assert roundtrip(VM, "qemu").engine_name is None

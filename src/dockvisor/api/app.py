@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dockvisor import __version__
 from dockvisor.api import schemas as s
+from dockvisor.api.docker_routes import UPLOAD_PATHS, docker_router
 from dockvisor.api.problems import ERROR_RESPONSES, install_handlers, problem
 from dockvisor.api.security import SESSION_COOKIE, authenticate
 from dockvisor.domain.model import TemplateSpec
@@ -38,7 +39,7 @@ __all__ = ["API_EXTENSIONS", "MAX_BODY", "create_app"]
 
 API_VERSION = "1.0"
 # Additions to the API, in order; a client checks for one before it relies on it.
-API_EXTENSIONS = ["vms", "tasks", "acl", "resource-sets", "audit", "events"]
+API_EXTENSIONS = ["vms", "tasks", "acl", "resource-sets", "audit", "events", "docker"]
 MAX_BODY = 1024 * 1024
 
 Who = Annotated[Principal, Depends(authenticate)]
@@ -593,6 +594,8 @@ def create_app(cp: ControlPlane) -> FastAPI:
         def accepts(event: Event) -> bool:
             if event.type == "task" and event.requester == who.name:
                 return True
+            if event.type == "container":
+                return cp.access.allows(who, Privilege.DOCKER_VIEW, event.chain)
             return cp.access.allows(who, Privilege.VM_VIEW, event.chain)
 
         sub = cp.broker.subscribe(accepts)
@@ -625,6 +628,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
             stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
         )
 
+    api.include_router(docker_router(cp))
     app.include_router(api)
     return app
 
@@ -640,7 +644,8 @@ class _BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        # Image uploads stream to a spool file under their own, larger limit.
+        if scope["type"] != "http" or scope["path"].endswith(UPLOAD_PATHS):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers", ())).get(b"content-length")

@@ -30,6 +30,7 @@ STATUS: dict[type[errors.DockvisorError], int] = {
     errors.ImageBuildError: 500,
     errors.HypervisorError: 502,
     errors.HypervisorUnreachable: 503,
+    errors.EngineUnavailable: 503,
     errors.GuestTimeout: 504,
 }
 
@@ -44,8 +45,8 @@ _TITLES = {
     422: "Invalid request",
     429: "Too many requests",
     500: "Internal error",
-    502: "Hypervisor error",
-    503: "Hypervisor unreachable",
+    502: "Upstream error",
+    503: "Unavailable",
     504: "Guest timeout",
 }
 

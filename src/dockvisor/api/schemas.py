@@ -180,7 +180,7 @@ class TemplateCreate(Strict):
     kernel: str | None = Field(default=None, max_length=4096)
     initrd: str | None = Field(default=None, max_length=4096)
     cmdline: str | None = Field(default=None, max_length=2048)
-    docker_port: int | None = Field(default=2375, ge=1, le=65535)
+    docker_port: int | None = Field(default=2376, ge=1, le=65535)
     description: str = Field(default="", max_length=500)
 
 
@@ -335,3 +335,94 @@ class AuditVerifyOut(BaseModel):
     ok: bool
     broken_at: int | None
     reason: str
+
+
+# -- Docker inside VMs ----------------------------------------------------------------------
+
+CONTAINER_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$"
+
+
+class PortIn(Strict):
+    host_port: int = Field(ge=1, le=65535, description="Port on the VM")
+    container_port: int = Field(ge=1, le=65535)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    host_ip: str = Field(default="0.0.0.0", max_length=45, pattern=r"^[0-9a-fA-F:.]+$")
+
+
+class ContainerCreate(Strict):
+    image: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+    command: list[str] | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{1,127}$")
+    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    ports: list[PortIn] = Field(default_factory=list, max_length=64)
+    volumes: list[str] = Field(
+        default_factory=list, max_length=64, description='"SRC:DST[:ro]", or "DST" (anonymous)'
+    )
+    restart: str = Field(
+        default="no", pattern=r"^(no|always|unless-stopped|on-failure(:\d{1,4})?)$"
+    )
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    memory: int | None = Field(default=None, ge=1, le=MAX_BYTES, description="Bytes (>= 6 MiB)")
+    tty: bool = False
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    start: bool = True
+
+
+class ContainerPort(BaseModel):
+    host_ip: str | None
+    host_port: int | None
+    container_port: int | None
+    protocol: str
+
+
+class ContainerOut(BaseModel):
+    id: str
+    name: str
+    image: str
+    command: str
+    state: str
+    status: str
+    created: int
+    ports: list[ContainerPort]
+    labels: dict[str, str]
+
+
+class ContainerBrief(BaseModel):
+    id: str
+    name: str
+    image: str
+    state: str
+    exit_code: int | None
+
+
+class ExecRequest(Strict):
+    command: list[str] = Field(min_length=1, max_length=256)
+    env: dict[str, str] | None = Field(default=None, max_length=256)
+    workdir: str | None = Field(default=None, max_length=4096)
+    user: str | None = Field(default=None, max_length=64)
+
+
+class ExecOut(BaseModel):
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+class ImageOut(BaseModel):
+    id: str
+    tags: list[str]
+    size: int
+    created: int
+
+
+class ImagesLoaded(BaseModel):
+    images: list[str]
+
+
+class DockerEnvironment(BaseModel):
+    """How to point the stock docker CLI at a VM through dockvisor."""
+
+    vm: str
+    docker_host: str = Field(description="DOCKER_HOST: the engine gateway, with the VM's path")
+    header: str = Field(description="The header each request carries: Authorization")
+    api_version: str

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from fastapi import Request
+from fastapi import Request, WebSocket
 
 from dockvisor.errors import Forbidden, Unauthorized
 from dockvisor.services import identity
@@ -17,7 +17,13 @@ from dockvisor.services.identity import Principal
 from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import TokenRow, utc
 
-__all__ = ["CSRF_HEADER", "SESSION_COOKIE", "authenticate"]
+__all__ = [
+    "CSRF_HEADER",
+    "SESSION_COOKIE",
+    "authenticate",
+    "authenticate_token",
+    "authenticate_websocket",
+]
 
 SESSION_COOKIE = "dockvisor_session"
 CSRF_HEADER = "x-csrf-token"
@@ -43,13 +49,35 @@ def authenticate(request: Request) -> Principal:
         raise
 
 
+def authenticate_websocket(cp: ControlPlane, ws: WebSocket) -> Principal:
+    """The caller of a websocket: a token as for any request, or a session cookie with
+    its CSRF token in the `csrf` query parameter (browsers send cookies on cross-site
+    websockets too, and no header can be added to them)."""
+    header = ws.headers.get("authorization")
+    if header:
+        return _by_header(cp, header)
+    cookie = ws.cookies.get(SESSION_COOKIE)
+    if not cookie:
+        raise Unauthorized("send an API token (Authorization: Bearer) or log in first")
+    with cp.db.read() as session:
+        user, csrf = identity.authenticate_session(session, cookie)
+        who = identity.principal_for(session, user, "session")
+    if ws.query_params.get("csrf") != csrf:
+        raise Forbidden("a websocket opened with a session cookie must carry ?csrf=TOKEN")
+    return who
+
+
+def _by_header(cp: ControlPlane, header: str) -> Principal:
+    scheme, _, secret = header.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("the Authorization header must be: Bearer TOKEN")
+    return _by_token(cp, secret.strip())
+
+
 def _authenticate(cp: ControlPlane, request: Request) -> Principal:
     header = request.headers.get("authorization")
     if header:
-        scheme, _, secret = header.partition(" ")
-        if scheme.lower() != "bearer" or not secret.strip():
-            raise Unauthorized("the Authorization header must be: Bearer TOKEN")
-        return _by_token(cp, secret.strip())
+        return _by_header(cp, header)
     cookie = request.cookies.get(SESSION_COOKIE)
     if not cookie:
         raise Unauthorized(
@@ -61,6 +89,17 @@ def _authenticate(cp: ControlPlane, request: Request) -> Principal:
     if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != csrf:
         raise Forbidden("a request with a session cookie must carry its X-CSRF-Token header")
     return who
+
+
+def authenticate_token(cp: ControlPlane, authorization: str | None) -> Principal:
+    """The caller of a request that carries only an Authorization header (the engine
+    gateway: the docker CLI sends the token that way)."""
+    if not authorization:
+        raise Unauthorized(
+            "no dockvisor token: set it in the docker CLI's config (dockvisor vm endpoint "
+            "NAME --server URL prints how)"
+        )
+    return _by_header(cp, authorization)
 
 
 def _by_token(cp: ControlPlane, secret: str) -> Principal:

@@ -9,11 +9,20 @@ their task. Both return the same records, so the CLI prints them alike.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import httpx
 
 from dockvisor import errors
+from dockvisor.cli.credentials import docker_config_dir
+from dockvisor.cli.docker_backends import (
+    DockerBackend,
+    DockerEnvironment,
+    LocalDocker,
+    RemoteDocker,
+)
 from dockvisor.domain.model import (
     VM,
     DockerEndpoint,
@@ -25,6 +34,7 @@ from dockvisor.domain.model import (
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
+from dockvisor.services.engines import EngineAccess
 
 __all__ = ["ApiClient", "Backend", "LocalBackend", "RemoteBackend"]
 
@@ -59,12 +69,15 @@ class Backend(Protocol):
         self, name: str, new_name: str, *, full: bool, start: bool, progress: Progress
     ) -> VM: ...
     def endpoint(self, name: str) -> DockerEndpoint: ...
+    def docker(self, name: str) -> DockerBackend: ...
+    def docker_environment(self, name: str) -> DockerEnvironment: ...
     def templates(self) -> list[Template]: ...
 
 
 class LocalBackend:
-    def __init__(self, driver: HypervisorDriver) -> None:
+    def __init__(self, driver: HypervisorDriver, engines: EngineAccess) -> None:
         self.driver = driver
+        self.engines = engines
 
     def list_vms(self) -> list[VM]:
         return vm_service.list_vms(self.driver)
@@ -99,18 +112,23 @@ class LocalBackend:
             full=full,
             start=start,
             progress=progress,
+            engines=self.engines,
         )
 
     def power(
         self, name: str, action: str, *, wait: bool, timeout: float, progress: Progress
     ) -> VM:
         if action == "start":
-            return vm_service.start_vm(self.driver, name, wait=wait, progress=progress)
+            return vm_service.start_vm(
+                self.driver, name, wait=wait, progress=progress, engines=self.engines
+            )
         if action == "stop":
             return vm_service.stop_vm(self.driver, name, timeout=timeout)
         if action == "kill":
             return vm_service.kill_vm(self.driver, name)
-        return vm_service.reboot_vm(self.driver, name, wait=wait, progress=progress)
+        return vm_service.reboot_vm(
+            self.driver, name, wait=wait, progress=progress, engines=self.engines
+        )
 
     def delete_vm(self, name: str, *, force: bool) -> None:
         vm_service.delete_vm(self.driver, name, force=force)
@@ -125,18 +143,44 @@ class LocalBackend:
         return vm_service.list_snapshots(self.driver, name)
 
     def revert(self, name: str, snapshot: str, progress: Progress) -> VM:
-        return vm_service.revert_to_snapshot(self.driver, name, snapshot, progress=progress)
+        return vm_service.revert_to_snapshot(
+            self.driver, name, snapshot, progress=progress, engines=self.engines
+        )
 
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         vm_service.delete_snapshot(self.driver, name, snapshot)
 
     def clone(self, name: str, new_name: str, *, full: bool, start: bool, progress: Progress) -> VM:
         return vm_service.clone_vm(
-            self.driver, name, new_name, full=full, start=start, progress=progress
+            self.driver,
+            name,
+            new_name,
+            full=full,
+            start=start,
+            progress=progress,
+            engines=self.engines,
         )
 
     def endpoint(self, name: str) -> DockerEndpoint:
         return vm_service.docker_endpoint(self.driver, name)
+
+    def docker(self, name: str) -> DockerBackend:
+        return LocalDocker(self.engines.engine(self.endpoint(name)))
+
+    def docker_environment(self, name: str) -> DockerEnvironment:
+        endpoint = self.endpoint(name)
+        if not endpoint.tls:
+            return DockerEnvironment({"DOCKER_HOST": endpoint.docker_host},
+                                     ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"])  # fmt: skip
+        files = self.engines.client_files
+        return DockerEnvironment(
+            {
+                "DOCKER_HOST": endpoint.docker_host,
+                "DOCKER_TLS_VERIFY": "1",
+                "DOCKER_CERT_PATH": str(files.directory),
+            },
+            ["DOCKER_CONTEXT"],
+        )
 
     def templates(self) -> list[Template]:
         return template_service.list_templates(self.driver)
@@ -157,8 +201,24 @@ _BY_CODE: dict[str, type[errors.DockvisorError]] = {
         errors.Unauthorized,
         errors.Forbidden,
         errors.Busy,
+        errors.EngineUnavailable,
     )
 }
+
+
+def _raise_problem(response: httpx.Response) -> None:
+    """The API's problem+json answer as the dockvisor error of its code."""
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        detail, code = body.get("detail", response.text), body.get("code", "")
+    except ValueError:
+        detail, code = response.text, ""
+    cls = _BY_CODE.get(code, errors.DockvisorError)
+    if response.status_code == 429:
+        cls = errors.Throttled
+    raise cls(f"{detail} (HTTP {response.status_code})")
 
 
 class ApiClient:
@@ -166,6 +226,7 @@ class ApiClient:
 
     def __init__(self, server: str, token: str | None, *, timeout: float = 60.0) -> None:
         self.server = server.rstrip("/")
+        self.token = token
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
             base_url=f"{self.server}/api/v1", headers=headers, timeout=timeout, trust_env=False
@@ -178,19 +239,24 @@ class ApiClient:
             raise errors.HypervisorUnreachable(
                 f"cannot reach the dockvisor server at {self.server}: {exc}"
             ) from None
-        if response.status_code >= 400:
-            try:
-                body = response.json()
-                detail, code = body.get("detail", response.text), body.get("code", "")
-            except ValueError:
-                detail, code = response.text, ""
-            cls = _BY_CODE.get(code, errors.DockvisorError)
-            if response.status_code == 429:
-                cls = errors.Throttled
-            raise cls(f"{detail} (HTTP {response.status_code})")
+        _raise_problem(response)
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+    @contextmanager
+    def stream(self, method: str, path: str, **kwargs: Any) -> Iterator[httpx.Response]:
+        """A response whose body is read as it comes (logs -f)."""
+        try:
+            with self._http.stream(method, path, **kwargs) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    _raise_problem(response)
+                yield response
+        except httpx.HTTPError as exc:
+            raise errors.HypervisorUnreachable(
+                f"lost the dockvisor server at {self.server}: {exc}"
+            ) from None
 
     def follow(self, task: dict[str, Any], progress: Progress = no_progress) -> dict[str, Any]:
         """Wait for a task, feeding its progress; its result, or its error raised."""
@@ -358,6 +424,19 @@ class RemoteBackend:
     def endpoint(self, name: str) -> DockerEndpoint:
         data = self.api.request("GET", f"/vms/{self._id(name)}/endpoint")
         return DockerEndpoint(data["host"], data["port"], data["tls"])
+
+    def docker(self, name: str) -> DockerBackend:
+        return RemoteDocker(self.api, self._id(name), self.api.token or "")
+
+    def docker_environment(self, name: str) -> DockerEnvironment:
+        """DOCKER_HOST on the server's engine gateway, and a docker config directory whose
+        config.json makes the docker CLI send this token with every request."""
+        data = self.api.request("GET", f"/vms/{self._id(name)}/docker/environment")
+        directory = docker_config_dir(self.api.server, self.api.token or "")
+        return DockerEnvironment(
+            {"DOCKER_HOST": data["docker_host"], "DOCKER_CONFIG": str(directory)},
+            ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"],
+        )
 
     def templates(self) -> list[Template]:
         return [

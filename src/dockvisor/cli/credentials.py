@@ -2,16 +2,42 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
 
-__all__ = ["save_token", "token_for"]
+__all__ = ["docker_config_dir", "save_token", "token_for"]
+
+
+def _config_home() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "dockvisor"
 
 
 def _file() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "dockvisor" / "credentials.json"
+    return _config_home() / "credentials.json"
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
+def docker_config_dir(server: str, token: str) -> Path:
+    """A docker CLI configuration directory (for DOCKER_CONFIG) whose config.json makes
+    the docker CLI send `token` to `server`'s engine gateway with every request; one per
+    server and token, mode 0700/0600 like the credentials file."""
+    key = hashlib.sha256(f"{server.rstrip('/')}\0{token}".encode()).hexdigest()[:16]
+    directory = _config_home() / "docker" / key
+    _write_private(
+        directory / "config.json",
+        json.dumps({"HttpHeaders": {"Authorization": f"Bearer {token}"}}, indent=2) + "\n",
+    )
+    os.chmod(directory, 0o700)
+    return directory
 
 
 def _load() -> dict[str, str]:
@@ -30,8 +56,5 @@ def save_token(server: str, token: str) -> Path:
     data = _load()
     data[server.rstrip("/")] = token
     path = _file()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
+    _write_private(path, json.dumps(data, indent=2))
     return path

@@ -10,12 +10,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from dockvisor import __version__
-from dockvisor.cli import credentials, render
+from dockvisor.cli import credentials, docker_cmds, render
 from dockvisor.cli import server as server_cli
 from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
 from dockvisor.cli.progress import ProgressBar
@@ -24,6 +25,7 @@ from dockvisor.drivers.base import HypervisorDriver, no_progress
 from dockvisor.errors import DockvisorError, InvalidInput, Unauthorized
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
+from dockvisor.services.engines import EngineAccess
 
 __all__ = ["main"]
 
@@ -54,8 +56,13 @@ class Context:
                     )
                 self._backend = RemoteBackend(ApiClient(self.server, token))
             else:
-                self._backend = LocalBackend(self.driver)
+                self._backend = LocalBackend(self.driver, self.engines)
         return self._backend
+
+    @property
+    def engines(self) -> EngineAccess:
+        """The PKI of the data directory, for reaching VM engines directly."""
+        return EngineAccess.at(Path(self.data)) if self.data else EngineAccess.default()
 
     def local_only(self, what: str) -> None:
         if self.server:
@@ -195,8 +202,9 @@ def template_list(ctx: Context) -> None:
 @click.option("--kernel", help="Kernel to boot (else the disk's own bootloader).")
 @click.option("--initrd", help="Initrd for --kernel.")
 @click.option("--cmdline", help="Kernel command line for --kernel.")
-@click.option("--docker-port", type=int, default=2375, show_default=True,
-              help="Port dockerd listens on in the guest.")  # fmt: skip
+@click.option("--docker-port", type=int, default=2376, show_default=True,
+              help="Port the guest's dockerd listens on with --tlsverify, using the "
+                   "certificates on its config drive (dockvisor/engine/*.pem).")  # fmt: skip
 @click.option("--no-docker", is_flag=True, help="Its guests run no Docker engine.")
 @click.option("--description", default="", help="One line shown in template list.")
 @pass_ctx
@@ -278,7 +286,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
 
 def _endpoint_or_none(ctx: Context, name: str) -> str | None:
     try:
-        return ctx.backend.endpoint(name).docker_host
+        return ctx.backend.docker_environment(name).env["DOCKER_HOST"]
     except DockvisorError:
         return None
 
@@ -439,21 +447,26 @@ def vm_clone(ctx: Context, name: str, new_name: str, full: bool, start: bool) ->
 @click.argument("name")
 @pass_ctx
 def vm_endpoint(ctx: Context, name: str) -> None:
-    """Print the DOCKER_HOST value for the VM's Docker engine."""
-    endpoint = ctx.backend.endpoint(name)
-    ctx.emit({"docker_host": endpoint.docker_host, **render.to_data(endpoint)},
-             endpoint.docker_host)  # fmt: skip
+    """Print the environment that points the docker CLI at the VM's engine.
+
+    Use it as: eval "$(dockvisor vm endpoint NAME)". On the host: the engine itself, with
+    dockvisor's client certificate. With --server: the server's engine gateway, with
+    your token, and the server checks each docker command against your privileges.
+    """
+    environment = ctx.backend.docker_environment(name)
+    ctx.emit({"env": environment.env, "unset": environment.unset}, environment.shell())
 
 
 for _command in (server_cli.serve, server_cli.user, server_cli.token, server_cli.audit,
-                 server_cli.login, server_cli.resource_set):  # fmt: skip
+                 server_cli.login, server_cli.resource_set, docker_cmds.docker):  # fmt: skip
     cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `dockvisor` console script."""
     try:
-        cli.main(args=argv, prog_name="dockvisor", standalone_mode=False)
+        # A command that ends with ctx.exit(N) (docker run, docker exec) returns N here.
+        status = cli.main(args=argv, prog_name="dockvisor", standalone_mode=False)
     except click.exceptions.Abort:
         _fail("interrupted", 130)
     except click.ClickException as exc:
@@ -467,6 +480,8 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except BrokenPipeError:
         os._exit(1)
+    if isinstance(status, int) and status:
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -61,27 +61,49 @@ def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
     type=float,
     help="Seconds between full inventory reconciles (events cover the rest).",
 )
+@click.option(
+    "--gateway-port",
+    default=8081,
+    show_default=True,
+    type=int,
+    help="Port of the engine gateway, where the stock docker CLI reaches VM engines "
+    "through dockvisor (0: no gateway).",
+)
 @click.pass_context
-def serve(ctx: click.Context, listen: str, port: int, reconcile_every: float) -> None:
-    """Run the dockvisor server (REST API under /api/v1).
+def serve(
+    ctx: click.Context, listen: str, port: int, reconcile_every: float, gateway_port: int
+) -> None:
+    """Run the dockvisor server (REST API under /api/v1) and its engine gateway.
 
     On first start it registers the hypervisor given by --hypervisor as host "local".
     """
     import uvicorn
 
     from dockvisor.api.app import create_app
+    from dockvisor.api.docker_routes import ServerGatewayPolicy
+    from dockvisor.api.engine_gateway import EngineGateway
     from dockvisor.services.runtime import ControlPlane
 
     settings = _settings(ctx, default_host=("local", ctx.obj.uri))
     settings = type(settings)(**{**settings.__dict__, "reconcile_every": reconcile_every})
     cp = ControlPlane(settings)
     cp.start()
+    gateway = None
+    if gateway_port:
+        gateway = EngineGateway(ServerGatewayPolicy(cp), host=listen, port=gateway_port)
+        gateway.start()
+        host = f"[{listen}]" if ":" in listen else listen
+        cp.engine_gateway_url = f"tcp://{host}:{gateway.port}"
     click.echo(
-        f"dockvisor {settings.data_dir} listening on http://{listen}:{port}/api/v1", err=True
+        f"dockvisor {settings.data_dir} listening on http://{listen}:{port}/api/v1"
+        + (f", docker CLI gateway on {cp.engine_gateway_url}" if gateway else ""),
+        err=True,
     )
     try:
         uvicorn.run(create_app(cp), host=listen, port=port, log_level="warning")
     finally:
+        if gateway is not None:
+            gateway.stop()
         cp.stop()
 
 

@@ -14,6 +14,7 @@ __all__ = [
     "Capability",
     "DiskMode",
     "DockerEndpoint",
+    "GuestConfig",
     "HostInfo",
     "PowerState",
     "ResizeResult",
@@ -80,6 +81,15 @@ class VMSpec:
     max_vcpus: int
     max_memory: int
     disk_mode: DiskMode = DiskMode.LINKED
+    guest: GuestConfig | None = None
+
+
+@dataclass(frozen=True)
+class GuestConfig:
+    """What a Docker-ready VM's guest receives at boot, on its config drive."""
+
+    drive: bytes  # the drive's image: ISO 9660 labelled "cidata" (guest/config_drive.py)
+    engine_name: str  # the name in its Docker engine's server certificate
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ class TemplateSpec:
     initrd: str | None = None
     cmdline: str = "console=ttyS0 root=/dev/vda1 rw"
     description: str = ""
-    docker_port: int | None = 2375  # the guest port dockerd listens on; None: no Docker
+    docker_port: int | None = 2376  # the guest port dockerd listens on; None: no Docker
     builtin: bool = False
     image_key: str | None = None
 
@@ -163,6 +173,9 @@ class DockerEndpoint:
     host: str
     port: int
     tls: bool = False
+    # The name the engine's certificate must carry (it differs from `host` when the engine
+    # is reached through a forward): dockvisor checks it, so one VM cannot pose as another.
+    server_name: str | None = None
 
     @property
     def docker_host(self) -> str:

@@ -20,6 +20,7 @@ from dockvisor.domain.model import (
     VM,
     Capability,
     DockerEndpoint,
+    GuestConfig,
     HostInfo,
     ResizeResult,
     Snapshot,
@@ -105,8 +106,9 @@ class HypervisorDriver(Protocol):
 
     def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
         """Define a stopped VM of exactly spec's size from spec's template, with its own
-        disk (an overlay on the template's base, or a full copy) and room to grow to
-        spec's maximums. On failure the domain and disk are removed."""
+        disk (an overlay on the template's base, or a full copy), room to grow to spec's
+        maximums, and spec.guest's config drive attached read-only. On failure the domain
+        and disks are removed."""
         ...
 
     def start_vm(self, name: str) -> VM:
@@ -159,11 +161,18 @@ class HypervisorDriver(Protocol):
     # -- copies and access -----------------------------------------------------------
 
     def clone_vm(
-        self, name: str, new_name: str, *, linked: bool = True, progress: Progress = no_progress
+        self,
+        name: str,
+        new_name: str,
+        *,
+        linked: bool = True,
+        guest: GuestConfig | None = None,
+        progress: Progress = no_progress,
     ) -> VM:
         """A stopped copy of the VM's current disk state (without its snapshots), with a
-        new name, UUID, MAC and Docker forward. Works on a running VM without stopping it:
-        its filesystems are frozen for the instant the copy is cut."""
+        new name, UUID, MAC and Docker forward, and `guest` as its config drive (a clone
+        never shares its source's: without `guest` it has none). Works on a running VM
+        without stopping it: its filesystems are frozen for the instant the copy is cut."""
         ...
 
     def guest_addresses(self, name: str) -> list[str]:

@@ -15,6 +15,7 @@ Nothing is downloaded but the Debian packages apt resolves on the host.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import hashlib
 import io
@@ -51,7 +52,7 @@ GUEST_PACKAGES = (
 # Modules the initramfs loads to see the root disk (the rest load from the disk).
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "xen-blkfront")
 DISK_SIZE = "8G"
-DOCKER_PORT = 2375
+DOCKER_PORT = 2376  # dockerd with --tlsverify (the IANA port for Docker over TLS)
 RECIPE_VERSION = "1"
 
 # Files of packages the guest never uses; dropping them keeps the disk small.
@@ -181,6 +182,18 @@ def build_image(*, progress: Progress = _no_progress, force: bool = False) -> Gu
     if not force and (image := cached_image(key)):
         progress("cached", 1.0)
         return image
+    _images_dir().mkdir(parents=True, exist_ok=True)
+    # One build of a key at a time (two processes building into one work directory
+    # wreck each other's tree); the second then finds the first's result.
+    with open(_images_dir() / f".{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and (image := cached_image(key)):
+            progress("cached", 1.0)
+            return image
+        return _build(key, packages, progress)
+
+
+def _build(key: str, packages: list[debian.DebianPackage], progress: Progress) -> GuestImage:
     directory = _images_dir() / key
     work = _images_dir() / f".{key}.work"
     shutil.rmtree(work, ignore_errors=True)

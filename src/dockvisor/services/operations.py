@@ -37,6 +37,7 @@ from dockvisor.services import quotas
 from dockvisor.services import vms as vm_service
 from dockvisor.services.access import AccessPolicy
 from dockvisor.services.audit import AuditLog
+from dockvisor.services.engines import EngineAccess
 from dockvisor.services.identity import Principal, principal_for
 from dockvisor.services.inventory import VM_FIELDS, Hosts, Inventory, apply_vm, chain_of
 from dockvisor.services.tasks import TaskContext, TaskInfo, TaskRunner
@@ -58,7 +59,9 @@ class Operations:
         access: AccessPolicy,
         tasks: TaskRunner,
         audit: AuditLog,
+        engines: EngineAccess,
     ) -> None:
+        self.engines = engines
         self.db = db
         self.hosts = hosts
         self.inventory = inventory
@@ -331,6 +334,7 @@ class Operations:
                 full=full,
                 start=start,
                 progress=ctx.progress,
+                engines=self.engines,
             )
             self._adopt(who, row.id, vm)
             return {"vm": row.id}
@@ -368,7 +372,13 @@ class Operations:
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 vm = vm_service.clone_vm(
-                    driver, source.name, name, full=full, start=start, progress=ctx.progress
+                    driver,
+                    source.name,
+                    name,
+                    full=full,
+                    start=start,
+                    progress=ctx.progress,
+                    engines=self.engines,
                 )
                 self._adopt(who, row.id, vm)
                 return {"vm": row.id}
@@ -393,10 +403,12 @@ class Operations:
             row = self.vm_row(who, vm_id, P.VM_POWER_MGMT)
             driver = self.hosts.driver(row.host_id)
             steps: dict[str, Callable[[TaskContext], object]] = {
-                "start": lambda ctx: vm_service.start_vm(driver, row.name, progress=ctx.progress),
+                "start": lambda ctx: vm_service.start_vm(
+                    driver, row.name, progress=ctx.progress, engines=self.engines
+                ),
                 "stop": lambda ctx: vm_service.stop_vm(driver, row.name),
                 "kill": lambda ctx: vm_service.kill_vm(driver, row.name),
-                "reboot": lambda ctx: vm_service.reboot_vm(driver, row.name),
+                "reboot": lambda ctx: vm_service.reboot_vm(driver, row.name, engines=self.engines),
             }
 
             def work(ctx: TaskContext) -> dict[str, Any]:
@@ -500,7 +512,9 @@ class Operations:
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 try:
-                    vm_service.revert_to_snapshot(driver, row.name, snapshot, progress=ctx.progress)
+                    vm_service.revert_to_snapshot(
+                        driver, row.name, snapshot, progress=ctx.progress, engines=self.engines
+                    )
                 finally:
                     self._refresh(row)
                 return {"vm": row.id, "snapshot": snapshot}

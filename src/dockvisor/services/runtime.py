@@ -20,6 +20,8 @@ from dockvisor.drivers.base import HypervisorDriver
 from dockvisor.paths import data_dir
 from dockvisor.services.access import AccessPolicy, ensure_builtin_roles
 from dockvisor.services.audit import AuditLog
+from dockvisor.services.docker import DockerOperations
+from dockvisor.services.engines import EngineAccess
 from dockvisor.services.events import EventBroker
 from dockvisor.services.identity import LoginThrottle
 from dockvisor.services.inventory import Hosts, Inventory
@@ -78,10 +80,14 @@ class ControlPlane:
         self.tasks = TaskRunner(self.db, self.broker, self.audit)
         self.hosts = Hosts(self.db, driver_factory)
         self.inventory = Inventory(self.db, self.hosts, self.broker)
+        self.engines = EngineAccess.at(settings.data_dir)
         self.ops = Operations(
-            self.db, self.hosts, self.inventory, self.access, self.tasks, self.audit
+            self.db, self.hosts, self.inventory, self.access, self.tasks, self.audit, self.engines
         )
+        self.docker = DockerOperations(self.ops, self.engines, self.broker)
         self.throttle = LoginThrottle()
+        # "tcp://HOST:PORT" of the engine gateway for the docker CLI, once one listens.
+        self.engine_gateway_url: str | None = None
 
     def start(self, *, follow: bool = True) -> None:
         if self.settings.default_host is not None:
@@ -96,6 +102,7 @@ class ControlPlane:
             self.inventory.start(self.settings.reconcile_every)
 
     def stop(self) -> None:
+        self.docker.close()
         self.inventory.stop()
         self.tasks.shutdown()
         self.hosts.close()

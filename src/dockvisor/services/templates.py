@@ -73,7 +73,7 @@ def add_template(
     kernel: str | None = None,
     initrd: str | None = None,
     cmdline: str | None = None,
-    docker_port: int | None = 2375,
+    docker_port: int | None = 2376,
     description: str = "",
     progress: Progress = no_progress,
 ) -> Template:

@@ -25,8 +25,8 @@ from dockvisor.domain.model import (
 from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
 from dockvisor.domain.sizing import check_resize, plan_size
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
-from dockvisor.engines.docker import DockerEngine
 from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout
+from dockvisor.services.engines import EngineAccess
 
 __all__ = [
     "DOCKER_TIMEOUT",
@@ -81,11 +81,12 @@ def wait_for_docker(
     *,
     timeout: float = DOCKER_TIMEOUT,
     progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
 ) -> DockerEndpoint:
     """Wait until the VM's Docker engine answers; its endpoint. GuestTimeout (with the
     end of the guest's console) if it does not within `timeout` seconds."""
     endpoint = driver.docker_endpoint(name)
-    with DockerEngine(endpoint) as engine:
+    with (engines or EngineAccess.default()).engine(endpoint) as engine:
         try:
             engine.wait_until_ready(
                 timeout,
@@ -115,9 +116,12 @@ def create_vm_from_template(
     start: bool = True,
     wait: bool = True,
     progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
 ) -> VM:
     """Create a VM of exactly `vcpus` and `memory` from `template`, start it, and wait for
-    its Docker engine. If any step fails, the VM and its disk are removed."""
+    its Docker engine. A Docker-ready template's VM gets an engine certificate of its own
+    on its config drive. If any step fails, the VM and its disks are removed."""
+    engines = engines or EngineAccess.default()
     validate_vm_name(name)
     size = plan_size(
         driver.host_info(),
@@ -126,7 +130,7 @@ def create_vm_from_template(
         max_vcpus=max_vcpus,
         max_memory=max_memory,
     )
-    driver.get_template(template)
+    docker_ready = driver.get_template(template).docker_ready
     spec = VMSpec(
         name=name,
         template=template,
@@ -135,6 +139,7 @@ def create_vm_from_template(
         max_vcpus=size.max_vcpus,
         max_memory=size.max_memory,
         disk_mode=DiskMode.FULL if full else DiskMode.LINKED,
+        guest=engines.guest_config(name) if docker_ready else None,
     )
     vm = driver.create_vm(spec, progress=_scaled(progress, 0.0, 0.15))
     if not start:
@@ -144,7 +149,7 @@ def create_vm_from_template(
         progress("booting", 0.15)
         vm = driver.start_vm(name)
         if wait and _docker_reachable(driver, vm):
-            wait_for_docker(driver, name, progress=_scaled(progress, 0.2, 1.0))
+            wait_for_docker(driver, name, progress=_scaled(progress, 0.2, 1.0), engines=engines)
     except BaseException:
         _remove_quietly(driver, name)
         raise
@@ -160,11 +165,16 @@ def _remove_quietly(driver: HypervisorDriver, name: str) -> None:
 
 
 def start_vm(
-    driver: HypervisorDriver, name: str, *, wait: bool = True, progress: Progress = no_progress
+    driver: HypervisorDriver,
+    name: str,
+    *,
+    wait: bool = True,
+    progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
 ) -> VM:
     vm = driver.start_vm(name)
     if wait and _docker_reachable(driver, vm):
-        wait_for_docker(driver, name, progress=progress)
+        wait_for_docker(driver, name, progress=progress, engines=engines)
     return driver.get_vm(name)
 
 
@@ -177,7 +187,12 @@ def kill_vm(driver: HypervisorDriver, name: str) -> VM:
 
 
 def reboot_vm(
-    driver: HypervisorDriver, name: str, *, wait: bool = False, progress: Progress = no_progress
+    driver: HypervisorDriver,
+    name: str,
+    *,
+    wait: bool = False,
+    progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
 ) -> VM:
     """Ask the guest to reboot. With `wait`, return once its Docker engine has gone down
     and come back (GuestTimeout if the guest never went down)."""
@@ -190,13 +205,14 @@ def reboot_vm(
     if endpoint is None:
         return vm
     progress("waiting for the guest to go down", 0.05)
-    with DockerEngine(endpoint) as engine:
+    engines = engines or EngineAccess.default()
+    with engines.engine(endpoint) as engine:
         deadline = time.monotonic() + 60
         while engine.ping():
             if time.monotonic() > deadline:
                 raise GuestTimeout(f"VM {name!r} did not reboot within 60 s")
             time.sleep(0.25)
-    wait_for_docker(driver, name, progress=_scaled(progress, 0.1, 1.0))
+    wait_for_docker(driver, name, progress=_scaled(progress, 0.1, 1.0), engines=engines)
     return driver.get_vm(name)
 
 
@@ -236,14 +252,20 @@ def list_snapshots(driver: HypervisorDriver, name: str) -> list[Snapshot]:
 
 
 def revert_to_snapshot(
-    driver: HypervisorDriver, name: str, snapshot: str, *, progress: Progress = no_progress
+    driver: HypervisorDriver,
+    name: str,
+    snapshot: str,
+    *,
+    progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
 ) -> VM:
     """Return the VM to `snapshot`. A snapshot with memory comes back running, its Docker
     engine answering at once; one taken stopped leaves the VM stopped."""
     progress("reverting", 0.1)
     vm = driver.revert_to_snapshot(name, snapshot)
     if vm.power_state is PowerState.RUNNING and _docker_reachable(driver, vm):
-        wait_for_docker(driver, name, timeout=30.0, progress=_scaled(progress, 0.5, 1.0))
+        wait_for_docker(driver, name, timeout=30.0, progress=_scaled(progress, 0.5, 1.0),
+                        engines=engines)  # fmt: skip
     progress("reverted", 1.0)
     return vm
 
@@ -260,16 +282,25 @@ def clone_vm(
     full: bool = False,
     start: bool = False,
     progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
 ) -> VM:
     """Copy a VM (running or not) under a new name; the clone is stopped unless `start`.
-    If starting the clone fails, the clone is removed."""
+    A Docker-ready clone gets an engine certificate of its own. If starting the clone
+    fails, the clone is removed."""
     validate_vm_name(new_name)
+    engines = engines or EngineAccess.default()
+    guest = engines.guest_config(new_name) if driver.get_vm(name).docker_ready else None
     clone = driver.clone_vm(
-        name, new_name, linked=not full, progress=_scaled(progress, 0.0, 0.5 if start else 1.0)
+        name,
+        new_name,
+        linked=not full,
+        guest=guest,
+        progress=_scaled(progress, 0.0, 0.5 if start else 1.0),
     )
     if start:
         try:
-            clone = start_vm(driver, new_name, progress=_scaled(progress, 0.5, 1.0))
+            clone = start_vm(driver, new_name, progress=_scaled(progress, 0.5, 1.0),
+                             engines=engines)  # fmt: skip
         except BaseException:
             _remove_quietly(driver, new_name)
             raise

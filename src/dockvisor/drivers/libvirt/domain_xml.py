@@ -8,7 +8,9 @@ truth and any libvirt client can see it:
       <dockvisor:template>docker-ready</dockvisor:template>
       <dockvisor:disk mode="linked" size="8589934592" format="qcow2" base="/path/base.qcow2"
                       base-format="qcow2"/>
-      <dockvisor:docker guest-port="2375" host-port="42007"/>
+      <dockvisor:docker guest-port="2376" host-port="42007" tls="yes"
+                        server-name="1a2b3c4d5e6f7a8b.vm.dockvisor"/>
+      <dockvisor:config-drive>/path/NAME-1a2b3c4d-cidata.iso</dockvisor:config-drive>
       <dockvisor:mac>52:54:00:..</dockvisor:mac>
       <dockvisor:cmdline>console=ttyS0 root=/dev/vda rw</dockvisor:cmdline>
       <dockvisor:volume>NAME-1a2b3c4d.qcow2</dockvisor:volume>   (volumes it owns)
@@ -76,6 +78,8 @@ class DomainConfig:
     mac: str = field(default_factory=lambda: random_mac())
     docker_guest_port: int | None = None
     docker_host_port: int | None = None
+    engine_name: str | None = None  # the name in the engine's TLS server certificate
+    config_drive: str | None = None  # path of the read-only config drive (vdb)
     volumes: tuple[str, ...] = ()
     created: datetime | None = None
     description: str = ""
@@ -167,6 +171,13 @@ def build_domain_xml(
          bus="virtio" if virt_type != "xen" else "xen")  # fmt: skip
     if config.disk_readonly:
         ET.SubElement(disk, "readonly")
+    if config.config_drive:
+        drive = _sub(devices, "disk", type="file", device="disk")
+        _sub(drive, "driver", name="qemu", type="raw")
+        _sub(drive, "source", file=config.config_drive)
+        _sub(drive, "target", dev="vdb" if virt_type != "xen" else "xvdb",
+             bus="virtio" if virt_type != "xen" else "xen")  # fmt: skip
+        ET.SubElement(drive, "readonly")
     serial = _sub(devices, "serial", type="pty")
     if console_log:
         _sub(serial, "log", file=console_log, append="off")
@@ -221,7 +232,12 @@ def _metadata(parent: ET.Element, config: DomainConfig) -> None:
         docker = {"guest-port": str(config.docker_guest_port)}
         if config.docker_host_port:
             docker["host-port"] = str(config.docker_host_port)
+        if config.engine_name:
+            docker["tls"] = "yes"
+            docker["server-name"] = config.engine_name
         _sub(meta, _q("docker"), **docker)
+    if config.config_drive:
+        _sub(meta, _q("config-drive"), config.config_drive)
     _sub(meta, _q("mac"), config.mac)
     if config.cmdline is not None:
         _sub(meta, _q("cmdline"), config.cmdline)
@@ -262,9 +278,9 @@ def parse_domain_xml(xml: str) -> DomainState:
     vcpu_el = root.find("vcpu")
     max_vcpus = _int(vcpu_el, 1)
     vcpus = int(vcpu_el.get("current", max_vcpus)) if vcpu_el is not None else 1
-    disk_el = next(
-        (d for d in root.iterfind("devices/disk") if d.get("device", "disk") == "disk"), None
-    )
+    # The VM's own disk is the first writable one (a config drive is read-only).
+    disks = [d for d in root.iterfind("devices/disk") if d.get("device", "disk") == "disk"]
+    disk_el = next((d for d in disks if d.find("readonly") is None), disks[0] if disks else None)
     disk_path = ""
     disk_format = "raw"
     if disk_el is not None:
@@ -313,6 +329,8 @@ def parse_domain_xml(xml: str) -> DomainState:
             docker_host_port=int(docker.get("host-port", "0")) or None
             if docker is not None
             else None,
+            engine_name=docker.get("server-name") if docker is not None else None,
+            config_drive=meta.findtext(_q("config-drive")),
             volumes=tuple(v.text or "" for v in meta.iterfind(_q("volume"))),
             created=datetime.fromisoformat(created) if created else None,
             description=meta.findtext(_q("description"), ""),

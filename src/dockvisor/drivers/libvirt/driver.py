@@ -26,6 +26,7 @@ from dockvisor.domain.model import (
     Capability,
     DiskMode,
     DockerEndpoint,
+    GuestConfig,
     HostInfo,
     PowerState,
     ResizeResult,
@@ -450,6 +451,7 @@ class LibvirtDriver:
         self._check_new_name(spec.name)
         template = self._template_state(spec.template).config
         volume = unique_volume_name(spec.name, "qcow2")
+        made: list[str] = []
         progress("creating disk", 0.1)
         try:
             if spec.disk_mode is DiskMode.LINKED:
@@ -458,6 +460,8 @@ class LibvirtDriver:
                 )
             else:
                 disk = self._storage.create_copy(volume, template.disk_path, template.disk_size)
+            made.append(volume)
+            drive = self._add_config_drive(spec.name, spec.guest, made)
             progress("defining VM", 0.8)
             config = DomainConfig(
                 name=spec.name,
@@ -477,16 +481,29 @@ class LibvirtDriver:
                 template=spec.template,
                 docker_guest_port=template.docker_guest_port,
                 docker_host_port=self._allocate_port() if template.docker_guest_port else None,
-                volumes=(volume,),
+                engine_name=spec.guest.engine_name if spec.guest else None,
+                config_drive=drive,
+                volumes=tuple(made),
                 created=datetime.now(UTC),
             )
             dom = self._define(config)
         except BaseException:
-            with suppress(Exception):
-                self._storage.delete(volume)
+            for name in made:
+                with suppress(Exception):
+                    self._storage.delete(name)
             raise
         progress("defined", 1.0)
         return self._to_vm(dom, self._state(dom))
+
+    def _add_config_drive(self, vm: str, guest: GuestConfig | None, made: list[str]) -> str | None:
+        """Store the guest's config drive as a volume of its own (listed in `made`); its
+        path, or None without one."""
+        if guest is None:
+            return None
+        volume = unique_volume_name(vm, "cidata.iso")
+        path = self._storage.upload_bytes(volume, guest.drive, send_content=self._type != "TEST")
+        made.append(volume)
+        return path
 
     def _ensure_forward_port(self, dom: libvirt.virDomain) -> None:
         """Before a start: if another program took the VM's Docker port, move the VM."""
@@ -731,7 +748,13 @@ class LibvirtDriver:
     # -- clones ----------------------------------------------------------------------
 
     def clone_vm(
-        self, name: str, new_name: str, *, linked: bool = True, progress: Progress = no_progress
+        self,
+        name: str,
+        new_name: str,
+        *,
+        linked: bool = True,
+        guest: GuestConfig | None = None,
+        progress: Progress = no_progress,
     ) -> VM:
         dom, state = self._vm_domain(name)
         self._check_new_name(new_name)
@@ -743,6 +766,7 @@ class LibvirtDriver:
             self._require(Capability.LINKED_CLONES, "linked clones")
         volume = unique_volume_name(new_name, "qcow2")
         new_dom = None
+        made = [volume]
         try:
             if mode is DiskMode.LINKED:
                 assert source.base_path is not None
@@ -756,6 +780,7 @@ class LibvirtDriver:
                                 progress=progress)  # fmt: skip
             elif self._type != "TEST":
                 self._require(Capability.CLONE_RUNNING, "cloning")
+            drive = self._add_config_drive(new_name, guest, made)
             config = replace(
                 source,
                 name=new_name,
@@ -765,7 +790,9 @@ class LibvirtDriver:
                 disk_mode=mode,
                 base_path=source.base_path if mode is DiskMode.LINKED else None,
                 docker_host_port=self._allocate_port() if source.docker_guest_port else None,
-                volumes=(volume,),
+                engine_name=guest.engine_name if guest else None,
+                config_drive=drive,
+                volumes=tuple(made),
                 created=datetime.now(UTC),
             )
             progress("defining the clone", 0.95)
@@ -774,8 +801,9 @@ class LibvirtDriver:
             if new_dom is not None:
                 with suppress(Exception):
                     new_dom.undefine()
-            with suppress(Exception):
-                self._storage.delete(volume)
+            for vol in made:
+                with suppress(Exception):
+                    self._storage.delete(vol)
             raise
         progress("cloned", 1.0)
         return self._to_vm(new_dom, self._state(new_dom))
@@ -825,12 +853,13 @@ class LibvirtDriver:
         if not self.capabilities & (Capability.LOOPBACK_FORWARD | Capability.GUEST_AGENT):
             raise Unsupported(f"{self.uri} gives no way to locate a guest's Docker engine")
         self._require_running(dom, "reach the Docker engine of")
+        tls, server_name = config.engine_name is not None, config.engine_name
         if config.docker_host_port and Capability.LOOPBACK_FORWARD in self.capabilities:
-            return DockerEndpoint("127.0.0.1", config.docker_host_port)
+            return DockerEndpoint("127.0.0.1", config.docker_host_port, tls, server_name)
         addresses = self.guest_addresses(name)
         if not addresses:
             raise GuestTimeout(f"the guest agent of {name!r} reports no IP address yet")
-        return DockerEndpoint(addresses[0], config.docker_guest_port)
+        return DockerEndpoint(addresses[0], config.docker_guest_port, tls, server_name)
 
     def console_log(self, name: str, lines: int = 20) -> str:
         dom, state = self._vm_domain(name)

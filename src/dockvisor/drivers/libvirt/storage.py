@@ -7,10 +7,13 @@ made by libvirt on the hypervisor's side.
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import xml.etree.ElementTree as ET
+from contextlib import suppress
 from pathlib import Path
+from typing import BinaryIO
 
 import libvirt
 
@@ -135,26 +138,38 @@ class StoragePool:
     def upload(self, name: str, local_file: str, *, progress: Progress = no_progress,
                send_content: bool = True) -> str:  # fmt: skip
         """A new volume holding the bytes of `local_file` (a file on this machine)."""
-        size = os.path.getsize(local_file)
+        label = Path(local_file).name
+        with open(local_file, "rb") as f:
+            return self._upload(name, os.path.getsize(local_file), f, label, progress,
+                                send_content)  # fmt: skip
+
+    def upload_bytes(self, name: str, data: bytes, *, send_content: bool = True) -> str:
+        """A new raw volume holding `data` (a config drive, say)."""
+        return self._upload(name, len(data), io.BytesIO(data), name, no_progress, send_content)
+
+    def _upload(self, name: str, size: int, source: BinaryIO, label: str, progress: Progress,
+                send_content: bool) -> str:  # fmt: skip
         xml = (
             f"<volume><name>{name}</name><capacity unit='bytes'>{size}</capacity>"
             "<target><format type='raw'/></target></volume>"
         )
-        with libvirt_errors(f"uploading {local_file} as {name}"):
+        with libvirt_errors(f"uploading {label} as {name}"):
             vol = self.pool.createXML(xml, 0)
             try:
                 if send_content:
                     stream = self._conn.newStream(0)
                     vol.upload(stream, 0, size, 0)
                     sent = 0
-                    with open(local_file, "rb") as f:
-                        while chunk := f.read(_CHUNK):
-                            stream.send(chunk)
-                            sent += len(chunk)
-                            progress(f"uploading {Path(local_file).name}", sent / max(size, 1))
+                    while chunk := source.read(_CHUNK):
+                        stream.send(chunk)
+                        sent += len(chunk)
+                        progress(f"uploading {label}", sent / max(size, 1))
                     stream.finish()
-                self.pool.refresh(0)
-                return str(self.pool.storageVolLookupByName(name).path())
+                # Only to update sizes: libvirt refuses a refresh while another volume of
+                # the pool is being written (a concurrent create), and the volume is known.
+                with suppress(libvirt.libvirtError):
+                    self.pool.refresh(0)
+                return str(vol.path())
             except BaseException:
                 self.delete(name)
                 raise

@@ -1,0 +1,378 @@
+"""REST routes for Docker inside VMs: /api/v1/vms/{id}/docker/...
+
+Thin: each route calls one method of services/docker.py (which checks privileges, audits
+and reaches the engine) and shapes the answer. Image uploads are streamed to a spool file
+(not through the 1 MiB body limit of the rest of the API), logs with `follow` are
+streamed as the container writes them, and an interactive exec is a websocket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Annotated, Any, Literal
+
+from fastapi import (
+    APIRouter,
+    Depends,
+    Query,
+    Request,
+    Response,
+    WebSocket,
+    WebSocketDisconnect,
+)
+from fastapi import Path as PathParam
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from dockvisor.api import schemas as s
+from dockvisor.api.engine_gateway import EngineRoute
+from dockvisor.api.problems import status_of
+from dockvisor.api.security import authenticate, authenticate_token, authenticate_websocket
+from dockvisor.domain.docker_api import classify
+from dockvisor.engines.docker import API_VERSION, ContainerSpec, PortBinding
+from dockvisor.errors import DockvisorError, InvalidInput
+from dockvisor.services.docker import EngineAdmission
+from dockvisor.services.identity import Principal
+from dockvisor.services.runtime import ControlPlane
+
+__all__ = ["MAX_UPLOAD", "UPLOAD_PATHS", "ServerGatewayPolicy", "docker_router"]
+
+MAX_UPLOAD = int(os.environ.get("DOCKVISOR_MAX_UPLOAD", str(16 * 1024**3)))
+UPLOAD_PATHS = ("/docker/images/load", "/docker/images/import")
+
+Who = Annotated[Principal, Depends(authenticate)]
+Key = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+Container = Annotated[str, PathParam(pattern=s.CONTAINER_NAME)]
+Image = Annotated[
+    str, PathParam(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:/@-]*$")
+]
+
+
+def needs(privilege: str) -> dict[str, Any]:
+    return {"x-dockvisor-privilege": f"{privilege} on /vms/ID (the VM must be running)"}
+
+
+async def _spool(request: Request) -> Any:
+    """The request body in a temporary file (rewound), refusing more than MAX_UPLOAD."""
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 (handed to the caller, who closes it)
+    size = 0
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_UPLOAD:
+                raise InvalidInput(f"the upload is larger than {MAX_UPLOAD} bytes")
+            await run_in_threadpool(spool.write, chunk)
+        if size == 0:
+            raise InvalidInput("send the tarball as the request body")
+        spool.seek(0)
+        return spool
+    except BaseException:
+        spool.close()
+        raise
+
+
+def docker_router(cp: ControlPlane) -> APIRouter:
+    api = APIRouter(prefix="/vms/{vm_id}/docker", tags=["docker"])
+    docker = cp.docker
+
+    @api.get("/containers", response_model=list[s.ContainerOut], openapi_extra=needs("Docker.View"))
+    def list_containers(
+        who: Who,
+        vm_id: Key,
+        all: Annotated[bool, Query()] = True,  # noqa: A002
+    ) -> list[dict[str, Any]]:
+        return docker.list_containers(who, vm_id, all=all)
+
+    @api.post(
+        "/containers",
+        status_code=201,
+        response_model=s.ContainerBrief,
+        openapi_extra=needs("Docker.Manage"),
+    )
+    def create_container(who: Who, vm_id: Key, body: s.ContainerCreate) -> dict[str, Any]:
+        spec = ContainerSpec(
+            image=body.image,
+            command=body.command,
+            name=body.name,
+            env=body.env,
+            ports=[
+                PortBinding(p.host_port, p.container_port, p.protocol, p.host_ip)
+                for p in body.ports
+            ],
+            volumes=body.volumes,
+            restart_policy=body.restart,
+            cpus=body.cpus,
+            memory=body.memory,
+            tty=body.tty,
+            labels=body.labels,
+        )
+        return docker.run(who, vm_id, spec, start=body.start)
+
+    @api.get("/containers/{container}", openapi_extra=needs("Docker.View"))
+    def inspect_container(who: Who, vm_id: Key, container: Container) -> dict[str, Any]:
+        """The engine's own inspect document."""
+        return docker.inspect(who, vm_id, container)
+
+    @api.delete("/containers/{container}", status_code=204, openapi_extra=needs("Docker.Manage"))
+    def remove_container(
+        who: Who, vm_id: Key, container: Container, force: Annotated[bool, Query()] = False
+    ) -> Response:
+        docker.remove(who, vm_id, container, force=force)
+        return Response(status_code=204)
+
+    @api.get(
+        "/containers/{container}/logs",
+        openapi_extra=needs("Docker.View"),
+        responses={200: {"content": {"text/plain": {}}, "description": "The output"}},
+    )
+    def container_logs(
+        who: Who,
+        vm_id: Key,
+        container: Container,
+        follow: Annotated[bool, Query()] = False,
+        tail: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
+        timestamps: Annotated[bool, Query()] = False,
+    ) -> Response:
+        """stdout and stderr in the order written; with `follow`, streamed until the
+        container stops (or the client goes away)."""
+        if not follow:
+            text = docker.logs(who, vm_id, container, tail=tail, timestamps=timestamps)
+            return Response(text, media_type="text/plain; charset=utf-8")
+        stream = docker.follow_logs(who, vm_id, container, tail=tail, timestamps=timestamps)
+
+        def chunks() -> Iterator[bytes]:
+            with stream:
+                for _kind, data in stream:
+                    yield data
+
+        return StreamingResponse(
+            iterate_in_threadpool(chunks()),
+            media_type="text/plain; charset=utf-8",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @api.get("/containers/{container}/stats", openapi_extra=needs("Docker.View"))
+    def container_stats(who: Who, vm_id: Key, container: Container) -> dict[str, Any]:
+        """One sample of the engine's stats document (CPU, memory, network, block I/O)."""
+        return docker.stats(who, vm_id, container)
+
+    @api.post(
+        "/containers/{container}/exec",
+        response_model=s.ExecOut,
+        openapi_extra=needs("Docker.Exec"),
+    )
+    def exec_in_container(
+        who: Who, vm_id: Key, container: Container, body: s.ExecRequest
+    ) -> s.ExecOut:
+        """Run a command to completion; its exit code and output (interactive: the
+        websocket at the same path)."""
+        result = docker.exec_run(
+            who, vm_id, container, body.command, env=body.env, workdir=body.workdir,
+            user=body.user,
+        )  # fmt: skip
+        return s.ExecOut(
+            exit_code=result.exit_code,
+            stdout=result.stdout.decode(errors="replace"),
+            stderr=result.stderr.decode(errors="replace"),
+        )
+
+    @api.websocket("/containers/{container}/exec")
+    async def exec_interactive(
+        ws: WebSocket,
+        vm_id: str,
+        container: str,
+        cmd: Annotated[list[str] | None, Query()] = None,
+        tty: Annotated[bool, Query()] = True,
+    ) -> None:
+        """Binary frames carry the terminal both ways; a text frame {"resize": [rows,
+        cols]} resizes it; the server's last text frame is {"exit_code": N}."""
+        await ws.accept()
+        try:
+            who = await run_in_threadpool(authenticate_websocket, cp, ws)
+            engine, sock = await run_in_threadpool(
+                docker.exec_socket, who, vm_id, container, cmd or ["sh"], tty=tty
+            )
+        except DockvisorError as exc:
+            await ws.send_text(json.dumps({"error": str(exc), "code": exc.code,
+                                           "status": status_of(exc)}))  # fmt: skip
+            await ws.close(code=4000 + status_of(exc))
+            return
+        await _bridge(ws, engine, sock)
+
+    # Last among the container routes: /exec would match {action} otherwise.
+    @api.post(
+        "/containers/{container}/{action}",
+        response_model=s.ContainerBrief,
+        openapi_extra=needs("Docker.Operate"),
+    )
+    def container_action(
+        who: Who,
+        vm_id: Key,
+        container: Container,
+        action: Literal["start", "stop", "restart", "pause", "unpause", "kill"],
+    ) -> dict[str, Any]:
+        return docker.act(who, vm_id, container, action)
+
+    # -- images ----------------------------------------------------------------------
+
+    @api.get("/images", response_model=list[s.ImageOut], openapi_extra=needs("Docker.View"))
+    def list_images(who: Who, vm_id: Key) -> list[dict[str, Any]]:
+        return docker.images(who, vm_id)
+
+    @api.post(
+        "/images/load",
+        response_model=s.ImagesLoaded,
+        openapi_extra={
+            **needs("Docker.Manage"),
+            "requestBody": {"content": {"application/x-tar": {}}, "required": True},
+        },
+    )
+    async def load_image(request: Request, who: Who, vm_id: Key) -> s.ImagesLoaded:
+        """Load a `docker save` tarball (the request body, streamed)."""
+        await run_in_threadpool(docker.images, who, vm_id)  # refuse before the upload
+        spool = await _spool(request)
+        try:
+            loaded = await run_in_threadpool(docker.load_image, who, vm_id, spool)
+        finally:
+            spool.close()
+        return s.ImagesLoaded(images=loaded)
+
+    @api.post(
+        "/images/import",
+        response_model=s.ImagesLoaded,
+        openapi_extra={
+            **needs("Docker.Manage"),
+            "requestBody": {"content": {"application/x-tar": {}}, "required": True},
+        },
+    )
+    async def import_image(
+        request: Request,
+        who: Who,
+        vm_id: Key,
+        repository: Annotated[str, Query(min_length=1, max_length=255)],
+        tag: Annotated[str, Query(min_length=1, max_length=128)] = "latest",
+    ) -> s.ImagesLoaded:
+        """Import a root filesystem tarball (the request body) as REPOSITORY:TAG."""
+        await run_in_threadpool(docker.images, who, vm_id)
+        spool = await _spool(request)
+        try:
+            image = await run_in_threadpool(docker.import_image, who, vm_id, spool, repository, tag)
+        finally:
+            spool.close()
+        return s.ImagesLoaded(images=[image])
+
+    @api.delete("/images/{image:path}", status_code=204, openapi_extra=needs("Docker.Manage"))
+    def remove_image(
+        who: Who, vm_id: Key, image: Image, force: Annotated[bool, Query()] = False
+    ) -> Response:
+        docker.remove_image(who, vm_id, image, force=force)
+        return Response(status_code=204)
+
+    # -- the stock docker CLI ---------------------------------------------------------
+
+    @api.get(
+        "/environment",
+        response_model=s.DockerEnvironment,
+        openapi_extra=needs("Docker.View"),
+    )
+    def docker_environment(who: Who, vm_id: Key) -> s.DockerEnvironment:
+        """DOCKER_HOST for the docker CLI through dockvisor's engine gateway; the CLI
+        sends the caller's token as `Authorization: Bearer` (see `dockvisor vm endpoint`)."""
+        docker.check(who, vm_id)
+        if not cp.engine_gateway_url:
+            raise InvalidInput("this server runs no engine gateway (dockvisor serve --gateway)")
+        return s.DockerEnvironment(
+            vm=vm_id,
+            docker_host=f"{cp.engine_gateway_url}/vms/{vm_id}",
+            header="Authorization: Bearer TOKEN",
+            api_version=API_VERSION.lstrip("v"),
+        )
+
+    return api
+
+
+async def _bridge(ws: WebSocket, engine: Any, sock: Any) -> None:
+    """Shuttle bytes between the websocket and the exec's hijacked connection."""
+    loop = asyncio.get_running_loop()
+
+    async def engine_to_client() -> None:
+        while True:
+            data = await loop.run_in_executor(None, sock.recv)
+            if not data:
+                return
+            await ws.send_bytes(data)
+
+    async def client_to_engine() -> None:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect()
+            if message.get("bytes") is not None:
+                await loop.run_in_executor(None, sock.sendall, message["bytes"])
+            elif message.get("text"):
+                with suppress(ValueError, TypeError, KeyError, DockvisorError):
+                    control = json.loads(message["text"])
+                    if "resize" in control:
+                        rows, cols = (int(v) for v in control["resize"])
+                        await loop.run_in_executor(
+                            None, engine.exec_resize, sock.exec_id, rows, cols
+                        )
+                    if control.get("eof"):
+                        await loop.run_in_executor(None, sock.close_write)
+
+    reader = asyncio.create_task(engine_to_client())
+    writer = asyncio.create_task(client_to_engine())
+    try:
+        done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+        if reader in done:
+            code = await loop.run_in_executor(None, _exit_code, engine, sock.exec_id)
+            await ws.send_text(json.dumps({"exit_code": code}))
+            await ws.close()
+    except (WebSocketDisconnect, RuntimeError):
+        pass
+    finally:
+        writer.cancel()
+        reader.cancel()
+        sock.close()
+
+
+def _exit_code(engine: Any, exec_id: str) -> int | None:
+    try:
+        code = engine.exec_inspect(exec_id).get("ExitCode")
+    except DockvisorError:
+        return None
+    return int(code) if code is not None else None
+
+
+class _Admitted:
+    def __init__(self, admission: EngineAdmission) -> None:
+        endpoint = admission.endpoint
+        self.route = EngineRoute(
+            endpoint.host, endpoint.port, admission.ssl_context, endpoint.server_name
+        )
+        self.finished = admission.finished
+
+
+class ServerGatewayPolicy:
+    """The engine gateway's questions, answered by the server: who (the API token the
+    docker CLI sends), which VM, and whether they may make this Docker API call there."""
+
+    def __init__(self, cp: ControlPlane) -> None:
+        self.cp = cp
+
+    def admit(
+        self, *, authorization: str | None, vm: str, method: str, path: str, query: str
+    ) -> _Admitted:
+        try:
+            who = authenticate_token(self.cp, authorization)
+        except DockvisorError as exc:
+            if classify(method, path).mutating:
+                self.cp.audit.append("anonymous", f"docker {method}"[:64], f"vm:{vm}"[:128],
+                                     f"refused:{exc.code}", str(exc))  # fmt: skip
+            raise
+        return _Admitted(self.cp.docker.admit(who, vm, method, path))

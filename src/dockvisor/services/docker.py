@@ -1,0 +1,462 @@
+"""Docker inside delegated VMs: containers and images, checked and audited.
+
+Every call names a VM by its id; the caller's privilege is checked on the VM's ACL path
+(Docker.View to read, Docker.Operate to start/stop/restart/pause/kill, Docker.Manage to
+create and remove containers and images, Docker.Exec to exec and attach), a VM they
+cannot view does not exist for them, and every write is audited, refused or not. The
+engine's address comes from the hypervisor adapter, never from the request.
+
+While a VM runs, a watch follows its engine's event stream and keeps its container list
+current (a re-list on every container event, and after the stream breaks), and
+publishes container events for the /events stream. When the VM is off or its engine
+does not answer, reads fail with EngineUnavailable (503) saying why: no stale data.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from typing import IO, Any
+
+from dockvisor.domain.docker_api import EngineRequest, classify
+from dockvisor.domain.model import DockerEndpoint
+from dockvisor.domain.privileges import Privilege
+from dockvisor.engines.docker import (
+    ContainerSpec,
+    DockerEngine,
+    EngineStream,
+    ExecResult,
+    ExecSocket,
+)
+from dockvisor.errors import (
+    BadPowerState,
+    DockvisorError,
+    EngineUnavailable,
+    InvalidInput,
+    Unsupported,
+)
+from dockvisor.services.engines import EngineAccess
+from dockvisor.services.events import Event, EventBroker
+from dockvisor.services.identity import Principal
+from dockvisor.services.inventory import chain_of
+from dockvisor.services.operations import Operations
+from dockvisor.store.models import VmRow
+
+__all__ = [
+    "CONTAINER_ACTIONS",
+    "DockerOperations",
+    "EngineAdmission",
+    "container_brief",
+    "container_summary",
+]
+
+P = Privilege
+CONTAINER_ACTIONS = {
+    "start": P.DOCKER_OPERATE,
+    "stop": P.DOCKER_OPERATE,
+    "restart": P.DOCKER_OPERATE,
+    "pause": P.DOCKER_OPERATE,
+    "unpause": P.DOCKER_OPERATE,
+    "kill": P.DOCKER_OPERATE,
+}
+# A container id (hex) or name, an image reference: what may appear in a request path.
+_CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,254}")
+_REPOSITORY = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
+    if not pattern.fullmatch(value) or ".." in value:
+        raise InvalidInput(f"{value[:80]!r} is not a valid {what}")
+    return value
+
+
+def container_summary(c: dict[str, Any]) -> dict[str, Any]:
+    """A container as lists show it (the engine's /containers/json entry, trimmed)."""
+    return {
+        "id": c.get("Id", ""),
+        "name": (c.get("Names") or ["/"])[0].lstrip("/"),
+        "image": c.get("Image", ""),
+        "command": c.get("Command", ""),
+        "state": c.get("State", ""),
+        "status": c.get("Status", ""),
+        "created": c.get("Created", 0),
+        "ports": [
+            {
+                "host_ip": p.get("IP"),
+                "host_port": p.get("PublicPort"),
+                "container_port": p.get("PrivatePort"),
+                "protocol": p.get("Type", "tcp"),
+            }
+            for p in c.get("Ports") or []
+        ],
+        "labels": c.get("Labels") or {},
+    }
+
+
+def container_brief(info: dict[str, Any]) -> dict[str, Any]:
+    """A container after a change, from the engine's inspect document."""
+    state = info.get("State") or {}
+    return {
+        "id": info.get("Id", ""),
+        "name": str(info.get("Name", "")).lstrip("/"),
+        "image": (info.get("Config") or {}).get("Image", ""),
+        "state": state.get("Status", ""),
+        "exit_code": state.get("ExitCode"),
+    }
+
+
+class _Watch:
+    """Follows one VM's engine: its containers, as of the last event or re-list."""
+
+    def __init__(self, owner: DockerOperations, row: VmRow) -> None:
+        self.vm_id = row.id
+        self.chain = chain_of(row)
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._containers: list[dict[str, Any]] | None = None
+        self._stream: EngineStream[dict[str, Any]] | None = None
+        self._stopped = threading.Event()
+        self.error = ""
+        self._thread = threading.Thread(target=self._run, name=f"docker-watch-{row.id}",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def containers(self) -> list[dict[str, Any]] | None:
+        """The list while the event stream is followed; None when it is not."""
+        with self._lock:
+            return None if self._containers is None else list(self._containers)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        stream = self._stream
+        if stream is not None:
+            with suppress(Exception):
+                stream.close()
+
+    def _relist(self, engine: DockerEngine) -> None:
+        listed = [container_summary(c) for c in engine.containers(all=True)]
+        with self._lock:
+            self._containers = listed
+
+    def _run(self) -> None:
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                engine = self._owner.engine_of(self.vm_id)
+                # Subscribe first, then list: nothing that happens between is missed.
+                self._stream = engine.events(filters={"type": ["container"]})
+                self._relist(engine)
+                self.error = ""
+                delay = 0.5
+                for event in self._stream:
+                    if self._stopped.is_set():
+                        break
+                    self._relist(engine)
+                    self._publish(event)
+            except DockvisorError as exc:
+                self.error = str(exc)
+            except Exception as exc:  # a broken stream: re-list on the next round
+                self.error = f"following the engine's events: {exc}"
+            finally:
+                with self._lock:
+                    self._containers = None
+                if self._stream is not None:
+                    with suppress(Exception):
+                        self._stream.close()
+                    self._stream = None
+            if not self._owner.still_running(self.vm_id):
+                break
+            self._stopped.wait(delay)
+            delay = min(delay * 2, 10.0)
+        self._owner.forget_watch(self.vm_id, self)
+
+    def _publish(self, event: dict[str, Any]) -> None:
+        actor = event.get("Actor") or {}
+        attributes = actor.get("Attributes") or {}
+        container = actor.get("ID") or event.get("id") or ""
+        self._owner.broker.publish(
+            Event(
+                "container",
+                str(event.get("Action") or event.get("status") or "changed"),
+                f"/vms/{self.vm_id}/containers/{container}",
+                self.chain,
+                None,
+                {
+                    "vm": self.vm_id,
+                    "id": container,
+                    "name": attributes.get("name", ""),
+                    "image": attributes.get("image", ""),
+                },  # fmt: skip
+            )
+        )
+
+
+class EngineAdmission:
+    """One request through the engine gateway, admitted: where to send it, and what to
+    audit when it is done."""
+
+    def __init__(
+        self,
+        owner: DockerOperations,
+        who: Principal,
+        row: VmRow,
+        request: EngineRequest,
+        endpoint: DockerEndpoint,
+    ) -> None:
+        self._owner = owner
+        self._who = who
+        self._row = row
+        self.request = request
+        self.endpoint = endpoint
+        self.ssl_context = owner.engines.pki.client_context() if endpoint.tls else None
+
+    def finished(self, status: int) -> None:
+        if self.request.mutating:
+            result = "accepted" if status < 400 else f"engine:{status}"
+            self._owner.audit_write(self._who, self._row.id, self.request, result)
+
+
+class DockerOperations:
+    def __init__(self, ops: Operations, engines: EngineAccess, broker: EventBroker) -> None:
+        self.ops = ops
+        self.engines = engines
+        self.broker = broker
+        self._lock = threading.Lock()
+        self._clients: dict[str, DockerEngine] = {}
+        self._watches: dict[str, _Watch] = {}
+
+    def close(self) -> None:
+        with self._lock:
+            watches, self._watches = list(self._watches.values()), {}
+            clients, self._clients = list(self._clients.values()), {}
+        for watch in watches:
+            watch.stop()
+        for client in clients:
+            client.close()
+
+    # -- reaching an engine ----------------------------------------------------------
+
+    def _row(self, who: Principal, vm_id: str, privilege: Privilege) -> VmRow:
+        row = self.ops.vm_row(who, vm_id)  # NotFound for a VM they cannot view
+        self.ops.access.require(who, privilege, chain_of(row))
+        if not row.docker_ready:
+            raise Unsupported(f"VM {row.name} has no Docker engine (its template has none)")
+        return row
+
+    def check(self, who: Principal, vm_id: str, privilege: Privilege = P.DOCKER_VIEW) -> None:
+        """NotFound, Forbidden or Unsupported unless `who` may use the VM's engine so."""
+        self._row(who, vm_id, privilege)
+
+    def _endpoint(self, row: VmRow) -> DockerEndpoint:
+        if row.state != "running":
+            raise EngineUnavailable(
+                f"VM {row.name} is {row.state}: its Docker engine runs only while the VM "
+                "runs; start the VM first"
+            )
+        try:
+            return self.ops.hosts.driver(row.host_id).docker_endpoint(row.name)
+        except BadPowerState as exc:
+            raise EngineUnavailable(f"VM {row.name}: {exc}") from None
+
+    def _engine(self, row: VmRow) -> DockerEngine:
+        endpoint = self._endpoint(row)
+        with self._lock:
+            client = self._clients.get(row.id)
+            if client is not None and client.endpoint == endpoint:
+                return client
+            self._clients[row.id] = self.engines.engine(endpoint)
+            stale, client = client, self._clients[row.id]
+        if stale is not None:
+            stale.close()
+        return client
+
+    def engine_of(self, vm_id: str) -> DockerEngine:
+        """The engine client of a VM, for the watch (no caller to check)."""
+        with self.ops.db.read() as session:
+            row = session.get(VmRow, vm_id)
+        if row is None:
+            raise EngineUnavailable(f"VM {vm_id} is gone")
+        return self._engine(row)
+
+    def still_running(self, vm_id: str) -> bool:
+        with self.ops.db.read() as session:
+            row = session.get(VmRow, vm_id)
+        return row is not None and row.state == "running"
+
+    def forget_watch(self, vm_id: str, watch: _Watch) -> None:
+        with self._lock:
+            if self._watches.get(vm_id) is watch:
+                del self._watches[vm_id]
+
+    def _watch(self, row: VmRow) -> _Watch:
+        with self._lock:
+            watch = self._watches.get(row.id)
+            if watch is None:
+                watch = self._watches[row.id] = _Watch(self, row)
+            return watch
+
+    @contextmanager
+    def _using(self, who: Principal, vm_id: str, privilege: Privilege,
+               action: str | None = None, target: str = "") -> Iterator[DockerEngine]:  # fmt: skip
+        """The VM's engine for one call; with `action`, the call is audited."""
+        obj = f"vm:{vm_id}" + (f"/{target}" if target else "")
+        if action is None:
+            row = self._row(who, vm_id, privilege)
+            yield self._engine(row)
+            return
+        with self.ops.audited(who, action, obj[:128]):
+            row = self._row(who, vm_id, privilege)
+            yield self._engine(row)
+
+    # -- containers ------------------------------------------------------------------
+
+    def list_containers(
+        self,
+        who: Principal,
+        vm_id: str,
+        *,
+        all: bool = True,  # noqa: A002
+    ) -> list[dict[str, Any]]:
+        row = self._row(who, vm_id, P.DOCKER_VIEW)
+        engine = self._engine(row)
+        watched = self._watch(row).containers()
+        listed = (
+            watched if watched is not None else [container_summary(c) for c in engine.containers()]
+        )
+        return listed if all else [c for c in listed if c["state"] == "running"]
+
+    def inspect(self, who: Principal, vm_id: str, container: str) -> dict[str, Any]:
+        _check(_CONTAINER, container, "container name or id")
+        with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
+            return engine.inspect(container)
+
+    def run(
+        self, who: Principal, vm_id: str, spec: ContainerSpec, *, start: bool = True
+    ) -> dict[str, Any]:
+        """Create (and start) a container; nothing is left if either step fails."""
+        target = f"container:{spec.name}" if spec.name else f"image:{spec.image}"
+        with self._using(who, vm_id, P.DOCKER_MANAGE, "docker.container.create", target) as engine:
+            cid = engine.run(spec) if start else engine.create_container(spec)
+            return container_brief(engine.inspect(cid))
+
+    def act(self, who: Principal, vm_id: str, container: str, action: str) -> dict[str, Any]:
+        if action not in CONTAINER_ACTIONS:
+            raise InvalidInput(f"unknown action {action!r} (use {', '.join(CONTAINER_ACTIONS)})")
+        _check(_CONTAINER, container, "container name or id")
+        with self._using(who, vm_id, CONTAINER_ACTIONS[action], f"docker.container.{action}",
+                         f"container:{container}") as engine:  # fmt: skip
+            getattr(engine, action)(container)
+            return container_brief(engine.inspect(container))
+
+    def remove(self, who: Principal, vm_id: str, container: str, *, force: bool = False) -> None:
+        _check(_CONTAINER, container, "container name or id")
+        with self._using(who, vm_id, P.DOCKER_MANAGE, "docker.container.remove",
+                         f"container:{container}") as engine:  # fmt: skip
+            engine.remove(container, force=force)
+
+    def logs(self, who: Principal, vm_id: str, container: str, *, tail: int | None = None,
+             timestamps: bool = False) -> str:  # fmt: skip
+        _check(_CONTAINER, container, "container name or id")
+        with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
+            return engine.logs(container, tail=tail, timestamps=timestamps)
+
+    def follow_logs(self, who: Principal, vm_id: str, container: str, *,
+                    tail: int | None = None, timestamps: bool = False
+                    ) -> EngineStream[tuple[str, bytes]]:  # fmt: skip
+        """The container's output as it comes; the caller closes the stream."""
+        _check(_CONTAINER, container, "container name or id")
+        with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
+            return engine.follow_logs(container, tail=tail, timestamps=timestamps)
+
+    def stats(self, who: Principal, vm_id: str, container: str) -> dict[str, Any]:
+        _check(_CONTAINER, container, "container name or id")
+        with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
+            return engine.stats(container)
+
+    def exec_run(self, who: Principal, vm_id: str, container: str, command: list[str], *,
+                 env: dict[str, str] | None = None, workdir: str | None = None,
+                 user: str | None = None) -> ExecResult:  # fmt: skip
+        _check(_CONTAINER, container, "container name or id")
+        if not command:
+            raise InvalidInput("exec needs a command")
+        with self._using(who, vm_id, P.DOCKER_EXEC, "docker.container.exec",
+                         f"container:{container}") as engine:  # fmt: skip
+            return engine.exec_run(container, command, env=env, workdir=workdir, user=user)
+
+    def exec_socket(self, who: Principal, vm_id: str, container: str, command: list[str], *,
+                    tty: bool = True) -> tuple[DockerEngine, ExecSocket]:  # fmt: skip
+        """An interactive exec: the raw connection (and the engine, for resize and the
+        exit code). Audited when it opens."""
+        _check(_CONTAINER, container, "container name or id")
+        if not command:
+            raise InvalidInput("exec needs a command")
+        with self._using(who, vm_id, P.DOCKER_EXEC, "docker.container.exec",
+                         f"container:{container}") as engine:  # fmt: skip
+            return engine, engine.exec_socket(container, command, tty=tty, stdin=True)
+
+    # -- images ----------------------------------------------------------------------
+
+    def images(self, who: Principal, vm_id: str) -> list[dict[str, Any]]:
+        with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
+            return [
+                {
+                    "id": i.get("Id", ""),
+                    "tags": i.get("RepoTags") or [],
+                    "size": i.get("Size", 0),
+                    "created": i.get("Created", 0),
+                }
+                for i in engine.images()
+            ]
+
+    def load_image(self, who: Principal, vm_id: str,
+                   tarball: IO[bytes] | Iterable[bytes]) -> list[str]:  # fmt: skip
+        """Load a `docker save` tarball; the images it held."""
+        with self._using(who, vm_id, P.DOCKER_MANAGE, "docker.image.load") as engine:
+            return engine.load_image(tarball)
+
+    def import_image(self, who: Principal, vm_id: str, tarball: IO[bytes] | Iterable[bytes],
+                     repository: str, tag: str = "latest") -> str:  # fmt: skip
+        """Import a root filesystem tarball as REPOSITORY:TAG."""
+        _check(_REPOSITORY, repository, "repository name (lowercase, as docker wants)")
+        _check(_TAG, tag, "tag")
+        with self._using(who, vm_id, P.DOCKER_MANAGE, "docker.image.import",
+                         f"image:{repository}:{tag}") as engine:  # fmt: skip
+            return engine.import_image(tarball, repository, tag)
+
+    def remove_image(self, who: Principal, vm_id: str, image: str, *, force: bool = False) -> None:
+        _check(_IMAGE, image, "image reference")
+        with self._using(who, vm_id, P.DOCKER_MANAGE, "docker.image.remove",
+                         f"image:{image}") as engine:  # fmt: skip
+            engine.remove_image(image, force=force)
+
+    # -- the engine gateway (the stock docker CLI) ------------------------------------
+
+    def admit(self, who: Principal, vm_id: str, method: str, path: str) -> EngineAdmission:
+        """Check one raw Docker API request from the gateway; refused ones are audited
+        here, admitted writes when the engine has answered."""
+        request = classify(method, path)
+        try:
+            if request.privilege is None:
+                self.ops.vm_row(who, vm_id)  # an invisible VM stays invisible
+                raise Unsupported(f"{method} {path[:100]} is not allowed through dockvisor: "
+                                  f"{request.reason}")  # fmt: skip
+            row = self._row(who, vm_id, request.privilege)
+            endpoint = self._endpoint(row)
+        except DockvisorError as exc:
+            if request.mutating or request.privilege is None:
+                action = f"docker.{request.action}"[:64]
+                self.ops.audit.append(
+                    who.name, action, f"vm:{vm_id}"[:128], f"refused:{exc.code}", str(exc)
+                )
+            raise
+        return EngineAdmission(self, who, row, request, endpoint)
+
+    def audit_write(self, who: Principal, vm_id: str, request: EngineRequest, result: str) -> None:
+        target = f"/{request.target}" if request.target else ""
+        self.ops.audit.append(
+            who.name, f"docker.{request.action}"[:64], f"vm:{vm_id}{target}"[:128], result
+        )
