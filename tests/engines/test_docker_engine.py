@@ -346,6 +346,42 @@ def test_interactive_exec_without_a_tty_is_multiplexed(engine: DockerEngine) -> 
     assert engine.exec_inspect(session.exec_id)["ExitCode"] == 5
 
 
+def test_closing_an_execs_input_over_tls_ends_its_stdin_and_keeps_its_output(
+    engine: DockerEngine,
+) -> None:
+    # `echo 'echo hi' | docker exec -i CONTAINER sh`: the shell must see the end of its input
+    assert engine.endpoint.tls  # dockvisor's engines speak only mutual TLS
+    cid = engine.run(spec(["sleep", "600"]))
+    with engine.exec_socket(cid, ["sh"], tty=False) as session:
+        session.sock.settimeout(60)
+        session.sendall(b"echo hi; echo there\n")
+        session.close_write()
+        stdout, stderr = demultiplex(session.read_all())
+    assert (stdout, stderr) == (b"hi\nthere\n", b"")
+    assert engine.exec_inspect(session.exec_id)["ExitCode"] == 0
+
+
+def test_a_large_input_comes_back_whole_through_cat_after_close_write(
+    engine: DockerEngine,
+) -> None:
+    cid = engine.run(spec(["sleep", "600"]))
+    data = bytes(range(256)) * 800  # 200 KB
+    with engine.exec_socket(cid, ["cat"], tty=False) as session:
+        session.sock.settimeout(60)
+
+        def feed() -> None:  # stdin from another thread while this one reads the output
+            for start in range(0, len(data), 10_000):
+                session.sendall(data[start : start + 10_000])
+            session.close_write()
+
+        writer = threading.Thread(target=feed)
+        writer.start()
+        stdout, stderr = demultiplex(session.read_all())
+        writer.join()
+    assert len(stdout) == len(data) and stdout == data and stderr == b""
+    assert engine.exec_inspect(session.exec_id)["ExitCode"] == 0
+
+
 def test_exec_in_a_missing_or_stopped_container(engine: DockerEngine) -> None:
     with pytest.raises(NotFound, match="No such container: dvt-eng-nope"):
         engine.exec_socket("dvt-eng-nope", ["sh"])
@@ -630,6 +666,17 @@ class _FakeEngine(BaseHTTPRequestHandler):
             self.wfile.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n")
             self.wfile.write(b"\r\nhi from exec\n")
             self.close_connection = True
+        elif self.path == "/v1.41/containers/cat/exec":
+            self._answer(201, {"Id": "e2"})
+        elif self.path == "/v1.41/exec/e2/start" and self.headers.get("Upgrade") == "tcp":
+            # like dockerd: echo stdin until the client's close_notify, then answer more
+            self.wfile.write(
+                b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+            )
+            while data := self.rfile.read1(65536):
+                self.wfile.write(data)
+            self.wfile.write(b"[stdin ended]")
+            self.close_connection = True
         else:
             self._answer(404, {"message": "page not found"})
 
@@ -660,9 +707,33 @@ def test_tls_accepts_the_engine_named_in_its_certificate(
         assert engine.version() == {"Version": "fake"}
         assert engine.wait_until_ready(5) < 1
         with engine.exec_socket("web", ["sh"]) as session:
-            assert isinstance(session.sock, ssl.SSLSocket)
+            assert isinstance(session.sock, socket.socket)  # TLS runs in memory on top
+            assert not isinstance(session.sock, ssl.SSLSocket)
             assert session.exec_id == "e1"
             assert session.read_all() == b"hi from exec\n"
+
+
+def test_tls_exec_half_close_ends_stdin_and_the_output_still_comes(
+    tls_server: int, tls_files: TLSFiles
+) -> None:
+    data = bytes(range(256)) * 800  # 200 KB: more than any buffer on the way holds
+    with _tls_engine(tls_server, SERVER_NAME, tls_files.client_context()) as engine:
+        with engine.exec_socket("cat", ["cat"], tty=False) as session:
+            session.sock.settimeout(10)
+
+            def feed() -> None:  # stdin from another thread while this one reads
+                for start in range(0, len(data), 7000):
+                    session.sendall(data[start : start + 7000])
+                session.close_write()
+                session.close_write()  # again: nothing more happens
+
+            writer = threading.Thread(target=feed)
+            writer.start()
+            output = session.read_all()
+            writer.join()
+            assert output == data + b"[stdin ended]"
+            with pytest.raises(BrokenPipeError):
+                session.sendall(b"too late")
 
 
 @pytest.mark.parametrize("server_name", ["y.vm.dockvisor", None], ids=["other-name", "address"])

@@ -12,6 +12,7 @@ import datetime
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import socket
 import ssl
@@ -141,6 +142,8 @@ class FakeEngine:
         self.stdin_ended = threading.Event()
         self.drop_reused = False  # drop the next request that comes on a used connection
         self.wait_abandoned = threading.Event()  # the gateway closed a pending `wait`
+        self.close_when_idle = False  # close each connection after one answer, as Go does
+        self.ran = threading.Event()  # the `run` container "exited"
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -187,6 +190,13 @@ class FakeEngine:
                 if not self._handle(conn, sock, seen):
                     return
                 if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+                    return
+                if self.close_when_idle:  # TLS close_notify, then FIN
+                    time.sleep(0.05)
+                    if isinstance(sock, ssl.SSLSocket):
+                        sock.settimeout(0.05)
+                        with contextlib.suppress(OSError, ValueError):
+                            sock.unwrap()
                     return
                 conn.start_next_cycle()
         except (OSError, h11.ProtocolError):
@@ -287,6 +297,33 @@ class FakeEngine:
             self.release.wait(5)
             sock.sendall(conn.send(h11.Data(data=b'{"status":"die"}\n')) or b"")
             sock.sendall(conn.send(h11.EndOfMessage()) or b"")
+        elif route == ("POST", "/v1.41/containers/create"):
+            self._send(conn, sock, 201, {"Id": "c0ffee", "Warnings": []})
+        elif route == ("POST", "/v1.41/containers/c0ffee/attach"):
+            switch = h11.InformationalResponse(
+                status_code=101,
+                headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")],
+                reason=b"UPGRADED",
+            )
+            sock.sendall(conn.send(switch) or b"")
+            time.sleep(0.1)  # the container starts, says hello and exits
+            sock.sendall(_frame(b"hello from run\n") + _frame(b"to stderr\n", stream=2))
+            self.ran.set()
+            return False
+        elif route == ("POST", "/v1.41/containers/c0ffee/start"):
+            sock.sendall(
+                (conn.send(h11.Response(status_code=204, headers=[])) or b"")
+                + (conn.send(h11.EndOfMessage()) or b"")
+            )
+        elif route == ("POST", "/v1.41/containers/c0ffee/wait"):
+            head = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
+            sock.sendall(conn.send(h11.Response(status_code=200, headers=head)) or b"")
+            self.ran.wait(5)
+            time.sleep(0.05)
+            status = json.dumps({"StatusCode": 3}).encode() + b"\n"
+            sock.sendall(
+                (conn.send(h11.Data(data=status)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
+            )
         elif route == ("POST", "/v1.41/containers/web/wait"):
             head = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
             sock.sendall(conn.send(h11.Response(status_code=200, headers=head)) or b"")
@@ -705,6 +742,33 @@ def test_a_pooled_connection_that_died_is_retried_on_a_fresh_one(
     wait_for(lambda: policy.finished == [200, 201])
 
 
+def test_a_connection_the_engine_closed_while_idle_is_not_used(
+    client: Client, engine: FakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=engine_gateway.__name__)
+    engine.close_when_idle = True
+    assert client.request("GET", "/vms/dev/v1.41/containers/json").status == 200
+    time.sleep(0.3)  # the engine has closed its idle connection, with a close_notify
+    upload = os.urandom(engine_gateway.REPLAY_LIMIT * 4)  # too big to be resent
+    reply = client.request("POST", "/vms/dev/v1.41/images/load", body=upload)
+    assert reply.json() == {"bytes": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
+    assert [s.connection for s in engine.seen] == [1, 2]
+    assert "retrying" not in caplog.text  # seen as closed before use, not found out by trying
+
+
+def test_headers_named_in_connection_stay_on_the_client_side(
+    client: Client, engine: FakeEngine
+) -> None:
+    reply = client.request(
+        "GET",
+        "/vms/dev/v1.41/containers/json",
+        headers=[("Connection", "keep-alive, X-Hop"), ("X-Hop", "1"), ("X-End", "2")],
+    )
+    assert reply.status == 200
+    [seen] = engine.seen
+    assert "x-hop" not in seen.headers and seen.headers["x-end"] == "2"
+
+
 def test_an_unreachable_engine_is_a_quick_503_naming_the_vm(
     client: Client, policy: FakePolicy
 ) -> None:
@@ -743,6 +807,24 @@ def test_an_engine_with_the_wrong_certificate_is_refused(
     reply = client.request("GET", "/vms/dev/v1.41/containers/json")
     assert reply.status == 502 and "TLS" in str(reply.json())
     assert engine.seen == []
+
+
+def test_start_fails_loudly_on_a_taken_port(policy: FakePolicy) -> None:
+    taken = socket.create_server(("127.0.0.1", 0))
+    try:
+        with pytest.raises(OSError):
+            EngineGateway(policy, port=taken.getsockname()[1]).start()
+    finally:
+        taken.close()
+
+
+def test_stop_ends_open_streams(gateway: EngineGateway, client: Client) -> None:
+    client.send("GET", "/vms/dev/v1.41/events")
+    assert client.head().status_code == 200
+    started = time.monotonic()
+    gateway.stop()
+    assert time.monotonic() - started < 2
+    gateway.stop()  # twice is harmless
 
 
 # ---------------------------------------------------------------------------------------
@@ -796,6 +878,21 @@ def test_docker_exec_with_stdin_through_the_gateway(
     assert done.stdout == b"ready\necho: hello\nafter-eof\n"
     start = [c for c in policy.calls if c.path.endswith("/start")]
     assert start and start[0].authorization == f"Bearer {TOKEN}"  # hijacked requests too
+
+
+def test_docker_run_through_the_gateway(
+    gateway: EngineGateway, engine: FakeEngine, policy: FakePolicy, tmp_path: Path
+) -> None:
+    done = _docker(gateway.port, tmp_path, "run", "busybox", "sh", "-c", "echo hello; exit 3")
+    assert done.stdout == b"hello from run\n" and b"to stderr\n" in done.stderr
+    assert done.returncode == 3  # the status `wait` reported
+    actions = {(c.method, c.path.partition("?")[0]) for c in policy.calls}
+    assert {
+        ("POST", "/v1.41/containers/create"),
+        ("POST", "/v1.41/containers/c0ffee/attach"),
+        ("POST", "/v1.41/containers/c0ffee/wait"),
+        ("POST", "/v1.41/containers/c0ffee/start"),
+    } <= actions
 
 
 def test_the_docker_cli_prints_a_refusal(

@@ -53,6 +53,13 @@ Image = Annotated[
 ]
 
 
+# An upload: the tarball's bytes as they are (application/x-tar, or any type: not read).
+TARBALL = {
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    "required": True,
+}
+
+
 def needs(privilege: str) -> dict[str, Any]:
     return {"x-dockvisor-privilege": f"{privilege} on /vms/ID (the VM must be running)"}
 
@@ -229,7 +236,7 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         response_model=s.ImagesLoaded,
         openapi_extra={
             **needs("Docker.Manage"),
-            "requestBody": {"content": {"application/x-tar": {}}, "required": True},
+            "requestBody": TARBALL,
         },
     )
     async def load_image(request: Request, who: Who, vm_id: Key) -> s.ImagesLoaded:
@@ -247,7 +254,7 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         response_model=s.ImagesLoaded,
         openapi_extra={
             **needs("Docker.Manage"),
-            "requestBody": {"content": {"application/x-tar": {}}, "required": True},
+            "requestBody": TARBALL,
         },
     )
     async def import_image(
@@ -371,8 +378,8 @@ class ServerGatewayPolicy:
         try:
             who = authenticate_token(self.cp, authorization)
         except DockvisorError as exc:
-            if classify(method, path).mutating:
+            if classify(method, path, query).mutating:
                 self.cp.audit.append("anonymous", f"docker {method}"[:64], f"vm:{vm}"[:128],
                                      f"refused:{exc.code}", str(exc))  # fmt: skip
             raise
-        return _Admitted(self.cp.docker.admit(who, vm, method, path))
+        return _Admitted(self.cp.docker.admit(who, vm, method, path, query))

@@ -761,6 +761,7 @@ class EngineGateway:
             if k.lower() not in drop and not k.lower().startswith(_PRIVATE_PREFIX)
         ]
         host = route.server_hostname or route.host
+        host = f"[{host}]" if ":" in host else host  # an IPv6 address
         headers.insert(0, (b"Host", f"{host}:{route.port}".encode()))
         if upgrade:
             upgrade_to = [(b"Upgrade", v) for k, v in request.headers if k == b"upgrade"]

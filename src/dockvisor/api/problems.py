@@ -94,8 +94,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     413: _described(413, "Body too large"),
     422: _described(422, "Malformed JSON or wrong types"),
     429: _described(429, "Too many failed logins"),
-    502: _described(502, "The hypervisor failed"),
-    503: _described(503, "The hypervisor cannot be reached"),
+    502: _described(502, "The hypervisor or the VM's Docker engine failed"),
+    503: _described(503, "The hypervisor cannot be reached, or the VM (or its engine) is off"),
     504: _described(504, "The guest did not answer in time"),
 }
 

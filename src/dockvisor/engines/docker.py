@@ -410,16 +410,152 @@ class ExecResult(NamedTuple):
     stderr: bytes
 
 
+class _TlsConnection:
+    """A TLS client connection on a blocking socket, run through memory BIOs
+    (`ssl.SSLObject`) rather than an `ssl.SSLSocket`, so that the writing side can be
+    closed alone: `close_write` sends TLS close_notify (Go's tls.Conn.CloseWrite, which the
+    Docker CLI uses to end an exec's stdin) and the engine's answer can still be read.
+
+    One thread may read while another writes. `_lock` guards the SSLObject and its BIOs
+    and is never held while blocked on the socket; `_send_lock` keeps records in order on
+    the wire; `_recv_lock` keeps one reader at a time.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext, server_hostname: str) -> None:
+        self.sock = sock
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        # the context's CERT_REQUIRED and check_hostname apply as with wrap_socket
+        self._tls = context.wrap_bio(
+            self._incoming, self._outgoing, server_hostname=server_hostname
+        )
+        self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._plain = bytearray()  # decrypted ahead of a half-close, not yet returned
+        self._write_closed = False
+
+    def handshake(self) -> None:
+        """The TLS handshake, certificate and name checks included (raises SSLError)."""
+        while True:
+            with self._lock:
+                try:
+                    self._tls.do_handshake()
+                    done = True
+                except ssl.SSLWantReadError:
+                    done = False
+            self._flush()
+            if done:
+                return
+            if not self._fill():
+                raise ConnectionResetError("the engine closed the connection during TLS setup")
+
+    def recv(self, size: int = _CHUNK) -> bytes:
+        """Up to `size` bytes of plaintext; b"" at the end (close_notify or closed socket)."""
+        with self._recv_lock:
+            while True:
+                data: bytes | None
+                with self._lock:
+                    if self._plain:
+                        data = bytes(self._plain[:size])
+                        del self._plain[:size]
+                        return data
+                    try:
+                        data = self._tls.read(size)
+                    except ssl.SSLWantReadError:
+                        if self._incoming.eof:
+                            return b""
+                        data = None
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                        return b""
+                    reply = self._outgoing.pending > 0  # e.g. a TLS 1.3 KeyUpdate answer
+                if reply:
+                    self._flush(wait=False)  # never wait behind a writer blocked on a full pipe
+                if data is not None:
+                    return data
+                self._fill()
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        for start in range(0, len(view), _CHUNK):
+            with self._lock:
+                if self._write_closed:
+                    raise BrokenPipeError("the exec's input is already closed")
+                self._tls.write(view[start : start + _CHUNK])
+            self._flush()
+
+    def close_write(self) -> None:
+        """Send close_notify (the engine reads it as the end of stdin); keep reading."""
+        with self._send_lock:
+            with self._lock:
+                if self._write_closed:
+                    return
+                self._write_closed = True
+                # unwrap() goes on to read the engine's close_notify from the records already
+                # here: decrypt those first, so that none of the engine's output is lost.
+                while True:
+                    try:
+                        data = self._tls.read(_CHUNK)
+                    except ssl.SSLError:
+                        break
+                    if not data:
+                        break
+                    self._plain += data
+                try:
+                    self._tls.unwrap()
+                except ssl.SSLWantReadError:
+                    pass  # our close_notify is in the BIO; the engine's comes after its output
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    pass  # the engine has already ended its side
+                alert = self._outgoing.read()
+            if alert:
+                self.sock.sendall(alert)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _fill(self) -> bool:
+        """Feed the next bytes from the socket to TLS; False at the socket's end."""
+        data = self.sock.recv(_CHUNK)
+        with self._lock:
+            if data:
+                self._incoming.write(data)
+            else:
+                self._incoming.write_eof()
+        return bool(data)
+
+    def _flush(self, *, wait: bool = True) -> None:
+        """Send what TLS has to say, in order. Records are taken from the BIO and sent
+        under `_send_lock`, so two threads cannot swap them on the wire."""
+        if not self._send_lock.acquire(blocking=wait):
+            return  # left in the BIO: the next flush sends it, still in order
+        try:
+            while True:
+                with self._lock:
+                    data = self._outgoing.read()
+                if not data:
+                    return
+                self.sock.sendall(data)
+        finally:
+            self._send_lock.release()
+
+
 class ExecSocket:
     """An interactive exec's connection, hijacked from HTTP: raw bytes both ways.
 
     With a TTY the output is the terminal's bytes; without one it is multiplexed
     (`demultiplex`). `pending` holds output already read past the HTTP head; `recv`
     returns it first. `exec_id` is for `exec_resize` and `exec_inspect` (exit code).
+
+    `sock` is the TCP socket underneath, also over TLS (where TLS runs in memory on top
+    of it): use it for `settimeout`, never to read or write. One thread may `recv` while
+    another `sendall`s. `close_write` ends the exec's stdin and leaves its output to
+    read: a TCP half-close, or over TLS a close_notify alert.
     """
 
-    def __init__(self, sock: socket.socket, exec_id: str, pending: bytes) -> None:
-        self.sock = sock
+    def __init__(self, conn: socket.socket | _TlsConnection, exec_id: str, pending: bytes) -> None:
+        self._conn = conn
+        self.sock: socket.socket = conn.sock if isinstance(conn, _TlsConnection) else conn
         self.exec_id = exec_id
         self.pending = pending
 
@@ -428,10 +564,10 @@ class ExecSocket:
         if self.pending:
             data, self.pending = self.pending[:size], self.pending[size:]
             return data
-        return self.sock.recv(size)
+        return self._conn.recv(size)
 
     def sendall(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        self._conn.sendall(data)
 
     def read_all(self) -> bytes:
         """Everything until the exec ends."""
@@ -441,15 +577,14 @@ class ExecSocket:
         return bytes(data)
 
     def close_write(self) -> None:
-        """End the exec's stdin (plain TCP only; over TLS, end it in-band: exit, Ctrl-D)."""
-        if isinstance(self.sock, ssl.SSLSocket):
-            raise EngineError(
-                "cannot half-close a TLS exec connection; end the input in-band instead"
-            )
-        self.sock.shutdown(socket.SHUT_WR)
+        """End the exec's stdin; its output can still be read to the end."""
+        if isinstance(self._conn, _TlsConnection):
+            self._conn.close_write()
+        else:
+            self._conn.shutdown(socket.SHUT_WR)
 
     def close(self) -> None:
-        self.sock.close()
+        self._conn.close()
 
     def __enter__(self) -> ExecSocket:
         return self
@@ -1003,28 +1138,30 @@ class DockerEngine:
             "Connection: Upgrade\r\n"
             "Upgrade: tcp\r\n\r\n"
         ).encode()
-        sock = self._connect(doing)
+        conn = self._connect(doing)
         try:
-            sock.sendall(head + body)
-            status, headers, rest = _read_head(sock)
+            conn.sendall(head + body)
+            status, headers, rest = _read_head(conn)
             if status in (101, 200):
-                sock.settimeout(None)
-                return ExecSocket(sock, exec_id, rest)
+                session = ExecSocket(conn, exec_id, rest)
+                session.sock.settimeout(None)
+                return session
             size = int(headers.get("content-length", "0"))
-            while len(rest) < size and (chunk := sock.recv(_CHUNK)):
+            while len(rest) < size and (chunk := conn.recv(_CHUNK)):
                 rest += chunk
         except OSError as exc:
-            sock.close()
+            conn.close()
             raise self._unavailable(exc, doing) from exc
-        sock.close()
+        conn.close()
         try:
             message = str(json.loads(rest).get("message", rest.decode(errors="replace")))
         except ValueError:
             message = rest.decode(errors="replace")
         raise _error_for(status, message or f"HTTP {status}", doing)
 
-    def _connect(self, doing: str) -> socket.socket:
-        """A new connection to the engine, TLS-wrapped and name-checked when it speaks TLS."""
+    def _connect(self, doing: str) -> socket.socket | _TlsConnection:
+        """A new connection to the engine; when it speaks TLS, TLS set up and the engine's
+        certificate and name checked (in memory over the socket, so it can half-close)."""
         try:
             sock = socket.create_connection(
                 (self.endpoint.host, self.endpoint.port), timeout=self._timeout
@@ -1033,8 +1170,10 @@ class DockerEngine:
             raise self._unavailable(exc, doing) from exc
         if self._ssl_context is None:
             return sock
+        conn = _TlsConnection(sock, self._ssl_context, self._server_name)
         try:
-            return self._ssl_context.wrap_socket(sock, server_hostname=self._server_name)
+            conn.handshake()
+            return conn
         except OSError as exc:
             sock.close()
             raise self._unavailable(exc, doing) from exc
@@ -1163,7 +1302,7 @@ class DockerEngine:
         return messages
 
 
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+def _read_head(sock: socket.socket | _TlsConnection) -> tuple[int, dict[str, str], bytes]:
     """Read an HTTP response head; (status, lower-cased headers, bytes read past it)."""
     data = b""
     while b"\r\n\r\n" not in data:

@@ -159,8 +159,10 @@ class _Watch:
                     self._publish(event)
             except DockvisorError as exc:
                 self.error = str(exc)
+                self._owner.forget_endpoint(self.vm_id)
             except Exception as exc:  # a broken stream: re-list on the next round
                 self.error = f"following the engine's events: {exc}"
+                self._owner.forget_endpoint(self.vm_id)
             finally:
                 with self._lock:
                     self._containers = None
@@ -215,6 +217,8 @@ class EngineAdmission:
         self.ssl_context = owner.engines.pki.client_context() if endpoint.tls else None
 
     def finished(self, status: int) -> None:
+        if status in (502, 503):  # the engine was not where it was thought to be
+            self._owner.forget_endpoint(self._row.id)
         if self.request.mutating:
             result = "accepted" if status < 400 else f"engine:{status}"
             self._owner.audit_write(self._who, self._row.id, self.request, result)
@@ -227,6 +231,7 @@ class DockerOperations:
         self.broker = broker
         self._lock = threading.Lock()
         self._clients: dict[str, DockerEngine] = {}
+        self._endpoints: dict[str, tuple[tuple[Any, ...], DockerEndpoint]] = {}
         self._watches: dict[str, _Watch] = {}
 
     def close(self) -> None:
@@ -257,10 +262,25 @@ class DockerOperations:
                 f"VM {row.name} is {row.state}: its Docker engine runs only while the VM "
                 "runs; start the VM first"
             )
+        # The address changes only when the VM (re)starts, which changes its row; asking
+        # the hypervisor on every call would cost more than the engine call itself.
+        key = (row.host_id, row.name, row.updated)
+        with self._lock:
+            cached = self._endpoints.get(row.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         try:
-            return self.ops.hosts.driver(row.host_id).docker_endpoint(row.name)
+            endpoint = self.ops.hosts.driver(row.host_id).docker_endpoint(row.name)
         except BadPowerState as exc:
             raise EngineUnavailable(f"VM {row.name}: {exc}") from None
+        with self._lock:
+            self._endpoints[row.id] = (key, endpoint)
+        return endpoint
+
+    def forget_endpoint(self, vm_id: str) -> None:
+        """Ask the hypervisor again next time (the engine did not answer where it was)."""
+        with self._lock:
+            self._endpoints.pop(vm_id, None)
 
     def _engine(self, row: VmRow) -> DockerEngine:
         endpoint = self._endpoint(row)
@@ -304,13 +324,17 @@ class DockerOperations:
                action: str | None = None, target: str = "") -> Iterator[DockerEngine]:  # fmt: skip
         """The VM's engine for one call; with `action`, the call is audited."""
         obj = f"vm:{vm_id}" + (f"/{target}" if target else "")
-        if action is None:
-            row = self._row(who, vm_id, privilege)
-            yield self._engine(row)
-            return
-        with self.ops.audited(who, action, obj[:128]):
-            row = self._row(who, vm_id, privilege)
-            yield self._engine(row)
+        try:
+            if action is None:
+                row = self._row(who, vm_id, privilege)
+                yield self._engine(row)
+                return
+            with self.ops.audited(who, action, obj[:128]):
+                row = self._row(who, vm_id, privilege)
+                yield self._engine(row)
+        except EngineUnavailable:
+            self.forget_endpoint(vm_id)
+            raise
 
     # -- containers ------------------------------------------------------------------
 
@@ -435,10 +459,12 @@ class DockerOperations:
 
     # -- the engine gateway (the stock docker CLI) ------------------------------------
 
-    def admit(self, who: Principal, vm_id: str, method: str, path: str) -> EngineAdmission:
+    def admit(
+        self, who: Principal, vm_id: str, method: str, path: str, query: str = ""
+    ) -> EngineAdmission:
         """Check one raw Docker API request from the gateway; refused ones are audited
         here, admitted writes when the engine has answered."""
-        request = classify(method, path)
+        request = classify(method, path, query)
         try:
             if request.privilege is None:
                 self.ops.vm_row(who, vm_id)  # an invisible VM stays invisible
