@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export DOCKVISOR_DATA_DIR="${DOCKVISOR_DATA_DIR:-$HOME/.local/share/dockvisor}"
 PORT="${DOCKVISOR_PORT:-8080}"
+GATEWAY_PORT="${DOCKVISOR_GATEWAY_PORT:-8081}"
 URL="http://127.0.0.1:$PORT"
 
 bold=$'\033[1m'; dim=$'\033[2m'; off=$'\033[0m'
@@ -25,14 +26,16 @@ if ! command -v docker >/dev/null; then
     rm -rf "$tmp"
 fi
 
-if python3 - "$PORT" <<'PY'
+for p in "$PORT" "$GATEWAY_PORT"; do
+    if python3 - "$p" <<'PY'
 import socket, sys
 s = socket.socket(); sys.exit(0 if s.connect_ex(("127.0.0.1", int(sys.argv[1]))) == 0 else 1)
 PY
-then
-    echo "port $PORT is in use (another dockvisor?); stop it or set DOCKVISOR_PORT" >&2
-    exit 1
-fi
+    then
+        echo "port $p is in use (another dockvisor?); stop it or set DOCKVISOR_PORT and DOCKVISOR_GATEWAY_PORT" >&2
+        exit 1
+    fi
+done
 
 # Accounts: created once, with generated passwords shown once (or the ones you give in
 # DOCKVISOR_ADMIN_PASSWORD / DOCKVISOR_DEVELOPER_PASSWORD, which are (re)set each run).
@@ -59,7 +62,7 @@ ADMIN_TOKEN=$(dockvisor token create "demo-admin-$(date +%s)" --user admin --exp
 DEV_TOKEN=$(dockvisor token create "demo-dev-$(date +%s)" --user developer --expires-in-days 1)
 
 say "Starting the server: SQLite in $DOCKVISOR_DATA_DIR, host 'local' = qemu:///system"
-dockvisor serve --port "$PORT" &
+dockvisor serve --port "$PORT" --gateway-port "$GATEWAY_PORT" &
 SERVER=$!
 trap 'kill "$SERVER" 2>/dev/null; wait "$SERVER" 2>/dev/null' EXIT
 for _ in $(seq 100); do curl -sf "$URL/api/v1" >/dev/null && break; sleep 0.2; done
@@ -84,9 +87,14 @@ say "The developer, through the API, creates a Docker-ready VM of exactly 2 vCPU
 run as_dev vm create demo --resource-set "$SET" --vcpus 2 --memory 1GiB --max-vcpus 4 --max-memory 2GiB
 run as_dev vm list
 
-say "Runs a container in it with the docker CLI"
-DOCKER_HOST=$(as_dev vm endpoint demo); export DOCKER_HOST
-run docker run -d --name web busybox:latest httpd -f -p 8080 -h /etc
+say "Runs a container in it with dockvisor (the engine speaks only mutual TLS)"
+run as_dev docker demo run -d --name web -p 8080:80 busybox:latest httpd -f -p 80 -h /etc
+say "...and with the stock docker CLI, through dockvisor's engine gateway, with the developer's token"
+run as_dev vm endpoint demo
+eval "$(as_dev vm endpoint demo)"
+run docker ps --format 'table {{.Names}}\t{{.Status}}\t{{.Ports}}'
+run docker exec web sh -c 'echo "inside $(hostname): $(ls /etc | wc -l) files in /etc"'
+
 say "Snapshots it clean, breaks it, rolls it back"
 run as_dev vm snapshot demo clean
 run docker run -d --name mistake busybox:latest sh -c 'while :; do :; done'
@@ -105,6 +113,13 @@ say "The admin does both"
 run as_admin vm rm demo-clone
 run as_admin vm set demo --vcpus 3 --memory 1536MiB
 run docker run --rm busybox:latest sh -c 'echo "vCPUs: $(nproc)"; grep MemTotal /proc/meminfo'
+say "A viewer of the VM sees its containers and can change none of them"
+newpass | dockvisor user create viewer --password-stdin >/dev/null 2>&1 || true  # once
+VIEW_TOKEN=$(dockvisor --json token create "demo-$RANDOM" --user viewer | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+VM_ID=$(as_admin --json vm show demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
+api -X POST "$URL/api/v1/acl" -d "{\"subject\": \"user:viewer\", \"path\": \"/vms/$VM_ID\", \"role\": \"Viewer\"}" >/dev/null || true
+run env DOCKVISOR_TOKEN="$VIEW_TOKEN" dockvisor --server "$URL" docker demo ps
+try env DOCKVISOR_TOKEN="$VIEW_TOKEN" dockvisor --server "$URL" docker demo stop web
 
 say "Everything above is in the audit log, hash-chained"
 api "$URL/api/v1/audit?limit=8" | python3 -c '
@@ -124,7 +139,8 @@ ${bold}dockvisor is running at $URL/api/v1  (API docs: $URL/api/v1/docs)${off}
     export PATH=$PWD/.venv/bin:\$PATH
     dockvisor --server $URL login --user developer
     dockvisor --server $URL vm list
-    export DOCKER_HOST=\$(dockvisor --server $URL vm endpoint demo); docker ps
+    dockvisor --server $URL docker demo ps
+    eval "\$(dockvisor --server $URL vm endpoint demo)"; docker ps; docker exec -it web sh
     curl -N -H "Authorization: Bearer \$DOCKVISOR_TOKEN" $URL/api/v1/events   # live events
 
 Ctrl-C stops the server (the VM stays; the next start picks it up).

@@ -66,3 +66,15 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     .venv/bin/pip install -q -e '.[dev]'
     echo "$want" > "$stamp"
 fi
+
+# 5. A docker CLI (client only) for the tests and for users of the engine gateway. Many
+#    machines have one; otherwise take the client binary out of Debian's docker.io
+#    package into .venv/bin. Installing docker.io itself would start a dockerd here.
+if ! command -v docker >/dev/null && [ ! -x .venv/bin/docker ]; then
+    say "extracting the docker CLI from Debian's docker.io into .venv/bin"
+    tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download -qq docker.io >/dev/null)
+    dpkg-deb --fsys-tarfile "$tmp"/docker.io_*.deb | tar -x -C "$tmp" ./usr/bin/docker
+    install -m 0755 "$tmp/usr/bin/docker" .venv/bin/docker
+    rm -rf "$tmp"
+fi

@@ -22,6 +22,8 @@ from dockvisor.api.docker_routes import ServerGatewayPolicy
 from dockvisor.api.engine_gateway import EngineGateway
 from dockvisor.domain.sizes import MiB
 from dockvisor.drivers.libvirt import LibvirtDriver
+from dockvisor.engines.docker import DockerEngine
+from dockvisor.errors import DockvisorError
 from dockvisor.services import identity
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
@@ -111,7 +113,7 @@ def stack(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         name = f"{run_prefix}dock-{secrets.token_hex(2)}"
         stopped = f"{run_prefix}dock-{secrets.token_hex(2)}"
         names += [name, stopped]
-        body = {"template": "docker-ready", "vcpus": 1, "memory": 768 * MiB}
+        body = {"template": "docker-ready", "vcpus": 2, "memory": 1024 * MiB}
         first = admin.post("/vms", json={**body, "name": name}).json()
         second = admin.post("/vms", json={**body, "name": stopped, "start": False}).json()
         _wait(admin, second)
@@ -172,6 +174,22 @@ def _grant(cp: ControlPlane, vm_id: str) -> None:
                 )  # fmt: skip
             )
     cp.access.invalidate()
+
+
+# Every container the engine-client tests make carries this label; each test's teardown
+# removes them.
+TEST_LABEL = "dockvisor.test"
+
+
+@pytest.fixture
+def engine(stack: DockerStack) -> Iterator[DockerEngine]:
+    """dockvisor's own client of the VM's engine (mutual TLS, the engine's name checked);
+    the test's labelled containers are removed after it."""
+    client = stack.cp.docker.engine_of(stack.vm_id)
+    yield client
+    for container in client.containers(all=True, filters={"label": [TEST_LABEL]}):
+        with suppress(DockvisorError):
+            client.remove(container["Id"], force=True, volumes=True)
 
 
 def wait_until(check: Any, timeout: float = 10.0, what: str = "condition") -> Any:

@@ -7,6 +7,7 @@ import io
 import json
 import secrets
 import tarfile
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from websockets.sync.client import connect
 
 from dockvisor.domain.sizes import MiB
+from dockvisor.engines.docker import ContainerSpec
 from tests.docker.conftest import DockerStack, wait_until
 
 pytestmark = pytest.mark.vm
@@ -332,3 +334,103 @@ def test_every_write_is_audited(stack: DockerStack, dev: httpx.Client, container
     assert refused[0]["actor"] == "viewer" and refused[0]["result"] == "refused:forbidden"
     created = [e for e in stack.audit("docker.container.create") if container in e["object"]]
     assert created and created[0]["result"] == "accepted"
+
+
+# -- who may do what: every Docker route, for each role --------------------------------------
+
+HOLDS = {
+    "admin": {"Docker.View", "Docker.Operate", "Docker.Manage", "Docker.Exec"},
+    "dev": {"Docker.View", "Docker.Operate", "Docker.Manage", "Docker.Exec"},
+    "operator": {"Docker.View", "Docker.Operate"},
+    "viewer": {"Docker.View"},
+    "vmonly": set(),
+    "outsider": None,  # cannot even see the VM
+}
+
+
+def test_every_docker_route_for_each_role(stack: DockerStack, container: str) -> None:
+    # Calls whose success changes nothing lasting (missing objects answer 404 once allowed).
+    routes = [
+        ("GET", "/containers", None, "Docker.View"),
+        ("GET", f"/containers/{container}", None, "Docker.View"),
+        ("GET", f"/containers/{container}/logs", None, "Docker.View"),
+        ("GET", f"/containers/{container}/stats", None, "Docker.View"),
+        ("GET", "/images", None, "Docker.View"),
+        ("GET", "/environment", None, "Docker.View"),
+        ("POST", f"/containers/{container}/restart", None, "Docker.Operate"),
+        ("POST", "/containers", {"image": "no-such-image:1"}, "Docker.Manage"),
+        ("DELETE", "/containers/no-such-container", None, "Docker.Manage"),
+        ("DELETE", "/images/no-such-image:1", None, "Docker.Manage"),
+        ("POST", f"/containers/{container}/exec", {"command": ["true"]}, "Docker.Exec"),
+    ]
+    for user, held in HOLDS.items():
+        with stack.client(user) as client:
+            for method, path, body, privilege in routes:
+                r = client.request(method, f"{stack.docker()}{path}", json=body)
+                where = (user, method, path, r.status_code, r.text[:200])
+                if held is None:
+                    assert r.status_code == 404 and "no VM" in r.json()["detail"], where
+                elif privilege in held:
+                    assert r.status_code in (200, 201, 204, 404), where
+                    if r.status_code == 404:
+                        assert "no-such" in r.json()["detail"], where
+                else:
+                    assert r.status_code == 403 and privilege in r.json()["detail"], where
+
+
+# -- the container watch -----------------------------------------------------------------------
+
+
+def _events(
+    stack: DockerStack, user: str, seen: list[dict[str, Any]], stop: threading.Event
+) -> None:
+    with stack.client(user, timeout=httpx.Timeout(10, read=None)) as client:
+        with client.stream("GET", "/events") as response:
+            for line in response.iter_lines():
+                if stop.is_set():
+                    return
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:]))
+
+
+def test_the_list_follows_the_engine_and_events_reach_only_viewers(
+    stack: DockerStack, dev: httpx.Client
+) -> None:
+    names(stack, dev)  # the server follows this VM's engine from here on
+    engine = stack.cp.docker.engine_of(stack.vm_id)
+    seen: dict[str, list[dict[str, Any]]] = {"dev": [], "outsider": [], "vmonly": []}
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=_events, args=(stack, user, seen[user], stop), daemon=True)
+        for user in seen
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(1)
+    made = []
+    try:
+        # Made behind dockvisor's back, straight on the engine: the list shows it anyway.
+        made.append(engine.run(ContainerSpec("busybox:latest", ["sleep", "300"],
+                                             name=f"behind-{secrets.token_hex(3)}")))  # fmt: skip
+        name = engine.inspect(made[0])["Name"].lstrip("/")
+        wait_until(lambda: names(stack, dev).get(name) == "running", what="the list shows it")
+        wait_until(
+            lambda: any(
+                e["type"] == "container" and e["data"]["name"] == name for e in seen["dev"]
+            ),  # fmt: skip
+            what="the developer hears of it",
+        )
+        # The stream breaks: the watch lists again when it is back.
+        watch = stack.cp.docker._watches[stack.vm_id]
+        assert watch._stream is not None
+        watch._stream.close()
+        made.append(engine.run(ContainerSpec("busybox:latest", ["sleep", "300"],
+                                             name=f"after-{secrets.token_hex(3)}")))  # fmt: skip
+        second = engine.inspect(made[1])["Name"].lstrip("/")
+        wait_until(lambda: second in names(stack, dev), timeout=20, what="a re-list")
+    finally:
+        stop.set()
+        for cid in made:
+            engine.remove(cid, force=True)
+    assert not [e for e in seen["outsider"] if e["type"] == "container"]
+    assert not [e for e in seen["vmonly"] if e["type"] == "container"]

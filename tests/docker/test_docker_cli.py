@@ -20,7 +20,7 @@ from tests.docker.conftest import DockerStack
 
 pytestmark = pytest.mark.vm
 
-DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+DOCKER = shutil.which("docker") or str(Path(sys.executable).with_name("docker"))
 DOCKVISOR = str(Path(sys.executable).with_name("dockvisor"))
 
 

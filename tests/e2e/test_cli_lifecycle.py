@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,19 @@ def test_create_run_snapshot_break_revert_clone_grow_delete(unique_name: str) ->
     assert reverted["power_state"] == "running"
     assert names_in(engine) == {"first"}
     assert [s["name"] for s in dv("vm", "snapshots", name)] == ["clean"]
+
+    # The same engine through `dockvisor docker` on the host...
+    assert "first" in run("docker", name, "ps").stdout
+    out = run("docker", name, "exec", "first", "sh", "-c", "echo in-first; exit 4")
+    assert out.returncode == 4 and out.stdout.strip() == "in-first"
+    out = run("docker", name, "run", "--rm", "busybox:latest", "echo", "foreground")
+    assert out.returncode == 0 and out.stdout.strip() == "foreground"
+    # ...and through the stock docker CLI, set up by `vm endpoint` (mutual TLS).
+    docker_env = {**os.environ, **dv("vm", "endpoint", name)["env"]}
+    docker = shutil.which("docker") or str(Path(sys.executable).with_name("docker"))
+    out = subprocess.run([docker, "ps", "--format", "{{.Names}}"], env=docker_env,
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 0 and out.stdout.split() == ["first"], out.stderr
 
     cloned = dv("vm", "clone", name, clone, "--start")
     assert cloned["power_state"] == "running" and cloned["disk_mode"] == "linked"

@@ -71,6 +71,7 @@ class Backend(Protocol):
     def endpoint(self, name: str) -> DockerEndpoint: ...
     def docker(self, name: str) -> DockerBackend: ...
     def docker_environment(self, name: str) -> DockerEnvironment: ...
+    def docker_host(self, name: str) -> str: ...
     def templates(self) -> list[Template]: ...
 
 
@@ -166,6 +167,9 @@ class LocalBackend:
 
     def docker(self, name: str) -> DockerBackend:
         return LocalDocker(self.engines.engine(self.endpoint(name)))
+
+    def docker_host(self, name: str) -> str:
+        return self.endpoint(name).docker_host
 
     def docker_environment(self, name: str) -> DockerEnvironment:
         endpoint = self.endpoint(name)
@@ -427,6 +431,12 @@ class RemoteBackend:
 
     def docker(self, name: str) -> DockerBackend:
         return RemoteDocker(self.api, self._id(name), self.api.token or "")
+
+    def docker_host(self, name: str) -> str:
+        """DOCKER_HOST on the gateway (without writing a docker config: see
+        docker_environment)."""
+        data = self.api.request("GET", f"/vms/{self._id(name)}/docker/environment")
+        return str(data["docker_host"])
 
     def docker_environment(self, name: str) -> DockerEnvironment:
         """DOCKER_HOST on the server's engine gateway, and a docker config directory whose

@@ -286,7 +286,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
 
 def _endpoint_or_none(ctx: Context, name: str) -> str | None:
     try:
-        return ctx.backend.docker_environment(name).env["DOCKER_HOST"]
+        return ctx.backend.docker_host(name)
     except DockvisorError:
         return None
 

@@ -1,8 +1,9 @@
 """The Docker engine client against a real dockerd in a real VM (and, for the TLS name
 checks, against a small local TLS server with a throwaway CA).
 
-One VM serves the whole module (conftest.py); every container a test makes carries the
-label TEST_LABEL and is removed after it, and every image a test makes is removed by it.
+The package's one VM serves it (conftest.py: the `engine` fixture); every container a
+test makes carries the label TEST_LABEL and is removed after it, and every image a test
+makes is removed by it.
 busybox:latest is preloaded in the guest; nothing is ever pulled.
 """
 
@@ -42,7 +43,7 @@ from dockvisor.engines.docker import (
     demultiplex,
 )
 from dockvisor.errors import AlreadyExists, BadPowerState, InvalidInput, NotFound
-from tests.engines.conftest import TEST_LABEL
+from tests.docker.conftest import TEST_LABEL
 
 pytestmark = pytest.mark.vm
 
@@ -252,7 +253,9 @@ def test_list_and_filter_containers(engine: DockerEngine) -> None:
 
 
 def test_logs_in_order_by_stream_with_tail_and_timestamps(engine: DockerEngine) -> None:
-    cid = engine.run(spec(["sh", "-c", "echo one; echo two >&2; echo three"]))
+    # Pauses between the lines: stdout and stderr are two pipes, and the engine orders what
+    # arrives on them at the same instant as it happens to read it.
+    cid = engine.run(spec(["sh", "-c", "echo one; sleep 0.2; echo two >&2; sleep 0.2; echo three"]))
     assert engine.wait(cid) == 0
     assert engine.logs(cid) == "one\ntwo\nthree\n"
     assert engine.logs(cid, stderr=False) == "one\nthree\n"
