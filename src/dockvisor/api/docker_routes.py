@@ -64,6 +64,12 @@ def needs(privilege: str) -> dict[str, Any]:
     return {"x-dockvisor-privilege": f"{privilege} on /vms/ID (the VM must be running)"}
 
 
+def _json(document: Any) -> Response:
+    """An engine document as it came: no model to validate it against, and converting a
+    big nested dict for FastAPI costs more than the engine took to make it."""
+    return Response(json.dumps(document), media_type="application/json")
+
+
 async def _spool(request: Request) -> Any:
     """The request body in a temporary file (rewound), refusing more than MAX_UPLOAD."""
     spool = tempfile.TemporaryFile()  # noqa: SIM115 (handed to the caller, who closes it)
@@ -120,10 +126,19 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         )
         return docker.run(who, vm_id, spec, start=body.start)
 
-    @api.get("/containers/{container}", openapi_extra=needs("Docker.View"))
-    def inspect_container(who: Who, vm_id: Key, container: Container) -> dict[str, Any]:
-        """The engine's own inspect document."""
-        return docker.inspect(who, vm_id, container)
+    @api.get(
+        "/containers/{container}",
+        openapi_extra=needs("Docker.View"),
+        responses={
+            200: {
+                "content": {"application/json": {"schema": {"type": "object"}}},
+                "description": "The engine's inspect document",
+            }
+        },  # fmt: skip
+    )
+    def inspect_container(who: Who, vm_id: Key, container: Container) -> Response:
+        """The engine's own inspect document (passed on as it is)."""
+        return _json(docker.inspect(who, vm_id, container))
 
     @api.delete("/containers/{container}", status_code=204, openapi_extra=needs("Docker.Manage"))
     def remove_container(
@@ -163,10 +178,19 @@ def docker_router(cp: ControlPlane) -> APIRouter:
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
 
-    @api.get("/containers/{container}/stats", openapi_extra=needs("Docker.View"))
-    def container_stats(who: Who, vm_id: Key, container: Container) -> dict[str, Any]:
+    @api.get(
+        "/containers/{container}/stats",
+        openapi_extra=needs("Docker.View"),
+        responses={
+            200: {
+                "content": {"application/json": {"schema": {"type": "object"}}},
+                "description": "The engine's stats document",
+            }
+        },  # fmt: skip
+    )
+    def container_stats(who: Who, vm_id: Key, container: Container) -> Response:
         """One sample of the engine's stats document (CPU, memory, network, block I/O)."""
-        return docker.stats(who, vm_id, container)
+        return _json(docker.stats(who, vm_id, container))
 
     @api.post(
         "/containers/{container}/exec",
@@ -383,3 +407,17 @@ class ServerGatewayPolicy:
                                      f"refused:{exc.code}", str(exc))  # fmt: skip
             raise
         return _Admitted(self.cp.docker.admit(who, vm, method, path, query))
+
+    def admit_now(
+        self, *, authorization: str | None, vm: str, method: str, path: str, query: str
+    ) -> _Admitted | None:
+        """The answer without blocking, if the caller and the decision are known from a
+        moment ago; None sends the request to `admit` in a worker thread."""
+        scheme, _, secret = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        who = self.cp.recent_tokens.get(secret.strip())
+        if who is None:
+            return None
+        admission = self.cp.docker.admit_now(who, vm, method, path, query)
+        return _Admitted(admission) if admission is not None else None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -65,12 +65,21 @@ class AccessPolicy:
         self._index = AclIndex((), {})
         self._roles: dict[str, frozenset[Privilege]] = {}
         self._set_subjects: dict[tuple[str, int], set[int]] = {}
+        # Also forgotten on invalidate(): caches of who someone is (RecentTokens).
+        self.on_invalidate: list[Callable[[], None]] = []
 
     # -- cache ---------------------------------------------------------------------------
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a change made by another server process may take to apply here."""
+        return self._ttl
 
     def invalidate(self) -> None:
         with self._lock:
             self._loaded_at = -1e9
+        for forget in self.on_invalidate:
+            forget()
 
     def _fresh(self) -> AclIndex:
         if time.monotonic() - self._loaded_at <= self._ttl:

@@ -206,6 +206,7 @@ class Administration:
                 if row is None or row.user_id != who.user_id:
                     raise NotFound(f"no token {token_id}")
                 row.revoked = True
+            self.cp.recent_tokens.clear()
 
     # -- roles and the ACL -------------------------------------------------------------
 

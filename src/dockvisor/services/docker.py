@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import IO, Any
@@ -232,6 +233,8 @@ class DockerOperations:
         self._lock = threading.Lock()
         self._clients: dict[str, DockerEngine] = {}
         self._endpoints: dict[str, tuple[tuple[Any, ...], DockerEndpoint]] = {}
+        self._granted: dict[tuple[Any, ...], tuple[float, VmRow]] = {}
+        ops.access.on_invalidate.append(self.forget_grants)
         self._watches: dict[str, _Watch] = {}
 
     def close(self) -> None:
@@ -246,11 +249,29 @@ class DockerOperations:
     # -- reaching an engine ----------------------------------------------------------
 
     def _row(self, who: Principal, vm_id: str, privilege: Privilege) -> VmRow:
+        key = (who.user_id, who.group_ids, vm_id, privilege)
+        if (known := self._granted_recently(key)) is not None:
+            return known
         row = self.ops.vm_row(who, vm_id)  # NotFound for a VM they cannot view
         self.ops.access.require(who, privilege, chain_of(row))
         if not row.docker_ready:
             raise Unsupported(f"VM {row.name} has no Docker engine (its template has none)")
+        with self._lock:
+            if len(self._granted) > 10_000:
+                self._granted.clear()
+            self._granted[key] = (time.monotonic() + self.ops.access.ttl, row)
         return row
+
+    def _granted_recently(self, key: tuple[Any, ...]) -> VmRow | None:
+        """A yes given within the ACL cache's lifetime (a second), which an access change
+        in this process forgets at once: like the ACL, no database trip for it."""
+        with self._lock:
+            entry = self._granted.get(key)
+        return entry[1] if entry is not None and entry[0] > time.monotonic() else None
+
+    def forget_grants(self) -> None:
+        with self._lock:
+            self._granted.clear()
 
     def check(self, who: Principal, vm_id: str, privilege: Privilege = P.DOCKER_VIEW) -> None:
         """NotFound, Forbidden or Unsupported unless `who` may use the VM's engine so."""
@@ -458,6 +479,23 @@ class DockerOperations:
             engine.remove_image(image, force=force)
 
     # -- the engine gateway (the stock docker CLI) ------------------------------------
+
+    def admit_now(
+        self, who: Principal, vm_id: str, method: str, path: str, query: str = ""
+    ) -> EngineAdmission | None:
+        """`admit` if it can answer yes from memory (the same caller, VM and privilege a
+        moment ago, the engine's address known); None when the database is needed."""
+        request = classify(method, path, query)
+        if request.privilege is None:
+            return None
+        row = self._granted_recently((who.user_id, who.group_ids, vm_id, request.privilege))
+        if row is None or row.state != "running":
+            return None
+        with self._lock:
+            cached = self._endpoints.get(row.id)
+        if cached is None or cached[0] != (row.host_id, row.name, row.updated):
+            return None
+        return EngineAdmission(self, who, row, request, cached[1])
 
     def admit(
         self, who: Principal, vm_id: str, method: str, path: str, query: str = ""

@@ -266,3 +266,37 @@ class LoginThrottle:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+
+
+class RecentTokens:
+    """API tokens seen valid in the last `ttl` seconds, with who they are: a request with
+    one is authenticated without the database. Revoking a token, disabling or deleting a
+    user or changing anyone's access clears it here; another server process sharing the
+    database sees such a change within `ttl` (as it sees ACL changes)."""
+
+    def __init__(self, ttl: float = 1.0) -> None:
+        self.ttl = ttl
+        self._seen: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, secret: str) -> Principal | None:
+        key = digest(secret)
+        with self._lock:
+            entry = self._seen.get(key)
+        if entry is None or entry[0] < time.monotonic():
+            return None
+        return entry[1]
+
+    def remember(self, secret: str, who: Principal, expires: datetime | None = None) -> None:
+        """Remember for `ttl` seconds, never past the token's own expiry."""
+        until = time.monotonic() + self.ttl
+        if expires is not None:
+            until = min(until, time.monotonic() + (utc(expires) - now()).total_seconds())
+        with self._lock:
+            if len(self._seen) > 10_000:
+                self._seen.clear()
+            self._seen[digest(secret)] = (until, who)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._seen.clear()

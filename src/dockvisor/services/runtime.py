@@ -23,7 +23,7 @@ from dockvisor.services.audit import AuditLog
 from dockvisor.services.docker import DockerOperations
 from dockvisor.services.engines import EngineAccess
 from dockvisor.services.events import EventBroker
-from dockvisor.services.identity import LoginThrottle
+from dockvisor.services.identity import LoginThrottle, RecentTokens
 from dockvisor.services.inventory import Hosts, Inventory
 from dockvisor.services.operations import Operations
 from dockvisor.services.tasks import TaskRunner
@@ -77,6 +77,8 @@ class ControlPlane:
         self.broker = EventBroker()
         self.audit = AuditLog(self.db)
         self.access = AccessPolicy(self.db, ttl=settings.acl_ttl)
+        self.recent_tokens = RecentTokens(settings.acl_ttl)
+        self.access.on_invalidate.append(self.recent_tokens.clear)
         self.tasks = TaskRunner(self.db, self.broker, self.audit)
         self.hosts = Hosts(self.db, driver_factory)
         self.inventory = Inventory(self.db, self.hosts, self.broker)
