@@ -69,6 +69,7 @@ import h11
 
 from dockvisor import errors
 from dockvisor.api.problems import status_of
+from dockvisor.engines.tls import send_close_notify
 
 __all__ = ["Admission", "EngineGateway", "EngineRoute", "GatewayPolicy"]
 
@@ -239,22 +240,8 @@ class _TlsStream(_Stream):
         if self._eof_sent or self._writer.is_closing():
             return
         self._eof_sent = True
-        # unwrap() may consume records while looking for the peer's close_notify: take the
-        # plaintext already here first, so that none of the engine's output is lost.
-        while True:
-            try:
-                data = self._tls.read(_CHUNK)
-            except ssl.SSLError:
-                break
-            if not data:
-                break
-            self._pending.append(data)
-        try:
-            self._tls.unwrap()
-        except ssl.SSLWantReadError:
-            pass  # the engine's close_notify comes later, after its output
-        except ssl.SSLError:
-            pass
+        if plain := send_close_notify(self._tls):
+            self._pending.append(plain)
         self._flush()
 
     @property

@@ -31,6 +31,7 @@ import httpx
 
 from dockvisor import errors
 from dockvisor.domain.model import DockerEndpoint
+from dockvisor.engines.tls import send_close_notify
 from dockvisor.errors import (
     AlreadyExists,
     BadPowerState,
@@ -491,22 +492,7 @@ class _TlsConnection:
                 if self._write_closed:
                     return
                 self._write_closed = True
-                # unwrap() goes on to read the engine's close_notify from the records already
-                # here: decrypt those first, so that none of the engine's output is lost.
-                while True:
-                    try:
-                        data = self._tls.read(_CHUNK)
-                    except ssl.SSLError:
-                        break
-                    if not data:
-                        break
-                    self._plain += data
-                try:
-                    self._tls.unwrap()
-                except ssl.SSLWantReadError:
-                    pass  # our close_notify is in the BIO; the engine's comes after its output
-                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                    pass  # the engine has already ended its side
+                self._plain += send_close_notify(self._tls)
                 alert = self._outgoing.read()
             if alert:
                 self.sock.sendall(alert)
