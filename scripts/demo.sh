@@ -118,14 +118,15 @@ newpass | dockvisor user create viewer --password-stdin >/dev/null 2>&1 || true 
 VIEW_TOKEN=$(dockvisor --json token create "demo-$RANDOM" --user viewer | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 VM_ID=$(as_admin --json vm show demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
 api -X POST "$URL/api/v1/acl" -d "{\"subject\": \"user:viewer\", \"path\": \"/vms/$VM_ID\", \"role\": \"Viewer\"}" >/dev/null || true
-run env DOCKVISOR_TOKEN="$VIEW_TOKEN" dockvisor --server "$URL" docker demo ps
-try env DOCKVISOR_TOKEN="$VIEW_TOKEN" dockvisor --server "$URL" docker demo stop web
+as_viewer() { DOCKVISOR_TOKEN="$VIEW_TOKEN" dockvisor --server "$URL" "$@"; }
+run as_viewer docker demo ps
+try as_viewer docker demo stop web
 
 say "Everything above is in the audit log, hash-chained"
 api "$URL/api/v1/audit?limit=8" | python3 -c '
 import json, sys
 for e in reversed(json.load(sys.stdin)):
-    print(e["time"][:19], e["actor"].ljust(10), e["action"].ljust(20), e["result"].ljust(24), e["object"])
+    print(e["time"][:19], e["actor"].ljust(10), e["action"].ljust(24), e["result"].ljust(24), e["object"])
 '
 run dockvisor audit verify
 
