@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ import uvicorn
 
 from dockvisor.api.app import create_app
 from dockvisor.domain.model import TemplateSpec
+from dockvisor.domain.sizes import MiB
 from dockvisor.services import identity
 from dockvisor.services.runtime import ControlPlane, Settings
 from dockvisor.store.models import AclEntryRow
@@ -227,3 +229,30 @@ def _server(tmp_path: Path, url: str) -> Iterator[Server]:
         uv.should_exit = True
         thread.join(timeout=10)
         cp.stop()
+
+
+# -- helpers shared by the API tests ---------------------------------------------------------
+
+PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """An application/problem+json error with this status and code (and never a 5xx)."""
+    assert response.status_code < 500, (response.request.url, response.text)
+    assert response.status_code == status, (response.request.url, response.text)
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body.keys() >= PROBLEM_KEYS, body
+    assert (body["status"], body["code"]) == (status, code), body
+    return dict(body)
+
+
+def create_vm(server: Server, client: httpx.Client, name: str) -> str:
+    """A running VM made through the API by `client`; its id."""
+    response = client.post(
+        "/vms", json={"name": name, "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB}
+    )
+    assert response.status_code == 202, response.text
+    task = server.wait(client, response.json())
+    assert task["state"] == "succeeded", task
+    return str(task["object_id"])

@@ -24,11 +24,10 @@ import httpx
 import pytest
 
 from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege
-from dockvisor.domain.sizes import GiB, MiB
-from tests.api.conftest import NODE, TEMPLATE, Server
+from dockvisor.domain.sizes import GiB
+from tests.api.conftest import NODE, TEMPLATE, Server, assert_problem, create_vm
 
 P = Privilege
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 
 # user name -> the built-in role they hold on /vms/<inside> (None: no entry at all)
 ROLE_OF = {
@@ -41,27 +40,6 @@ ROLE_OF = {
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is an application/problem+json error with this status and code."""
-    assert response.status_code == status, (response.request.url, response.text)
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert (body["status"], body["code"]) == (status, code), body
-    return dict(body)
-
-
-def create_vm(server: Server, client: httpx.Client, name: str) -> str:
-    """A running VM made through the API by `client`; its id."""
-    response = client.post(
-        "/vms", json={"name": name, "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB}
-    )
-    assert response.status_code == 202, response.text
-    task = server.wait(client, response.json())
-    assert task["state"] == "succeeded", task
-    return str(task["object_id"])
 
 
 def snapshot(server: Server, client: httpx.Client, vm: str, name: str) -> None:

@@ -10,37 +10,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
 
 import httpx
 
 from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege
-from dockvisor.domain.sizes import MiB
-from tests.api.conftest import TEMPLATE, Server
-
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
-
+from tests.api.conftest import Server, assert_problem, create_vm
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, (response.request.url, response.text)
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert (body["status"], body["code"]) == (status, code), body
-    return dict(body)
-
-
-def create_vm(server: Server, client: httpx.Client, name: str) -> str:
-    response = client.post(
-        "/vms", json={"name": name, "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB}
-    )
-    assert response.status_code == 202, response.text
-    task = server.wait(client, response.json())
-    assert task["state"] == "succeeded", task
-    return str(task["object_id"])
 
 
 def grant(

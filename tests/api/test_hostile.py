@@ -14,22 +14,10 @@ import httpx
 from dockvisor.domain.sizes import MiB
 from dockvisor.services import identity
 from dockvisor.store.models import TokenRow, UserRow
-from tests.api.conftest import TEMPLATE, Server
+from tests.api.conftest import TEMPLATE, Server, assert_problem
 
 MAX_BODY = 1024 * 1024
-PROBLEM_KEYS = {"type", "title", "status", "detail", "code"}
 A_VM = {"name": "web", "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB}
-
-
-def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """An application/problem+json error with this status and code (and never a 5xx)."""
-    assert response.status_code < 500, (response.request.url, response.text)
-    assert response.status_code == status, (response.request.url, response.text)
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body.keys() >= PROBLEM_KEYS, body
-    assert (body["status"], body["code"]) == (status, code), body
-    return dict(body)
 
 
 def fields_in(problem: dict[str, Any]) -> set[str]:
