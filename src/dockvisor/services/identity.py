@@ -1,8 +1,8 @@
 """Users, groups, passwords, sessions and API tokens.
 
 Passwords are argon2 hashes. Session ids and API tokens are random secrets of which only
-a SHA-256 digest is stored; a token is shown once, when it is made. Failed logins are
-throttled per user name and per client address.
+a SHA-256 digest is stored; a token is shown once, when it is made. Logging in (and its
+throttle) is services/login.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import hashlib
 import secrets
 import threading
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,7 +24,6 @@ from dockvisor.errors import AlreadyExists, InvalidInput, NotFound, Unauthorized
 from dockvisor.store.models import GroupMember, GroupRow, SessionRow, TokenRow, UserRow, utc
 
 __all__ = [
-    "LoginThrottle",
     "Principal",
     "TokenInfo",
     "authenticate_token",
@@ -227,45 +225,6 @@ def token_info(row: TokenRow, user: str) -> TokenInfo:
         revoked=row.revoked,
         last_used=utc(row.last_used) if row.last_used else None,
     )
-
-
-class LoginThrottle:
-    """After `limit` failures within `window` seconds for one user name or one client
-    address, further attempts from it are refused for `window` seconds."""
-
-    def __init__(self, limit: int = 5, window: float = 60.0) -> None:
-        self.limit = limit
-        self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
-
-    def _recent(self, key: str, at: float) -> deque[float]:
-        failures = self._failures[key]
-        while failures and at - failures[0] > self.window:
-            failures.popleft()
-        return failures
-
-    def retry_after(self, *keys: str) -> float:
-        """Seconds to wait before another attempt (0: go ahead)."""
-        at = time.monotonic()
-        with self._lock:
-            waits = [
-                self.window - (at - recent[-self.limit])
-                for key in keys
-                if len(recent := self._recent(key, at)) >= self.limit
-            ]
-        return max(waits, default=0.0)
-
-    def failed(self, *keys: str) -> None:
-        at = time.monotonic()
-        with self._lock:
-            for key in keys:
-                self._recent(key, at).append(at)
-
-    def succeeded(self, *keys: str) -> None:
-        with self._lock:
-            for key in keys:
-                self._failures.pop(key, None)
 
 
 class RecentTokens:

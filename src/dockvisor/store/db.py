@@ -4,32 +4,72 @@ SQLite (a file in the data directory) by default; PostgreSQL when several server
 processes share one state. Under SQLite every transaction takes the write lock at its
 start (BEGIN IMMEDIATE), so read-check-write sequences such as quota reservations are
 serialized across threads and processes; under PostgreSQL they lock rows FOR UPDATE.
+
+The SQLite file holds password hashes, the ACL and the audit log: it and its -wal,
+-shm and -journal files are readable by their owner only (0600). The file is made 0600
+before SQLite opens it, and SQLite gives the files beside it the mode of the database;
+files left wider by an older version are narrowed when a `Database` opens them, with a
+note in `notices`.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-__all__ = ["Database", "default_url"]
+__all__ = ["Database", "default_url", "restrict_mode"]
+
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
 
 
 def default_url(data_dir: Path) -> str:
     return f"sqlite:///{data_dir / 'dockvisor.db'}"
 
 
+def restrict_mode(path: Path, mode: int) -> str | None:
+    """Take away what `mode` does not allow from an existing file or directory (never
+    add): a note saying so if it changed anything, else None."""
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return None
+    if current & ~mode == 0:
+        return None
+    os.chmod(path, current & mode)
+    return f"{path} was mode {current:04o}; now {current & mode:04o}"
+
+
+def _private_sqlite_files(url: str) -> list[str]:
+    """Make the database file 0600 if it does not exist yet; narrow it and the files
+    beside it to 0600 if an older version left them wider."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return []
+    path = Path(database)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with suppress(FileExistsError):  # made by another process meanwhile
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    files = [path, *(path.with_name(path.name + suffix) for suffix in SQLITE_COMPANIONS)]
+    return [note for f in files if (note := restrict_mode(f, 0o600))]
+
+
 class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
+        # What opening changed that the operator should hear about (file modes).
+        self.notices: list[str] = _private_sqlite_files(url) if self.is_sqlite else []
         kwargs: dict[str, Any] = {"future": True}
         if self.is_sqlite:
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}

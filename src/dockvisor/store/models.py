@@ -7,6 +7,7 @@ session ids as SHA-256 digests.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -53,8 +54,16 @@ class Base(DeclarativeBase):
     pass
 
 
+# An id, once given, is never given again, even after its row is deleted: ACL entries,
+# tasks and audit records name users, groups, hosts and resource sets by id, and a new
+# object must never inherit what named an old one. (PostgreSQL sequences never reuse;
+# SQLite reuses the highest rowid unless the table says AUTOINCREMENT.)
+NEVER_REUSE_IDS: dict[str, Any] = {"sqlite_autoincrement": True}
+
+
 class UserRow(Base):
     __tablename__ = "users"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
@@ -64,6 +73,7 @@ class UserRow(Base):
 
 class GroupRow(Base):
     __tablename__ = "groups"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
 
@@ -80,6 +90,7 @@ class GroupMember(Base):
 
 class RoleRow(Base):
     __tablename__ = "roles"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     privileges: Mapped[list[str]] = mapped_column(JSON)
@@ -89,7 +100,10 @@ class RoleRow(Base):
 
 class AclEntryRow(Base):
     __tablename__ = "acl_entries"
-    __table_args__ = (UniqueConstraint("subject_kind", "subject_id", "path", "role"),)
+    __table_args__ = (
+        UniqueConstraint("subject_kind", "subject_id", "path", "role"),
+        NEVER_REUSE_IDS,
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     subject_kind: Mapped[str] = mapped_column(String(8))  # "user" | "group"
     subject_id: Mapped[int] = mapped_column(Integer)
@@ -100,7 +114,7 @@ class AclEntryRow(Base):
 
 class TokenRow(Base):
     __tablename__ = "tokens"
-    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    __table_args__ = (UniqueConstraint("user_id", "name"), NEVER_REUSE_IDS)
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(64))
@@ -122,6 +136,7 @@ class SessionRow(Base):
 
 class HostRow(Base):
     __tablename__ = "hosts"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     uri: Mapped[str] = mapped_column(String(255), unique=True)
@@ -129,12 +144,14 @@ class HostRow(Base):
 
 class PoolRow(Base):
     __tablename__ = "pools"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
 
 
 class ResourceSetRow(Base):
     __tablename__ = "resource_sets"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     max_vcpus: Mapped[int | None] = mapped_column(Integer)
@@ -215,11 +232,13 @@ class LockRow(Base):
 
 
 class AuditRow(Base):
-    """Append-only and hash-chained: each row's digest covers its content and the digest
-    of the row before it."""
+    """Append-only and hash-chained: each row's digest covers its position (`seq`, 1, 2,
+    ...), its content and the digest of the row before it (see services/audit.py)."""
 
     __tablename__ = "audit"
+    __table_args__ = NEVER_REUSE_IDS
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True, index=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     actor: Mapped[str] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(64))
