@@ -134,6 +134,7 @@ def make_control_plane(data: Path, database_url: str) -> ControlPlane:
         database_url=database_url,
         default_host=("local", f"test://{node}"),
         reconcile_every=3600,
+        test_host_files=data,
     )
     cp = ControlPlane(settings)
     cp.start(follow=False)
@@ -191,9 +192,18 @@ class Server:
 
 
 def serve(cp: ControlPlane) -> tuple[uvicorn.Server, threading.Thread, str]:
+    """`cp` served by uvicorn on 127.0.0.1, with the settings `dockvisor serve` gives it
+    for who the client is (its trusted proxies: none unless the test's Settings say)."""
+    from dockvisor.api.security import client_address_options
+
     port = free_port()
     config = uvicorn.Config(
-        create_app(cp), host="127.0.0.1", port=port, log_level="error", lifespan="off"
+        create_app(cp),
+        host="127.0.0.1",
+        port=port,
+        log_level="error",
+        lifespan="off",
+        **client_address_options(cp.settings.trusted_proxies),
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

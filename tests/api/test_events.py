@@ -34,6 +34,7 @@ class EventStream:
             trust_env=False,
         )
         self._connected = threading.Event()
+        self.ended = threading.Event()  # the server ended the stream
         self._lock = threading.Lock()
         self._socket: socket.socket | None = None
         self._thread = threading.Thread(target=self._read, name=f"events-{user}", daemon=True)
@@ -61,6 +62,7 @@ class EventStream:
                     elif line.startswith("data:"):
                         with self._lock:
                             self.events.append(json.loads(line.removeprefix("data:")))
+                self.ended.set()
         except (httpx.HTTPError, OSError):
             pass  # the stream was closed under us: that is how it ends
         finally:
@@ -192,3 +194,35 @@ def test_the_event_stream_needs_credentials(sqlite_server: Server) -> None:
     assert response.status_code == 401
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_stream_follows_access_changes_and_ends_with_its_credential(
+    sqlite_server: Server,
+) -> None:
+    """Access is asked again every second: a user taken out of the group that let them
+    view a VM stops hearing of it, and revoking their token ends the stream."""
+    server = sqlite_server
+    admin = server.client("admin")
+    dev = server.add_user("dev")
+    vm = create(server, admin, "shared")["object_id"]
+    assert admin.post("/groups", json={"name": "team", "members": ["dev"]}).status_code == 201
+    entry = {"subject": "group:team", "path": f"/vms/{vm}", "role": "Viewer"}
+    assert admin.post("/acl", json=entry).status_code == 201
+
+    with EventStream(server, "dev") as stream:
+        stopped = run(server, admin, admin.put(f"/vms/{vm}/state", json={"action": "stop"}))
+        seen = stream.wait_for(lambda events: bool(vm_events(events, vm)))
+        assert vm_events(seen, vm), "a member of the group hears of the VM"
+
+        assert admin.put("/groups/team/members", json={"members": []}).status_code == 200
+        time.sleep(1.2)  # the stream asks again within a second
+        heard = len(stream.snapshot())
+        run(server, admin, admin.put(f"/vms/{vm}/state", json={"action": "start"}))
+        time.sleep(1.5)
+        assert [e for e in stream.snapshot()[heard:] if about(e, vm)] == []
+        assert stopped["requester"] == "admin"
+
+        token = next(t for t in dev.get("/tokens").json() if t["name"] == "tests")
+        assert dev.delete(f"/tokens/{token['id']}").status_code == 204
+        assert stream.ended.wait(5), "the stream outlived its token"
+        assert "reason" in stream.snapshot()[-1]

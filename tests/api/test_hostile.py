@@ -62,11 +62,18 @@ def test_wrong_types_are_422_naming_the_field(server: Server) -> None:
         )
         assert fields_in(problem) == {f"body.{field}"}, problem
         assert f"body.{field}" in problem["detail"]
+    assert admin.get("/vms").json() == []
+    vm = create_vm(server, admin)["object_id"]
     problem = assert_problem(
-        admin.put(f"/vms/{uuid.uuid4()}/state", json={"action": "explode"}), 422, "invalid-request"
+        admin.put(f"/vms/{vm}/state", json={"action": "explode"}), 422, "invalid-request"
     )
     assert fields_in(problem) == {"body.action"}
-    assert admin.get("/vms").json() == []
+    assert admin.get(f"/vms/{vm}").json()["state"] == "running"
+    # The declared privilege is checked before the body is read: an unknown VM is 404
+    # whatever the body says.
+    assert_problem(
+        admin.put(f"/vms/{uuid.uuid4()}/state", json={"action": "explode"}), 404, "not-found"
+    )
 
 
 def test_unknown_fields_are_refused(server: Server) -> None:

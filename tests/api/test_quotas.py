@@ -273,6 +273,30 @@ def test_resize_reserves_the_growth_and_delete_releases(server: Server) -> None:
     create_vm(server, dev, "second", team["id"])  # the room is back
 
 
+def test_a_revert_reserves_the_size_it_gives_back_or_is_refused(server: Server) -> None:
+    """Snapshot at 2 vCPUs, shrink to 1, fill the set, revert: the revert would make the
+    set 5/4, so it is refused and nothing changes; with room again it reserves."""
+    admin = server.client("admin")
+    dev = server.add_user("dev")
+    team = make_set(admin, "team", vcpus=4, vms=3)
+    vm = create_vm(server, dev, "live", team["id"], vcpus=2)
+    grant(admin, "user:dev", f"/vms/{vm['id']}", "Admin")
+    run(server, dev, dev.post(f"/vms/{vm['id']}/snapshots", json={"name": "two"}))
+    run(server, dev, dev.patch(f"/vms/{vm['id']}", json={"vcpus": 1}))
+    other = create_vm(server, dev, "filler", team["id"], vcpus=3)
+    assert usage(admin, team["id"])["vcpus"] == 4
+
+    detail = refused(dev.post(f"/vms/{vm['id']}/snapshots/two/revert"), 409, "out-of-capacity")
+    assert "vCPUs" in detail
+    assert usage(admin, team["id"])["vcpus"] == 4
+    assert dev.get(f"/vms/{vm['id']}").json()["vcpus"] == 1
+
+    run(server, admin, admin.delete(f"/vms/{other['id']}", params={"force": "true"}))
+    run(server, dev, dev.post(f"/vms/{vm['id']}/snapshots/two/revert"))
+    assert dev.get(f"/vms/{vm['id']}").json()["vcpus"] == 2
+    assert usage(admin, team["id"])["vcpus"] == 2
+
+
 def test_clone_reserves_in_the_same_set_and_is_refused_when_full(server: Server) -> None:
     admin = server.client("admin")
     dev = server.add_user("dev")

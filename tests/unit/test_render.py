@@ -29,7 +29,9 @@ def test_vm_as_data():
 
 
 def test_snapshot_as_data():
-    snap = Snapshot("before", "web", CREATED, PowerState.STOPPED, with_memory=False)
+    snap = Snapshot(
+        "before", "web", CREATED, PowerState.STOPPED, with_memory=False, vcpus=2, memory=GiB
+    )
     assert to_data(snap) == {
         "name": "before",
         "vm": "web",
@@ -39,6 +41,8 @@ def test_snapshot_as_data():
         "description": "",
         "parent": None,
         "current": False,
+        "vcpus": 2,
+        "memory": GiB,
     }
 
 

@@ -148,6 +148,11 @@ class HostOut(BaseModel):
     id: int
     name: str
     uri: str
+    state: Literal["connected", "unreachable", "unknown"] = Field(
+        description="Whether the host answered the last time dockvisor asked it "
+        "(connections, the periodic reconcile, its events)"
+    )
+    state_since: datetime
 
 
 class HostCreate(Strict):
@@ -176,7 +181,11 @@ class TemplateOut(BaseModel):
 class TemplateCreate(Strict):
     host_id: int = Field(ge=1, le=MAX_ID)
     name: str = Field(pattern=NAME)
-    disk: str = Field(min_length=1, max_length=4096, description="A path on the server")
+    disk: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A file in the server's template directory (<data dir>/template-images)",
+    )
     kernel: str | None = Field(default=None, max_length=4096)
     initrd: str | None = Field(default=None, max_length=4096)
     cmdline: str | None = Field(default=None, max_length=2048)
@@ -333,8 +342,25 @@ class AuditOut(BaseModel):
 class AuditVerifyOut(BaseModel):
     entries: int
     ok: bool
-    broken_at: int | None
+    broken_at: int | None = Field(description="id of the first entry concerned")
     reason: str
+    condition: Literal[
+        "intact",
+        "unkeyed",
+        "tampered",
+        "unconfirmed",
+        "head-missing",
+        "key-missing",
+        "key-mismatch",
+    ] = Field(
+        description="intact; unkeyed (no key yet: public formula only); tampered (an "
+        "entry changed, inserted or removed); unconfirmed (entries verify but the head "
+        "file does not list them yet: a crash between the two writes); head-missing, "
+        "key-missing, key-mismatch (cannot be checked)"
+    )
+    keyed_from: int | None = Field(
+        description="id of the first keyed entry (those before it use the public formula)"
+    )
 
 
 # -- Docker inside VMs ----------------------------------------------------------------------
@@ -404,8 +430,10 @@ class ExecRequest(Strict):
 
 class ExecOut(BaseModel):
     exit_code: int
-    stdout: str
+    stdout: str = Field(description="The output as UTF-8 text (bytes that are not, replaced)")
     stderr: str
+    stdout_base64: str = Field(description="The output's exact bytes, base64-encoded")
+    stderr_base64: str
 
 
 class ImageOut(BaseModel):

@@ -21,27 +21,48 @@ from dockvisor.errors import InvalidInput
 __all__ = ["audit", "login", "serve", "token", "user"]
 
 
-def _settings(ctx: click.Context, default_host: tuple[str, str] | None = None) -> Any:
+def _settings(
+    ctx: click.Context,
+    default_host: tuple[str, str] | None = None,
+    trusted_proxies: tuple[str, ...] = (),
+) -> Any:
     from dockvisor.services.runtime import Settings
 
     obj = ctx.obj
     return Settings.from_environment(
-        data=obj.data, database_url=obj.database_url, default_host=default_host
+        data=obj.data,
+        database_url=obj.database_url,
+        default_host=default_host,
+        trusted_proxies=trusted_proxies,
     )
 
 
 def _database(ctx: click.Context) -> Any:
-    """The server's database, migrated, without starting a server."""
+    """The server's database, migrated, without starting a server. The data directory
+    and database files are made (or narrowed to) 0700 and 0600, as a server start does."""
     from dockvisor.services.access import ensure_builtin_roles
+    from dockvisor.services.runtime import prepare_data_dir, tell
     from dockvisor.store.db import Database
 
     settings = _settings(ctx)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    notices = prepare_data_dir(settings.data_dir)
     db = Database(settings.database_url)
+    tell(notices + db.notices)
     db.migrate()
     with db.session() as session:
         ensure_builtin_roles(session)
     return db
+
+
+def _audit_log(ctx: click.Context, db: Any) -> Any:
+    """The server's audit log, ready to append to (key and head file as a server start
+    leaves them)."""
+    from dockvisor.services.audit import AuditLog
+    from dockvisor.services.runtime import tell
+
+    log = AuditLog(db, _settings(ctx).audit_files)
+    tell(log.prepare())
+    return log
 
 
 def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
@@ -69,9 +90,23 @@ def _read_password(from_stdin: bool, prompt: str = "Password") -> str:
     help="Port of the engine gateway, where the stock docker CLI reaches VM engines "
     "through dockvisor (0: no gateway).",
 )
+@click.option(
+    "--trusted-proxy",
+    "trusted_proxies",
+    multiple=True,
+    metavar="ADDR",
+    help="A reverse proxy (IP address or network) whose X-Forwarded-For names the "
+    "client; repeatable (env DOCKVISOR_TRUSTED_PROXIES). None by default: the client "
+    "is the TCP peer, whatever the headers say.",
+)
 @click.pass_context
 def serve(
-    ctx: click.Context, listen: str, port: int, reconcile_every: float, gateway_port: int
+    ctx: click.Context,
+    listen: str,
+    port: int,
+    reconcile_every: float,
+    gateway_port: int,
+    trusted_proxies: tuple[str, ...],
 ) -> None:
     """Run the dockvisor server (REST API under /api/v1) and its engine gateway.
 
@@ -82,9 +117,12 @@ def serve(
     from dockvisor.api.app import create_app
     from dockvisor.api.docker_routes import ServerGatewayPolicy
     from dockvisor.api.engine_gateway import EngineGateway
+    from dockvisor.api.security import client_address_options
+    from dockvisor.log import configure
     from dockvisor.services.runtime import ControlPlane
 
-    settings = _settings(ctx, default_host=("local", ctx.obj.uri))
+    configure()  # the server's log: JSON lines on stderr
+    settings = _settings(ctx, default_host=("local", ctx.obj.uri), trusted_proxies=trusted_proxies)
     settings = type(settings)(**{**settings.__dict__, "reconcile_every": reconcile_every})
     cp = ControlPlane(settings)
     cp.start()
@@ -96,15 +134,46 @@ def serve(
         cp.engine_gateway_url = f"tcp://{host}:{gateway.port}"
     click.echo(
         f"dockvisor {settings.data_dir} listening on http://{listen}:{port}/api/v1"
-        + (f", docker CLI gateway on {cp.engine_gateway_url}" if gateway else ""),
+        + (f", docker CLI gateway on {cp.engine_gateway_url}" if gateway else "")
+        + (
+            f"; X-Forwarded-For believed from {', '.join(settings.trusted_proxies)} only"
+            if settings.trusted_proxies
+            else ""
+        ),
         err=True,
     )
+    config = uvicorn.Config(
+        create_app(cp),
+        host=listen,
+        port=port,
+        log_level="warning",
+        # Streams end by themselves at once (cp.stopping); whatever still runs after
+        # this many seconds is cancelled, so a stop never waits on a client.
+        timeout_graceful_shutdown=SHUTDOWN_GRACE,
+        **client_address_options(settings.trusted_proxies),
+    )
     try:
-        uvicorn.run(create_app(cp), host=listen, port=port, log_level="warning")
+        _Server(config, cp).run()
     finally:
         if gateway is not None:
             gateway.stop()
         cp.stop()
+
+
+SHUTDOWN_GRACE = 3  # seconds: a SIGTERM ends `serve` well within 10 s, streams or not
+
+
+def _Server(config: Any, cp: Any) -> Any:  # noqa: N802 - a class, made where uvicorn is loaded
+    """uvicorn's server, which also tells the control plane it is stopping: event
+    streams, followed logs and waits end then, instead of holding the stop up."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            cp.begin_stopping()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
 
 
 @click.group()
@@ -133,9 +202,7 @@ def user_create(ctx: click.Context, name: str, admin: bool, password_stdin: bool
                 )
             )
         user_id = row.id
-    from dockvisor.services.audit import AuditLog
-
-    AuditLog(db).append(
+    _audit_log(ctx, db).append(
         "local-shell", "user.create", f"user:{name}", "ok", "admin" if admin else ""
     )
     _emit(
@@ -152,13 +219,12 @@ def user_create(ctx: click.Context, name: str, admin: bool, password_stdin: bool
 def user_password(ctx: click.Context, name: str, password_stdin: bool) -> None:
     """Set a user's password."""
     from dockvisor.services import identity
-    from dockvisor.services.audit import AuditLog
 
     password = _read_password(password_stdin)
     db = _database(ctx)
     with db.session() as session:
         identity.set_password(session, identity.user_by_name(session, name), password)
-    AuditLog(db).append("local-shell", "user.password", f"user:{name}", "ok")
+    _audit_log(ctx, db).append("local-shell", "user.password", f"user:{name}", "ok")
     _emit(ctx, {"name": name}, f"password of {name} set")
 
 
@@ -178,13 +244,14 @@ def token_create(
     """Create an API token and print it (shown once)."""
     from dockvisor.services import identity
     from dockvisor.services.admin import token_expiry
-    from dockvisor.services.audit import AuditLog
 
     db = _database(ctx)
     with db.session() as session:
         owner = identity.user_by_name(session, user_name)
         _, secret = identity.create_token(session, owner, token_name, token_expiry(expires_in_days))
-    AuditLog(db).append("local-shell", "token.create", f"token:{user_name}/{token_name}", "ok")
+    _audit_log(ctx, db).append(
+        "local-shell", "token.create", f"token:{user_name}/{token_name}", "ok"
+    )
     _emit(ctx, {"name": token_name, "user": user_name, "token": secret}, secret)
 
 
@@ -194,21 +261,43 @@ def audit() -> None:
 
 
 @audit.command("verify")
+@click.option(
+    "--head",
+    "heads",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="A head file to check against (repeatable: the head files of processes that "
+    "write to one database are merged) [the data directory's].",
+)
 @click.pass_context
-def audit_verify(ctx: click.Context) -> None:
-    """Check the audit log's hash chain; exit 1 if it is broken."""
-    from dockvisor.services.audit import AuditLog
+def audit_verify(ctx: click.Context, heads: tuple[str, ...]) -> None:
+    """Check the audit log against its key and head file (read only).
 
-    report = AuditLog(_database(ctx)).verify()
-    _emit(
-        ctx,
-        report.__dict__,
-        f"{report.entries} entries, chain intact"
-        if report.ok
-        else f"chain broken at entry {report.broken_at}: {report.reason}",
-    )
+    Exit 0: intact. Exit 1: tampered (an entry changed, inserted or removed; the entry
+    id and the reason are printed). Exit 3: it cannot be confirmed (entries not in the
+    head file yet, no head file, the key missing or not the head file's).
+    """
+    from pathlib import Path
+
+    from dockvisor.services.audit import TAMPERED, AuditLog
+
+    report = AuditLog(_database(ctx), _settings(ctx).audit_files).verify([Path(h) for h in heads])
+    if report.ok:
+        human = f"{report.entries} entries, chain intact"
+        if report.reason:
+            human += f" ({report.reason})"
+        elif report.keyed_from is not None and report.keyed_from > 1:
+            human += f"; entries before id {report.keyed_from} sealed by the keyed chain"
+    elif report.condition == TAMPERED:
+        at = f" at entry {report.broken_at}" if report.broken_at is not None else ""
+        human = f"chain broken{at}: {report.reason}"
+    else:
+        at = f" (entry {report.broken_at})" if report.broken_at is not None else ""
+        human = f"{report.entries} entries, not confirmed{at}: {report.condition}: "
+        human += report.reason
+    _emit(ctx, report.__dict__, human)
     if not report.ok:
-        sys.exit(1)
+        sys.exit(1 if report.condition == TAMPERED else 3)
 
 
 @click.command()

@@ -7,6 +7,19 @@ or any entry at the object itself) replace what was inherited: a deeper path bea
 shallower one. At one level a user's own entries beat their groups' entries. The
 NoAccess role at a level takes everything away. As in Proxmox VE (pveum), which users of
 XO and Proxmox already know.
+
+Changing the ACL is delegation, and delegation never escalates (`Delegation`):
+- A change on a path needs Permissions.Modify there and confers at most what the
+  granter holds there (Proxmox's "grant only a subset of what you hold").
+- What one may delegate on a path is one's *authority* there: what one holds at every
+  level of the path's chain where one holds Permissions.Modify. An entry placed deeper
+  can narrow what a root admin *holds* on a VM, never their authority over it, so
+  whoever has Permissions.Modify on a path can always list and revoke every entry at or
+  below it.
+- No change may narrow what a subject holds unless the granter *dominates* that
+  subject on the path's chain: at each level, everything the subject holds the granter
+  holds with authority. A VM's delegate cannot lock out the admins who delegated to
+  them, nor the admins of the whole server.
 """
 
 from __future__ import annotations
@@ -18,7 +31,15 @@ from dataclasses import dataclass
 
 from dockvisor.domain.privileges import Privilege
 
-__all__ = ["AclEntry", "AclIndex", "SubjectKind", "vm_chain"]
+__all__ = [
+    "AclEntry",
+    "AclIndex",
+    "Delegation",
+    "Subject",
+    "SubjectKind",
+    "normalize_path",
+    "vm_chain",
+]
 
 _ABOVE_VMS = ("/hosts/", "/pools/")
 
@@ -35,6 +56,15 @@ class AclEntry:
     path: str
     role: str
     propagate: bool = True
+
+
+def normalize_path(path: str) -> str:
+    """An ACL path in its one spelling: `/vms/ID/` and `//vms//ID` are `/vms/ID`.
+
+    Entries are matched by exact path, so an entry stored under another spelling of a
+    path would apply to nothing while looking as if it applied."""
+    parts = [p for p in path.strip().split("/") if p]
+    return "/" + "/".join(parts)
 
 
 def vm_chain(vm_id: str, host_id: int, pool_id: int | None = None) -> tuple[str, ...]:
@@ -122,6 +152,25 @@ class AclIndex:
                 held = self._union(e.role for e in mine)
         return held
 
+    def propagated(
+        self, user_id: int, group_ids: frozenset[int], chain: Sequence[str]
+    ) -> frozenset[Privilege]:
+        """What the user holds on the objects below the last of `chain` (what it passes
+        down: its non-propagating entries left out)."""
+        return self._walk(user_id, group_ids, chain, final_at=None)
+
+    def changed(self, *, add: Iterable[AclEntry] = (), remove: Iterable[AclEntry] = ()) -> AclIndex:
+        """The index as it would be with `add` added and `remove` taken away."""
+        gone = set(remove)
+        kept = [e for entries in self._by_path.values() for e in entries if e not in gone]
+        return AclIndex([*kept, *add], self._roles)
+
+    def group_entries(self, group_id: int) -> list[AclEntry]:
+        return list(self._by_subject.get((SubjectKind.GROUP, group_id), ()))
+
+    def role(self, name: str) -> frozenset[Privilege] | None:
+        return self._roles.get(name)
+
     def _union(self, roles: Iterable[str]) -> frozenset[Privilege]:
         result: set[Privilege] = set()
         for role in roles:
@@ -147,3 +196,76 @@ class AclIndex:
             elif entry.propagate and (entry.path == "/" or entry.path.startswith(_ABOVE_VMS)):
                 return None
         return ids
+
+
+@dataclass(frozen=True)
+class Subject:
+    """Someone whose privileges a change may alter: a user with their groups (or a
+    group on its own, as user id 0, which no user has)."""
+
+    label: str
+    user_id: int
+    group_ids: frozenset[int]
+
+
+class Delegation:
+    """The rules of changing the ACL, for one granter, over one index. Pure: the
+    caller supplies the index before the change and the index after it."""
+
+    def __init__(self, index: AclIndex, user_id: int, group_ids: frozenset[int]) -> None:
+        self._index = index
+        self._user = user_id
+        self._groups = group_ids
+
+    def authority(self, chain: Sequence[str]) -> frozenset[Privilege]:
+        """What the granter may delegate on the last object of `chain`: the union of
+        what they hold at each level where they hold Permissions.Modify."""
+        result: set[Privilege] = set()
+        for depth in range(1, len(chain) + 1):
+            held = self._index.privileges(self._user, self._groups, chain[:depth])
+            if Privilege.PERMISSIONS_MODIFY in held:
+                result |= held
+        return frozenset(result)
+
+    def dominates(self, subject: Subject, chain: Sequence[str]) -> bool:
+        """True if at every level of `chain` the granter has authority over everything
+        `subject` holds there."""
+        for depth in range(1, len(chain) + 1):
+            prefix = chain[:depth]
+            held = self._index.privileges(subject.user_id, subject.group_ids, prefix)
+            if not held <= self.authority(prefix):
+                return False
+        return True
+
+    def refusal(
+        self,
+        chain: Sequence[str],
+        role: str,
+        after: AclIndex,
+        affected: Iterable[tuple[Subject, Subject]],
+    ) -> str | None:
+        """Why the granter may not make a change that puts (or takes away) `role` on
+        the last path of `chain`, or None if they may. The change leaves the ACL as
+        `after`, and each of `affected` as the second of its pair (a group membership
+        change alters a user's groups, not the entries)."""
+        path = chain[-1]
+        authority = self.authority(chain)
+        if Privilege.PERMISSIONS_MODIFY not in authority:
+            return f"lacks Permissions.Modify on {path}"
+        privileges = self._index.role(role)
+        if privileges is None:
+            return f"cannot use the unknown role {role!r}"
+        if missing := privileges - authority:
+            names = ", ".join(sorted(p.value for p in missing))
+            return f"cannot delegate {role} on {path}: it includes {names}, not held there"
+        for was, becomes in affected:
+            for view in (AclIndex.privileges, AclIndex.propagated):
+                before = view(self._index, was.user_id, was.group_ids, chain)
+                now = view(after, becomes.user_id, becomes.group_ids, chain)
+                if not before <= now and not self.dominates(was, chain):
+                    return (
+                        f"cannot narrow what {was.label} holds on {path}: {was.label} "
+                        "holds privileges there or above that the granter does not hold "
+                        "with Permissions.Modify"
+                    )
+        return None

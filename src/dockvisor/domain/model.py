@@ -164,6 +164,9 @@ class Snapshot:
     description: str = ""
     parent: str | None = None
     current: bool = False
+    # The size reverting to it gives the VM back (None: the hypervisor does not say).
+    vcpus: int | None = None
+    memory: int | None = None
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,10 @@
 so a check costs microseconds; it reloads them when this process changes them and at
 most `ttl` seconds after another process did.
 
-Delegation never escalates: granting a role on a path needs Permissions.Modify there and
-every privilege of the role held there (as Proxmox's "grant only a subset").
+Delegation never escalates (the rules are `domain.acl.Delegation`): every change of
+who holds what (an ACL entry, a group membership, a resource set's subjects, deleting a
+user or a group) needs Permissions.Modify on each path it affects, confers only what the
+granter holds there, and never narrows a subject the granter does not dominate.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterable
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from dockvisor.domain.acl import AclEntry, AclIndex, SubjectKind
+from dockvisor.domain.acl import AclEntry, AclIndex, Delegation, Subject, SubjectKind
 from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege, parse_privileges
 from dockvisor.errors import AlreadyExists, Forbidden, InvalidInput, NotFound
 from dockvisor.services.identity import Principal, group_by_name, user_by_name
@@ -134,6 +136,10 @@ class AccessPolicy:
         """The only VM ids `who` could see, or None if they might see any."""
         return self._fresh().vm_candidates(who.user_id, who.group_ids)
 
+    def entry_paths(self, who: Principal) -> set[str]:
+        """The paths of every entry naming `who` or one of their groups."""
+        return {e.path for e in self._fresh().entries_of(who.user_id, who.group_ids)}
+
     def resource_sets_of(self, who: Principal) -> set[int]:
         """Sets `who` is a subject of, directly or through a group."""
         self._fresh()
@@ -156,19 +162,145 @@ class AccessPolicy:
 
     # -- changing the ACL ----------------------------------------------------------------
 
-    def _check_delegation(
-        self, who: Principal, path: str, role: str, chain: tuple[str, ...]
+    def delegation(self, who: Principal) -> Delegation:
+        return Delegation(self._fresh(), who.user_id, who.group_ids)
+
+    def authority(self, who: Principal, chain: tuple[str, ...]) -> frozenset[Privilege]:
+        """What `who` may delegate on the last object of `chain` (see Delegation)."""
+        return self.delegation(who).authority(chain)
+
+    def may_administer(self, who: Principal, chain: tuple[str, ...]) -> bool:
+        """True if `who` holds Permissions.Modify at some level of `chain`: they may see
+        and revoke the entries there, whether or not they can see the object."""
+        return Privilege.PERMISSIONS_MODIFY in self.authority(who, chain)
+
+    def check_change(
+        self,
+        who: Principal,
+        chain: tuple[str, ...],
+        role: str,
+        affected: Iterable[tuple[Subject, Subject]],
+        *,
+        add: Iterable[AclEntry] = (),
+        remove: Iterable[AclEntry] = (),
     ) -> None:
-        held = self.privileges(who, chain)
-        if Privilege.PERMISSIONS_MODIFY not in held:
-            raise Forbidden(f"{who.name} lacks Permissions.Modify on {path}")
-        missing = self.role_privileges(role) - held
-        if missing:
+        """Forbidden unless `who` may make a change that puts or takes `role` on the
+        last path of `chain` (see Delegation.refusal)."""
+        index = self._fresh()
+        after = index.changed(add=add, remove=remove) if (add or remove) else index
+        reason = Delegation(index, who.user_id, who.group_ids).refusal(chain, role, after, affected)
+        if reason is not None:
+            raise Forbidden(f"{who.name} {reason}")
+
+    def subjects(self, session: Session, kind: str, subject_id: int) -> list[Subject]:
+        """Everyone whose privileges an entry for this subject decides: the user (with
+        their groups), or the group itself and each of its members."""
+        if kind == "user":
+            name = subject_name(session, "user", subject_id)
+            return [Subject(name, subject_id, _groups_of(session, subject_id))]
+        found = [Subject(subject_name(session, "group", subject_id), 0, frozenset({subject_id}))]
+        members = session.scalars(
+            select(GroupMember.user_id).where(GroupMember.group_id == subject_id)
+        )
+        for user_id in members:
+            found.append(
+                Subject(
+                    subject_name(session, "user", user_id), user_id, _groups_of(session, user_id)
+                )
+            )
+        return found
+
+    def check_entry_change(
+        self,
+        session: Session,
+        who: Principal,
+        entry: AclEntry,
+        chain: tuple[str, ...],
+        *,
+        adding: bool,
+    ) -> None:
+        """Forbidden unless `who` may add (or remove) this one entry."""
+        same = [(s, s) for s in self.subjects(session, entry.subject_kind, entry.subject_id)]
+        if adding:
+            self.check_change(who, chain, entry.role, same, add=[entry])
+        else:
+            self.check_change(who, chain, entry.role, same, remove=[entry])
+
+    def check_membership(
+        self,
+        session: Session,
+        who: Principal,
+        user_id: int,
+        group_id: int,
+        chains: Callable[[str], tuple[str, ...]],
+        *,
+        joining: bool,
+    ) -> None:
+        """Forbidden unless `who` may put the user into the group (or take them out):
+        that confers (or takes away) every entry of the group, so it is checked as the
+        grant (or revocation) of each of them. `chains` gives an entry path's chain."""
+        name = subject_name(session, "user", user_id)
+        groups = _groups_of(session, user_id)
+        before = Subject(name, user_id, groups)
+        after = Subject(name, user_id, groups | {group_id} if joining else groups - {group_id})
+        for entry in self._fresh().group_entries(group_id):
+            self.check_change(who, chains(entry.path), entry.role, [(before, after)])
+
+    def check_removal(
+        self,
+        session: Session,
+        who: Principal,
+        user_id: int,
+        chains: Callable[[str], tuple[str, ...]],
+    ) -> None:
+        """Forbidden unless `who` dominates the user on every path where the user holds
+        something (their entries and their groups'): deleting a user takes it all away."""
+        groups = _groups_of(session, user_id)
+        subject = Subject(subject_name(session, "user", user_id), user_id, groups)
+        index = self._fresh()
+        delegation = Delegation(index, who.user_id, who.group_ids)
+        for entry in index.entries_of(user_id, groups):
+            chain = chains(entry.path)
+            if not delegation.dominates(subject, chain):
+                raise Forbidden(
+                    f"{who.name} cannot delete {subject.label}: they hold privileges on "
+                    f"{entry.path} (or above it) that {who.name} does not hold with "
+                    "Permissions.Modify"
+                )
+
+    def check_set_subjects(
+        self,
+        session: Session,
+        who: Principal,
+        chain: tuple[str, ...],
+        added: Iterable[tuple[str, int]],
+        removed: Iterable[tuple[str, int]],
+    ) -> None:
+        """Forbidden unless `who` may make these subjects of a resource set (or stop
+        them being ones). Being a subject is a grant: it lets one create VMs in the set
+        (VM.Allocate there) and gives Developer on each VM one creates, so the granter
+        needs Permissions.Modify on the set and all of that with it; taking it away
+        also needs dominance over the subject."""
+        added, removed = list(added), list(removed)
+        if not added and not removed:
+            return
+        authority = self.authority(who, chain)
+        confers = {Privilege.PERMISSIONS_MODIFY, Privilege.VM_ALLOCATE}
+        confers |= BUILTIN_ROLES["Developer"].privileges
+        if missing := confers - authority:
             names = ", ".join(sorted(p.value for p in missing))
             raise Forbidden(
-                f"{who.name} cannot grant {role} on {path}: it includes {names}, "
-                f"which {who.name} does not hold there"
+                f"{who.name} cannot change the subjects of {chain[-1]}: that takes {names} "
+                "there, which they do not hold"
             )
+        delegation = Delegation(self._fresh(), who.user_id, who.group_ids)
+        for kind, subject_id in removed:
+            for subject in self.subjects(session, kind, subject_id):
+                if not delegation.dominates(subject, chain):
+                    raise Forbidden(
+                        f"{who.name} cannot remove {subject.label} from {chain[-1]}: "
+                        f"{subject.label} holds privileges there that {who.name} does not"
+                    )
 
     def grant(
         self,
@@ -183,7 +315,9 @@ class AccessPolicy:
     ) -> AclEntryRow:
         """Add an ACL entry. `chain` is the path's inheritance chain (it ends in `path`)."""
         kind, subject_id = resolve_subject(session, subject)
-        self._check_delegation(who, path, role, chain)
+        self.role_privileges(role)  # NotFound for a role that does not exist
+        entry = AclEntry(SubjectKind(kind), subject_id, path, role, propagate)
+        self.check_entry_change(session, who, entry, chain, adding=True)
         exists = session.scalar(
             select(AclEntryRow).where(
                 AclEntryRow.subject_kind == kind,
@@ -205,7 +339,10 @@ class AccessPolicy:
     def revoke(
         self, session: Session, who: Principal, row: AclEntryRow, chain: tuple[str, ...]
     ) -> None:
-        self._check_delegation(who, row.path, row.role, chain)
+        entry = AclEntry(
+            SubjectKind(row.subject_kind), row.subject_id, row.path, row.role, row.propagate
+        )
+        self.check_entry_change(session, who, entry, chain, adding=False)
         session.delete(row)
         self.invalidate()
 
@@ -270,6 +407,12 @@ def subject_name(session: Session, kind: str, subject_id: int) -> str:
     model = UserRow if kind == "user" else GroupRow
     name = session.scalar(select(model.name).where(model.id == subject_id))
     return f"{kind}:{name}" if name is not None else f"{kind}:#{subject_id}"
+
+
+def _groups_of(session: Session, user_id: int) -> frozenset[int]:
+    return frozenset(
+        session.scalars(select(GroupMember.group_id).where(GroupMember.user_id == user_id))
+    )
 
 
 def group_members(session: Session, group_id: int) -> list[str]:

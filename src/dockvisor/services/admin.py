@@ -11,20 +11,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
 
+from dockvisor.domain.acl import normalize_path
 from dockvisor.domain.model import Template, TemplateSpec
 from dockvisor.domain.naming import validate_template_name
 from dockvisor.domain.privileges import Privilege
 from dockvisor.domain.quota import Limits
-from dockvisor.errors import AlreadyExists, HypervisorUnreachable, InvalidInput, NotFound
+from dockvisor.errors import (
+    AlreadyExists,
+    Forbidden,
+    HypervisorUnreachable,
+    InvalidInput,
+    NotFound,
+)
 from dockvisor.services import identity, quotas
 from dockvisor.services.access import ROOT, group_members, resolve_subject, subject_name
 from dockvisor.services.audit import ChainReport
 from dockvisor.services.identity import Principal
-from dockvisor.services.inventory import ReconcileReport, chain_of
+from dockvisor.services.inventory import ReconcileReport, chain_of_path
 from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import (
     AclEntryRow,
@@ -83,19 +91,17 @@ class Administration:
     ) -> dict[str, Any]:
         with self.cp.ops.audited(who, "user.create", f"user:{name}"):
             self._require_root(who, P.SYS_MODIFY)
-            if admin:
-                self._require_root(who, P.PERMISSIONS_MODIFY)
             with self.db.session() as session:
                 user = identity.create_user(session, name, password)
-                if admin:
-                    session.add(
-                        AclEntryRow(
-                            subject_kind="user",
-                            subject_id=user.id,
-                            path="/",
-                            role="Admin",
-                            propagate=True,
-                        )
+                if admin:  # a grant of Admin on /, under the rules of any grant
+                    self.access.grant(
+                        session,
+                        who,
+                        subject=f"user:{name}",
+                        path="/",
+                        role="Admin",
+                        propagate=True,
+                        chain=ROOT,
                     )
                 result = {"id": user.id, "name": user.name, "disabled": False}
             self.access.invalidate()
@@ -108,6 +114,7 @@ class Administration:
                 user = identity.user_by_name(session, name)
                 if user.id == who.user_id:
                     raise InvalidInput("you cannot delete yourself")
+                self.access.check_removal(session, who, user.id, self.acl_chain)
                 session.execute(
                     delete(AclEntryRow).where(
                         AclEntryRow.subject_kind == "user", AclEntryRow.subject_id == user.id
@@ -138,33 +145,48 @@ class Administration:
             self._require_root(who, P.SYS_MODIFY)
             with self.db.session() as session:
                 group = identity.create_group(session, name)
-                self._set_members(session, group, members)
+                self._set_members(session, who, group, members)
                 result = {"id": group.id, "name": name, "members": sorted(set(members))}
             self.access.invalidate()
         return result
 
     def set_group_members(self, who: Principal, name: str, members: list[str]) -> dict[str, Any]:
+        """Group membership is a grant: joining confers every entry of the group and
+        leaving takes it away, so each is checked as that grant or revocation."""
         with self.cp.ops.audited(who, "group.members", f"group:{name}"):
             self._require_root(who, P.SYS_MODIFY)
             with self.db.session() as session:
                 group = identity.group_by_name(session, name)
-                self._set_members(session, group, members)
+                self._set_members(session, who, group, members)
                 result = {"id": group.id, "name": name, "members": sorted(set(members))}
             self.access.invalidate()
         return result
 
-    @staticmethod
-    def _set_members(session: Any, group: GroupRow, members: list[str]) -> None:
-        users = [identity.user_by_name(session, m) for m in sorted(set(members))]
+    def _set_members(
+        self, session: Any, who: Principal, group: GroupRow, members: list[str]
+    ) -> None:
+        wanted = {identity.user_by_name(session, m).id for m in set(members)}
+        current = set(
+            session.scalars(select(GroupMember.user_id).where(GroupMember.group_id == group.id))
+        )
+        for user_id in sorted(wanted - current):
+            self.access.check_membership(
+                session, who, user_id, group.id, self.acl_chain, joining=True
+            )
+        for user_id in sorted(current - wanted):
+            self.access.check_membership(
+                session, who, user_id, group.id, self.acl_chain, joining=False
+            )
         session.execute(delete(GroupMember).where(GroupMember.group_id == group.id))
-        for user in users:
-            session.add(GroupMember(group_id=group.id, user_id=user.id))
+        for user_id in sorted(wanted):
+            session.add(GroupMember(group_id=group.id, user_id=user_id))
 
     def delete_group(self, who: Principal, name: str) -> None:
         with self.cp.ops.audited(who, "group.delete", f"group:{name}"):
             self._require_root(who, P.SYS_MODIFY)
             with self.db.session() as session:
                 group = identity.group_by_name(session, name)
+                self._set_members(session, who, group, [])  # every member leaves first
                 session.execute(
                     delete(AclEntryRow).where(
                         AclEntryRow.subject_kind == "group", AclEntryRow.subject_id == group.id
@@ -238,40 +260,34 @@ class Administration:
         with self.cp.ops.audited(who, "role.delete", f"role:{name}"), self.db.session() as s:
             self.access.delete_role(s, who, name)
 
-    def chain_of_path(self, who: Principal, path: str) -> tuple[str, ...]:
-        """The inheritance chain of an ACL path; NotFound for objects `who` cannot see."""
-        if path == "/":
-            return ROOT
-        parts = path.strip("/").split("/")
-        if len(parts) != 2 or parts[0] not in ("hosts", "pools", "vms", "resource-sets"):
-            raise InvalidInput(
-                f"ACL path {path!r} is not one of /, /hosts/ID, /pools/ID, /vms/ID, "
-                "/resource-sets/ID"
-            )
-        kind, key = parts
+    def acl_chain(self, path: str) -> tuple[str, ...]:
+        """The inheritance chain of an ACL path, whoever asks; NotFound if the object it
+        names does not exist."""
         with self.db.read() as session:
-            if kind == "vms":
-                row = session.get(VmRow, key)
-                if row is None or not self.access.allows(who, P.VM_VIEW, chain_of(row)):
-                    raise NotFound(f"no VM {key}")
-                return chain_of(row)
-            model = {"hosts": HostRow, "pools": PoolRow, "resource-sets": ResourceSetRow}[kind]
-            valid = key.isdigit() and 1 <= int(key) <= 2**31 - 1
-            if not valid or session.get(model, int(key)) is None:
-                raise NotFound(f"no {kind[:-1].replace('-', ' ')} {key}")
-        return ("/", path)
+            return chain_of_path(session, path)
+
+    def _administered_chain(self, who: Principal, path: str) -> tuple[str, ...]:
+        """The chain of an ACL path on which `who` may change permissions. An object
+        they can neither view nor administer does not exist for them (NotFound)."""
+        chain = self.acl_chain(path)
+        if self.access.may_administer(who, chain):
+            return chain
+        if chain[-1].startswith("/vms/") and not self.access.allows(who, P.VM_VIEW, chain):
+            raise NotFound(f"no VM {chain[-1].removeprefix('/vms/')}")
+        raise Forbidden(f"{who.name} lacks Permissions.Modify on {chain[-1]}")
 
     def list_acl(self, who: Principal) -> list[AclView]:
-        """The entries on paths where `who` may change permissions."""
+        """Every entry at or below a path where `who` holds Permissions.Modify, whether
+        or not they can see the object (so no delegate can hide an entry from them)."""
         with self.db.read() as session:
             rows = list(session.scalars(select(AclEntryRow).order_by(AclEntryRow.id)))
             views = []
             for row in rows:
                 try:
-                    chain = self.chain_of_path(who, row.path)
+                    chain = self.acl_chain(row.path)
                 except (NotFound, InvalidInput):
                     continue
-                if self.access.allows(who, P.PERMISSIONS_MODIFY, chain):
+                if self.access.may_administer(who, chain):
                     views.append(
                         AclView(
                             row.id,
@@ -284,8 +300,9 @@ class Administration:
         return views
 
     def grant(self, who: Principal, subject: str, path: str, role: str, propagate: bool) -> AclView:
+        path = normalize_path(path)
         with self.cp.ops.audited(who, "acl.grant", f"acl:{subject}@{path}={role}"):
-            chain = self.chain_of_path(who, path)
+            chain = self._administered_chain(who, path)
             with self.db.session() as session:
                 row = self.access.grant(
                     session,
@@ -305,10 +322,10 @@ class Administration:
                 if row is None:
                     raise NotFound(f"no ACL entry {entry_id}")
                 try:
-                    chain = self.chain_of_path(who, row.path)
-                except NotFound:
-                    raise NotFound(f"no ACL entry {entry_id}") from None
-                if not self.access.allows(who, P.PERMISSIONS_MODIFY, chain):
+                    chain = self.acl_chain(row.path)
+                except (NotFound, InvalidInput):
+                    chain = ("/", row.path)  # an entry left on a path that is gone
+                if not self.access.may_administer(who, chain):
                     raise NotFound(f"no ACL entry {entry_id}")
                 self.access.revoke(session, who, row, chain)
 
@@ -319,7 +336,13 @@ class Administration:
             hosts = list(session.scalars(select(HostRow).order_by(HostRow.id)))
         allowed_sets = self._sets_for(who)
         return [
-            {"id": h.id, "name": h.name, "uri": h.uri}
+            {
+                "id": h.id,
+                "name": h.name,
+                "uri": h.uri,
+                "state": self.cp.hosts.health(h.id).state,
+                "state_since": self.cp.hosts.health(h.id).since,
+            }
             for h in hosts
             if self.access.privileges(who, ("/", f"/hosts/{h.id}"))
             or any(h.id in s.host_ids for s in allowed_sets)
@@ -335,7 +358,14 @@ class Administration:
                     raise InvalidInput(str(exc)) from None  # is a bad request to add it
                 host_id = row.id
         self.cp.inventory.reconcile(host_id)
-        return {"id": host_id, "name": name, "uri": uri}
+        health = self.cp.hosts.health(host_id)
+        return {
+            "id": host_id,
+            "name": name,
+            "uri": uri,
+            "state": health.state,
+            "state_since": health.since,
+        }
 
     def list_pools(self, who: Principal) -> list[dict[str, Any]]:
         with self.db.read() as session:
@@ -377,10 +407,22 @@ class Administration:
         return result
 
     def add_template(self, who: Principal, host_id: int, spec: TemplateSpec) -> Template:
+        """Register a template from image files an administrator of the machine put in
+        the server's template directory (`<data dir>/template-images`). Only there:
+        a path is the server's to open, and Sys.Modify may not read any file of the host
+        into a VM's disk (nor learn which files exist)."""
         with self.cp.ops.audited(who, "template.add", f"template:{spec.name}"):
             self._require_root(who, P.SYS_MODIFY)
             from dockvisor.services.templates import add_template
 
+            allowed = self.cp.settings.template_images
+            for label, path in (("disk", spec.disk), ("kernel", spec.kernel),
+                                ("initrd", spec.initrd)):  # fmt: skip
+                if path is not None and Path(path).resolve().parent != allowed.resolve():
+                    raise InvalidInput(
+                        f"the template's {label} must be a file directly in {allowed} "
+                        "(put it there on the server first)"
+                    )
             return add_template(
                 self.cp.hosts.driver(host_id),
                 name=spec.name,
@@ -419,6 +461,13 @@ class Administration:
             return quotas.set_view(session, row, self._subjects(session, set_id))
 
     @staticmethod
+    def _subject_keys(session: Any, set_id: int) -> list[tuple[str, int]]:
+        rows = session.scalars(
+            select(ResourceSetSubject).where(ResourceSetSubject.set_id == set_id)
+        )
+        return [(r.subject_kind, r.subject_id) for r in rows]
+
+    @staticmethod
     def _subjects(session: Any, set_id: int) -> list[str]:
         rows = session.scalars(
             select(ResourceSetSubject).where(ResourceSetSubject.set_id == set_id)
@@ -445,6 +494,14 @@ class Administration:
                 if set_id is not None:
                     row = quotas.lock_set(session, set_id)
                 resolved = [resolve_subject(session, s) for s in subjects]
+                before = set(self._subject_keys(session, set_id)) if set_id else set()
+                self.access.check_set_subjects(
+                    session,
+                    who,
+                    ("/", f"/resource-sets/{set_id}" if set_id else "/resource-sets/new"),
+                    added=set(resolved) - before,
+                    removed=before - set(resolved),
+                )
                 row = quotas.write_set(
                     session,
                     row,
@@ -467,6 +524,17 @@ class Administration:
                 vms = session.scalar(select(VmRow.id).where(VmRow.resource_set_id == set_id))
                 if vms is not None:
                     raise InvalidInput(f"resource set {row.name!r} still has VMs")
+                self.access.check_set_subjects(
+                    session,
+                    who,
+                    ("/", f"/resource-sets/{set_id}"),
+                    added=(),
+                    removed=self._subject_keys(session, set_id),
+                )
+                # Its entries go with it: a later set must never inherit them.
+                session.execute(
+                    delete(AclEntryRow).where(AclEntryRow.path == f"/resource-sets/{set_id}")
+                )
                 session.delete(row)
             self.access.invalidate()
 

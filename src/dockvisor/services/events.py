@@ -24,8 +24,9 @@ class Event:
     action: str  # "created", "updated", "deleted", "progress", "succeeded", "failed"...
     object: str  # "/vms/ID", "/tasks/ID"
     chain: tuple[str, ...]  # the ACL chain of the object it is about
-    requester: str | None
+    requester: str | None  # the requester's name, as shown
     data: dict[str, Any]
+    requester_id: int | None = None  # who they are: a name can be given to someone new
     time: datetime = field(default_factory=lambda: datetime.now(UTC))
     id: int = 0
 

@@ -8,6 +8,7 @@ dockvisor knows: its pool, its resource set, who created it.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import uuid
@@ -15,30 +16,49 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from dockvisor.domain.acl import vm_chain
+from dockvisor.domain.acl import normalize_path, vm_chain
+from dockvisor.domain.host_uri import check_host_uri
 from dockvisor.domain.model import VM
 from dockvisor.drivers.base import HypervisorDriver
-from dockvisor.errors import AlreadyExists, DockvisorError, InvalidInput, NotFound
+from dockvisor.errors import (
+    AlreadyExists,
+    DockvisorError,
+    HypervisorUnreachable,
+    InvalidInput,
+    NotFound,
+)
 from dockvisor.services.events import Event, EventBroker
 from dockvisor.store.db import Database
-from dockvisor.store.models import AclEntryRow, HostRow, VmRow
+from dockvisor.store.models import AclEntryRow, HostRow, PoolRow, ResourceSetRow, VmRow
 
 __all__ = [
     "VM_FIELDS",
+    "HostHealth",
     "Hosts",
     "Inventory",
     "ReconcileReport",
     "apply_vm",
     "chain_of",
+    "chain_of_path",
     "vm_data",
 ]
 
 DriverFactory = Callable[[str], HypervisorDriver]
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HostHealth:
+    """Whether a host answered the last time dockvisor asked it something."""
+
+    state: str  # "connected", "unreachable", or "unknown" (not asked yet)
+    since: datetime
 
 
 def chain_of(row: VmRow) -> tuple[str, ...]:
@@ -49,6 +69,30 @@ VM_FIELDS = (
     "id", "name", "host_id", "pool_id", "resource_set_id", "state", "vcpus", "max_vcpus",
     "memory", "max_memory", "disk", "snapshots", "template", "docker_ready", "managed",
 )  # fmt: skip
+
+
+def chain_of_path(session: Session, path: str) -> tuple[str, ...]:
+    """The inheritance chain of an object path (normalised first): `/`, `/hosts/ID`,
+    `/pools/ID`, `/vms/ID` or `/resource-sets/ID`. NotFound if the object does not
+    exist, InvalidInput for any other path."""
+    path = normalize_path(path)
+    if path == "/":
+        return ("/",)
+    parts = path.strip("/").split("/")
+    if len(parts) != 2 or parts[0] not in ("hosts", "pools", "vms", "resource-sets"):
+        raise InvalidInput(
+            f"ACL path {path!r} is not one of /, /hosts/ID, /pools/ID, /vms/ID, /resource-sets/ID"
+        )
+    kind, key = parts
+    if kind == "vms":
+        row = session.get(VmRow, key)
+        if row is None:
+            raise NotFound(f"no VM {key}")
+        return chain_of(row)
+    model = {"hosts": HostRow, "pools": PoolRow, "resource-sets": ResourceSetRow}[kind]
+    if not (key.isdigit() and 1 <= int(key) <= 2**31 - 1) or session.get(model, int(key)) is None:
+        raise NotFound(f"no {kind[:-1].replace('-', ' ')} {key}")
+    return ("/", path)
 
 
 def vm_data(row: VmRow) -> dict[str, Any]:
@@ -91,10 +135,14 @@ class ReconcileReport:
 class Hosts:
     """The hypervisor hosts this server manages, each with one open driver."""
 
-    def __init__(self, db: Database, factory: DriverFactory) -> None:
+    def __init__(
+        self, db: Database, factory: DriverFactory, *, test_files: Path | None = None
+    ) -> None:
         self._db = db
         self._factory = factory
+        self._test_files = test_files
         self._drivers: dict[int, HypervisorDriver] = {}
+        self._health: dict[int, HostHealth] = {}
         self._lock = threading.Lock()
         self.on_connect: Callable[[int, HypervisorDriver], None] | None = None
 
@@ -105,7 +153,17 @@ class Hosts:
             raise AlreadyExists(f"host URI {uri} is already registered")
         if not name or len(name) > 64:
             raise InvalidInput("a host name has 1 to 64 characters")
-        driver = self._factory(uri)  # HypervisorUnreachable if it cannot be reached
+        test_files = PurePosixPath(self._test_files.resolve()) if self._test_files else None
+        check_host_uri(uri, test_files=test_files)
+        try:
+            driver = self._factory(uri)
+        except DockvisorError as exc:
+            # The hypervisor's own words stay in the log: they can quote what it read.
+            log.warning("host.connect-failed", extra={"uri": uri, "error": str(exc)})
+            raise HypervisorUnreachable(
+                f"cannot connect to {uri}: it refused, did not answer or failed to start "
+                "(the server's log has the hypervisor's message)"
+            ) from None
         row = HostRow(name=name, uri=uri)
         session.add(row)
         session.flush()
@@ -124,12 +182,33 @@ class Hosts:
             if row is None:
                 raise NotFound(f"no host {host_id}")
             uri = row.uri
-        driver = self._factory(uri)
+        try:
+            driver = self._factory(uri)
+        except DockvisorError as exc:
+            self.answered(host_id, exc)
+            raise
         with self._lock:
             existing = self._drivers.setdefault(host_id, driver)
         if existing is driver and self.on_connect:
             self.on_connect(host_id, driver)
         return existing
+
+    def health(self, host_id: int) -> HostHealth:
+        with self._lock:
+            return self._health.get(host_id) or HostHealth("unknown", datetime.now(UTC))
+
+    def answered(self, host_id: int, error: BaseException | None = None) -> None:
+        """Record how the host answered; log when it stops or starts answering."""
+        state = "connected" if error is None else "unreachable"
+        with self._lock:
+            before = self._health.get(host_id)
+            if before is not None and before.state == state:
+                return
+            self._health[host_id] = HostHealth(state, datetime.now(UTC))
+        if error is not None:
+            log.warning("host.unreachable", extra={"host": host_id, "error": str(error)})
+        elif before is not None and before.state == "unreachable":
+            log.info("host.reachable", extra={"host": host_id})
 
     def ids(self) -> list[int]:
         with self._db.read() as session:
@@ -158,9 +237,10 @@ class Inventory:
         watch = getattr(driver, "watch", None)
         if watch is None:
             return
-        # Without events from this hypervisor, the periodic reconcile covers it.
-        with suppress(DockvisorError):
+        try:
             watch(lambda name, _what: self._events.put((host_id, name)))
+        except DockvisorError as exc:  # the periodic reconcile covers it, later
+            log.warning("host.no-events", extra={"host": host_id, "error": str(exc)})
 
     def start(self, reconcile_every: float = 30.0) -> None:
         """Follow domain events, and reconcile every `reconcile_every` seconds."""
@@ -170,7 +250,7 @@ class Inventory:
             target=self._periodic, args=(reconcile_every,), name="reconcile", daemon=True
         ).start()
         for host_id in self._hosts.ids():
-            with suppress(DockvisorError):
+            with suppress(DockvisorError):  # recorded as the host's state, and logged
                 self._hosts.driver(host_id)  # connects, and so subscribes to its events
 
     def stop(self) -> None:
@@ -180,13 +260,21 @@ class Inventory:
     def _follow(self) -> None:
         while (item := self._events.get()) is not None:
             host_id, name = item
-            with suppress(Exception):  # one bad event must not end the follower
+            try:  # one bad event must not end the follower; it is logged
                 self.refresh_vm(host_id, name)
+            except DockvisorError as exc:
+                self._hosts.answered(host_id, exc)
+                log.warning("vm.refresh-failed", extra={"host": host_id, "vm": name,
+                                                        "error": str(exc)})  # fmt: skip
+            except Exception:
+                log.exception("vm.refresh-failed", extra={"host": host_id, "vm": name})
 
     def _periodic(self, every: float) -> None:
         while not self._stop.wait(every):
-            with suppress(Exception):  # nor one failed round the reconciling
+            try:  # nor one failed round the reconciling
                 self.reconcile()
+            except Exception:
+                log.exception("inventory.reconcile-failed")
 
     def publish(self, row: VmRow, action: str) -> None:
         self._broker.publish(
@@ -238,9 +326,11 @@ class Inventory:
         for hid in [host_id] if host_id is not None else self._hosts.ids():
             try:
                 vms = {vm.name: vm for vm in self._hosts.driver(hid).list_vms()}
-            except DockvisorError:
+            except DockvisorError as exc:
+                self._hosts.answered(hid, exc)
                 report.unreachable.append(str(hid))
                 continue
+            self._hosts.answered(hid)
             with self._db.session() as session:
                 rows = {
                     r.name: r for r in session.scalars(select(VmRow).where(VmRow.host_id == hid))

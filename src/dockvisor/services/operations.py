@@ -46,6 +46,11 @@ from dockvisor.store.models import AclEntryRow, HostRow, PoolRow, ResourceSetRow
 
 __all__ = ["POWER_ACTIONS", "Operations"]
 
+
+class _NameTaken(Exception):
+    """The name is taken on the host (said to the caller as AlreadyExists)."""
+
+
 P = Privilege
 POWER_ACTIONS = ("start", "stop", "kill", "reboot")
 
@@ -270,7 +275,7 @@ class Operations:
                 managed=True,
                 updated=datetime.now(UTC),
             )
-            self._reserve_new(row)
+            self._reserve_new(who, row)
             task = self._submit(
                 who,
                 "vm.create",
@@ -280,22 +285,34 @@ class Operations:
             )
         return row, task
 
-    def _reserve_new(self, row: VmRow) -> None:
+    def _reserve_new(self, who: Principal, row: VmRow) -> None:
         """Insert the row that holds the quota, checking the set's room in the same
-        transaction; AlreadyExists if the host has a VM of that name."""
+        transaction; AlreadyExists if the host has a VM of that name.
+
+        Names are unique per host, so a taken name is taken for everyone; but the
+        refusal says no more than that to a caller who cannot view the VM that has it
+        (not that it is a VM, nor its id)."""
+        taken: str | None = None
         try:
             with self.db.session() as session:
                 if row.resource_set_id is not None:
                     set_row = quotas.lock_set(session, row.resource_set_id)
                     quotas.reserve(session, set_row, Resources(row.vcpus, row.memory, row.disk, 1))
-                taken = session.scalar(
-                    select(VmRow.id).where(VmRow.host_id == row.host_id, VmRow.name == row.name)
+                other = session.scalar(
+                    select(VmRow).where(VmRow.host_id == row.host_id, VmRow.name == row.name)
                 )
-                if taken is not None:
-                    raise AlreadyExists(f"a VM named {row.name!r} already exists on this host")
+                if other is not None:
+                    taken = other.id if self.access.allows(who, P.VM_VIEW, chain_of(other)) else ""
+                    raise _NameTaken()
                 session.add(row)
-        except IntegrityError:
-            raise AlreadyExists(f"a VM named {row.name!r} already exists on this host") from None
+        except (IntegrityError, _NameTaken):
+            if taken:
+                raise AlreadyExists(
+                    f"a VM named {row.name!r} already exists on this host ({taken})"
+                ) from None
+            raise AlreadyExists(
+                f"the name {row.name!r} is not available on this host; choose another"
+            ) from None
 
     def _drop(self, vm_id: str) -> None:
         with self.db.session() as session:
@@ -367,7 +384,7 @@ class Operations:
                 managed=True,
                 updated=datetime.now(UTC),
             )
-            self._reserve_new(row)
+            self._reserve_new(who, row)
             driver = self.hosts.driver(row.host_id)
 
             def work(ctx: TaskContext) -> dict[str, Any]:
@@ -444,19 +461,7 @@ class Operations:
                 self.access.require(who, P.VM_CONFIG_MEMORY, chain_of(row))
             driver = self.hosts.driver(row.host_id)
             check_resize(driver.host_info(), vcpus=vcpus, memory=memory)
-            before = (row.vcpus, row.memory)
-            with self.db.session() as session:  # reserve the growth before doing it
-                locked = session.get(VmRow, row.id)
-                assert locked is not None
-                if locked.resource_set_id is not None:
-                    set_row = quotas.lock_set(session, locked.resource_set_id)
-                    growth = Resources(
-                        vcpus=(vcpus or locked.vcpus) - locked.vcpus,
-                        memory=(memory or locked.memory) - locked.memory,
-                    )
-                    quotas.reserve(session, set_row, growth)
-                locked.vcpus = vcpus or locked.vcpus
-                locked.memory = memory or locked.memory
+            undo = self._reserve_size(row, vcpus, memory)  # the growth, before doing it
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 result = vm_service.resize_vm(driver, row.name, vcpus=vcpus, memory=memory)
@@ -467,13 +472,6 @@ class Operations:
                     "pending": result.pending,
                     "reasons": result.reasons,
                 }
-
-            def undo() -> None:
-                with self.db.session() as session:
-                    locked = session.get(VmRow, row.id)
-                    if locked is not None:
-                        locked.vcpus, locked.memory = before
-                self._refresh(row)
 
             return self._submit(who, "vm.resize", row, work, undo=undo)
 
@@ -509,6 +507,7 @@ class Operations:
                 # Reverting would power the VM on: that takes the power privilege too
                 # (as Proxmox's rollback with "start").
                 self.access.require(who, P.VM_POWER_MGMT, chain_of(row))
+            undo = self._reserve_size(row, snaps[snapshot].vcpus, snaps[snapshot].memory)
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 try:
@@ -519,7 +518,37 @@ class Operations:
                     self._refresh(row)
                 return {"vm": row.id, "snapshot": snapshot}
 
-            return self._submit(who, "vm.revert", row, work)
+            return self._submit(who, "vm.revert", row, work, undo=undo)
+
+    def _reserve_size(
+        self, row: VmRow, vcpus: int | None, memory: int | None
+    ) -> Callable[[], None]:
+        """Make the VM's row the size it is about to become (a revert gives back the
+        snapshot's size), reserving any growth in its resource set in the same
+        transaction, or refusing (QuotaExceeded) with nothing changed. What it returns
+        puts the row back if the work then fails."""
+        with self.db.session() as session:
+            locked = session.get(VmRow, row.id)
+            if locked is None:
+                raise NotFound(f"no VM {row.id}")
+            before = (locked.vcpus, locked.memory)
+            after = (vcpus or locked.vcpus, memory or locked.memory)
+            if locked.resource_set_id is not None:
+                set_row = quotas.lock_set(session, locked.resource_set_id)
+                growth = Resources(
+                    vcpus=max(0, after[0] - before[0]), memory=max(0, after[1] - before[1])
+                )
+                quotas.reserve(session, set_row, growth)
+            locked.vcpus, locked.memory = after
+
+        def undo() -> None:
+            with self.db.session() as session:
+                again = session.get(VmRow, row.id)
+                if again is not None:
+                    again.vcpus, again.memory = before
+            self._refresh(row)
+
+        return undo
 
     def delete_snapshot(self, who: Principal, vm_id: str, snapshot: str) -> TaskInfo:
         with self.audited(who, "vm.snapshot.delete", f"vm:{vm_id}"):

@@ -9,11 +9,13 @@ next start `recover` marks them failed with the reason and drops their locks.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +42,7 @@ class TaskInfo:
     object_type: str
     object_id: str
     requester: str
+    requester_id: int | None  # tasks belong to a user id, never to a name that comes back
     state: str
     progress: float
     step: str
@@ -62,6 +65,7 @@ class TaskInfo:
             object_type=row.object_type,
             object_id=row.object_id,
             requester=row.requester,
+            requester_id=row.requester_id,
             state=row.state,
             progress=row.progress,
             step=row.step,
@@ -97,6 +101,8 @@ class TaskContext:
 
 
 class TaskRunner:
+    POLL = 5.0  # seconds between reads of a waited-for task (for other processes' ends)
+
     def __init__(
         self, db: Database, broker: EventBroker, audit: AuditLog, *, workers: int = 8
     ) -> None:
@@ -106,6 +112,8 @@ class TaskRunner:
         self.instance = str(uuid.uuid4())
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="task")
         self._done = threading.Condition()
+        # Async waiters: task id -> the events to set (from any thread) when it ends.
+        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
 
     def publish(self, task: TaskInfo, action: str, chain: tuple[str, ...], **data: Any) -> None:
         self.broker.publish(
@@ -121,6 +129,7 @@ class TaskRunner:
                     "object": f"{task.object_type}:{task.object_id}",
                     **data,
                 },
+                requester_id=task.requester_id,
             )
         )
 
@@ -227,6 +236,10 @@ class TaskRunner:
         self.publish(task, state, chain, error=error, error_code=error_code)
         with self._done:
             self._done.notify_all()
+            waiters = self._waiters.pop(task.id, set())
+        for loop, ended in waiters:
+            with suppress(RuntimeError):  # that loop has closed: nobody waits any more
+                loop.call_soon_threadsafe(ended.set)
 
     def get(self, task_id: str) -> TaskInfo:
         with self.db.read() as session:
@@ -251,6 +264,52 @@ class TaskRunner:
                 return task
             with self._done:
                 self._done.wait(min(left, 0.5))
+
+    async def wait_async(
+        self,
+        task_id: str,
+        timeout: float,
+        *,
+        stop: threading.Event | None = None,
+        known: TaskInfo | None = None,
+    ) -> TaskInfo:
+        """`wait` for an event loop: no thread is held while waiting, so any number of
+        callers may wait at once. A task that ends in this process wakes its waiters at
+        once; one that ends in another server process (a shared database) is seen within
+        `POLL` seconds. Once `stop` is set (the server is stopping; `wake_all` wakes the
+        waiters) it answers the task as it is. `known`: the task as just read."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        task = known
+        while True:
+            ended = asyncio.Event()
+            waiter = (loop, ended)
+            with self._done:  # registered before reading: an end in between still wakes
+                self._waiters.setdefault(task_id, set()).add(waiter)
+            try:
+                if task is None:
+                    task = await asyncio.to_thread(self.get, task_id)
+                left = deadline - loop.time()
+                if task.done or left <= 0 or (stop is not None and stop.is_set()):
+                    return task
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), min(left, self.POLL))
+                task = None
+            finally:
+                with self._done:
+                    waiting = self._waiters.get(task_id)
+                    if waiting is not None:
+                        waiting.discard(waiter)
+                        if not waiting:
+                            del self._waiters[task_id]
+
+    def wake_all(self) -> None:
+        """Wake every async waiter (the server is stopping: they answer at once)."""
+        with self._done:
+            waiters = [w for group in self._waiters.values() for w in group]
+        for loop, ended in waiters:
+            with suppress(RuntimeError):
+                loop.call_soon_threadsafe(ended.set)
 
     def recover(self) -> list[TaskInfo]:
         """Fail the tasks a previous server process left unfinished; drop their locks."""
