@@ -39,7 +39,14 @@ ROLES = {
     "operator": "Operator",
     "viewer": "Viewer",
     "vmonly": "VmOnly",  # a custom role: VM.View and nothing of Docker
+    "execonly": "ExecOnly",  # a custom role: Docker.View and Docker.Exec, no Manage
+    "manageonly": "ManageOnly",  # a custom role: Docker.View and Docker.Manage, no Exec
     "outsider": None,  # nothing anywhere
+}
+CUSTOM_ROLES = {
+    "VmOnly": (["VM.View"], "sees the VM, not its containers"),
+    "ExecOnly": (["VM.View", "Docker.View", "Docker.Exec"], "exec, not manage"),
+    "ManageOnly": (["VM.View", "Docker.View", "Docker.Manage"], "manage, not exec"),
 }
 
 
@@ -52,6 +59,11 @@ class DockerStack:
     vm_name: str
     stopped_vm_id: str  # a Docker-ready VM that is not running
     tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data_dir(self) -> str:
+        """The server's data directory (its engine PKI): for the CLI on the host."""
+        return str(self.cp.settings.data_dir)
 
     def client(self, user: str, **kwargs: Any) -> httpx.Client:
         return httpx.Client(
@@ -138,8 +150,9 @@ def stack(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 def _users(cp: ControlPlane) -> dict[str, str]:
     tokens = {}
     with cp.db.session() as session:
-        session.add(RoleRow(name="VmOnly", privileges=["VM.View"], builtin=False,
-                            description="sees the VM, not its containers"))  # fmt: skip
+        for role, (privileges, description) in CUSTOM_ROLES.items():
+            session.add(RoleRow(name=role, privileges=privileges, builtin=False,
+                                description=description))  # fmt: skip
     with cp.db.session() as session:
         for user in ("admin", *ROLES):
             row = identity.create_user(session, user, f"{user}-password-1")

@@ -141,7 +141,13 @@ def test_exec_gives_output_and_exit_code(
         f"{stack.docker()}/containers/{container}/exec",
         json={"command": ["sh", "-c", "echo out; echo err >&2; exit 3"]},
     )
-    assert r.json() == {"exit_code": 3, "stdout": "out\n", "stderr": "err\n"}
+    assert r.json() == {
+        "exit_code": 3,
+        "stdout": "out\n",
+        "stderr": "err\n",
+        "stdout_base64": "b3V0Cg==",
+        "stderr_base64": "ZXJyCg==",
+    }
 
 
 def test_interactive_exec_over_a_websocket(stack: DockerStack, container: str) -> None:

@@ -11,38 +11,24 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import secrets
-import socket
-import ssl
 import tarfile
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from dockvisor import errors
-from dockvisor.domain.model import DockerEndpoint
 from dockvisor.domain.sizes import MiB
 from dockvisor.engines.docker import (
     ContainerSpec,
     DockerEngine,
-    EngineCertificateError,
     EngineError,
-    EngineUnavailable,
     PortBinding,
     demultiplex,
 )
-from dockvisor.errors import AlreadyExists, BadPowerState, InvalidInput, NotFound
+from dockvisor.errors import AlreadyExists, BadPowerState, NotFound
 from tests.docker.conftest import TEST_LABEL
 
 pytestmark = pytest.mark.vm
@@ -138,40 +124,6 @@ def test_a_container_that_cannot_start_is_removed(engine: DockerEngine) -> None:
     assert all_ids(engine) == before
     with pytest.raises(NotFound, match=f"No such container: {second}"):
         engine.inspect(second)
-
-
-@pytest.mark.parametrize(
-    ("changes", "message"),
-    [
-        ({"ports": [(0, 80)]}, "invalid host port 0: ports are 1 to 65535"),
-        ({"ports": [(8080, 65536)]}, "invalid container port 65536"),
-        ({"ports": [(8080, 80, "sctp")]}, "invalid protocol 'sctp': use tcp or udp"),
-        ({"ports": [(8080,)]}, "give \\(host_port, container_port"),
-        ({"cpus": 0}, "cpus must be more than 0, not 0"),
-        ({"cpus": -1.5}, "cpus must be more than 0"),
-        ({"memory": 4 * MiB}, "a memory limit must be at least 6 MiB"),
-        ({"restart_policy": "sometimes"}, "invalid restart policy 'sometimes'"),
-        ({"restart_policy": "on-failure:x"}, "invalid restart policy"),
-        ({"name": "-web"}, "invalid container name '-web'"),
-        ({"name": "a"}, "invalid container name 'a'"),
-        ({"name": "web server"}, "invalid container name"),
-        ({"volumes": ["/src:relative"]}, "the target must be an absolute path"),
-        ({"volumes": ["/src:/dst:rx"]}, "the mode is ro or rw"),
-        ({"volumes": ["bad name:/dst"]}, "the source is an absolute path or a volume name"),
-        ({"command": "sleep 10"}, "give the command as a list"),
-        ({"env": {"A=B": "c"}}, "invalid environment variable name 'A=B'"),
-        ({"image": ""}, "a container needs an image"),
-    ],
-)
-def test_unusable_specs_are_refused_before_any_request(
-    changes: dict[str, Any], message: str, unreachable: DockerEngine
-) -> None:
-    # The engine does not answer: any request would be EngineUnavailable, not InvalidInput.
-    unusable = spec(**{"command": ["true"], **changes})
-    with pytest.raises(InvalidInput, match=message):
-        unreachable.run(unusable)
-    with pytest.raises(InvalidInput, match=message):
-        unreachable.create_container(unusable)
 
 
 def test_the_older_run_and_create_signatures_still_work(engine: DockerEngine) -> None:
@@ -513,267 +465,3 @@ def test_an_event_stream_closed_from_another_thread_ends_its_reader(
     reader.join(10)
     assert not reader.is_alive() and received == []
     assert engine.ping()
-
-
-# -- the engine does not answer ------------------------------------------------------
-
-
-@pytest.fixture
-def unreachable() -> Iterator[DockerEngine]:
-    """An engine nobody listens for."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with DockerEngine(DockerEndpoint("127.0.0.1", port), timeout=5) as engine:
-        yield engine
-
-
-def test_an_engine_that_does_not_answer(unreachable: DockerEngine) -> None:
-    assert not unreachable.ping()
-    with pytest.raises(EngineUnavailable, match=r"does not answer") as refused:
-        unreachable.containers()
-    assert isinstance(refused.value, errors.EngineUnavailable)  # 503 in the API
-    assert isinstance(refused.value, EngineError)
-    with pytest.raises(EngineUnavailable, match=r"does not answer"):
-        unreachable.exec_socket("web", ["sh"])
-    with pytest.raises(EngineUnavailable, match=r"does not answer"):
-        unreachable.events()
-
-
-# -- TLS: the engine must carry the expected name ------------------------------------
-
-SERVER_NAME = "x.vm.dockvisor"
-
-
-@dataclass
-class TLSFiles:
-    ca: Path
-    client_cert: Path
-    client_key: Path
-    server_context: ssl.SSLContext
-
-    def client_context(self, *, with_certificate: bool = True) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.ca)
-        if with_certificate:
-            context.load_cert_chain(self.client_cert, self.client_key)
-        return context
-
-
-def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
-    *,
-    dns: str | None = None,
-    usage: x509.ObjectIdentifier | None = None,
-) -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    issuer_name = issuer[0].subject if issuer else _name(subject)
-    signer = issuer[1] if issuer else key
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=issuer is None, path_length=None), True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), False
-        )
-    )
-    if issuer is None:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), True
-        )
-    if dns:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), False)
-    if usage:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), False)
-    return builder.sign(signer, hashes.SHA256())
-
-
-def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Path:
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return path
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TLSFiles:
-    """A throwaway servers CA, a clients CA, an engine certificate for SERVER_NAME and a
-    client certificate: the shape of dockvisor's own PKI."""
-    tmp = tmp_path_factory.mktemp("tls")
-    server_ca_key, client_ca_key, server_key, client_key = (
-        ec.generate_private_key(ec.SECP256R1()) for _ in range(4)
-    )
-    server_ca = _certificate("test servers CA", server_ca_key)
-    client_ca = _certificate("test clients CA", client_ca_key)
-    server = _certificate(
-        SERVER_NAME, server_key, (server_ca, server_ca_key),
-        dns=SERVER_NAME, usage=ExtendedKeyUsageOID.SERVER_AUTH,
-    )  # fmt: skip
-    client = _certificate(
-        "dockvisor", client_key, (client_ca, client_ca_key), usage=ExtendedKeyUsageOID.CLIENT_AUTH
-    )
-    ca = _write(tmp / "ca.pem", server_ca, server_ca_key)
-    client_ca_file = _write(tmp / "client-ca.pem", client_ca, client_ca_key)
-    server_file = _write(tmp / "server.pem", server, server_key)
-    client_file = _write(tmp / "client.pem", client, client_key)
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=client_ca_file)
-    context.load_cert_chain(server_file, server_file.with_suffix(".key"))
-    context.verify_mode = ssl.CERT_REQUIRED  # mutual TLS, as dockerd --tlsverify
-    return TLSFiles(ca, client_file, client_file.with_suffix(".key"), context)
-
-
-class _FakeEngine(BaseHTTPRequestHandler):
-    """Just enough of the Engine API: ping, version, an exec that says hi."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        pass
-
-    def _answer(self, status: int, body: Any) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path == "/v1.41/_ping":
-            self._answer(200, b"OK")
-        elif self.path == "/v1.41/version":
-            self._answer(200, {"Version": "fake"})
-        else:
-            self._answer(404, {"message": "page not found"})
-
-    def do_POST(self) -> None:  # noqa: N802
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path == "/v1.41/containers/web/exec":
-            self._answer(201, {"Id": "e1"})
-        elif self.path == "/v1.41/exec/e1/start" and self.headers.get("Upgrade") == "tcp":
-            self.wfile.write(b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n")
-            self.wfile.write(b"\r\nhi from exec\n")
-            self.close_connection = True
-        elif self.path == "/v1.41/containers/cat/exec":
-            self._answer(201, {"Id": "e2"})
-        elif self.path == "/v1.41/exec/e2/start" and self.headers.get("Upgrade") == "tcp":
-            # like dockerd: echo stdin until the client's close_notify, then answer more
-            self.wfile.write(
-                b"HTTP/1.1 101 UPGRADED\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-            )
-            while data := self.rfile.read1(65536):
-                self.wfile.write(data)
-            self.wfile.write(b"[stdin ended]")
-            self.close_connection = True
-        else:
-            self._answer(404, {"message": "page not found"})
-
-
-@pytest.fixture(scope="module")
-def tls_server(tls_files: TLSFiles) -> Iterator[int]:
-    """A local TLS engine with the certificate of SERVER_NAME; its port."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeEngine)
-    server.daemon_threads = True
-    server.socket = tls_files.server_context.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-
-
-def _tls_engine(port: int, server_name: str | None, context: ssl.SSLContext) -> DockerEngine:
-    endpoint = DockerEndpoint("127.0.0.1", port, tls=True, server_name=server_name)
-    return DockerEngine(endpoint, ssl_context=context, timeout=5)
-
-
-def test_tls_accepts_the_engine_named_in_its_certificate(
-    tls_server: int, tls_files: TLSFiles
-) -> None:
-    with _tls_engine(tls_server, SERVER_NAME, tls_files.client_context()) as engine:
-        assert engine.ping()
-        assert engine.version() == {"Version": "fake"}
-        assert engine.wait_until_ready(5) < 1
-        with engine.exec_socket("web", ["sh"]) as session:
-            assert isinstance(session.sock, socket.socket)  # TLS runs in memory on top
-            assert not isinstance(session.sock, ssl.SSLSocket)
-            assert session.exec_id == "e1"
-            assert session.read_all() == b"hi from exec\n"
-
-
-def test_tls_exec_half_close_ends_stdin_and_the_output_still_comes(
-    tls_server: int, tls_files: TLSFiles
-) -> None:
-    data = bytes(range(256)) * 800  # 200 KB: more than any buffer on the way holds
-    with _tls_engine(tls_server, SERVER_NAME, tls_files.client_context()) as engine:
-        with engine.exec_socket("cat", ["cat"], tty=False) as session:
-            session.sock.settimeout(10)
-
-            def feed() -> None:  # stdin from another thread while this one reads
-                for start in range(0, len(data), 7000):
-                    session.sendall(data[start : start + 7000])
-                session.close_write()
-                session.close_write()  # again: nothing more happens
-
-            writer = threading.Thread(target=feed)
-            writer.start()
-            output = session.read_all()
-            writer.join()
-            assert output == data + b"[stdin ended]"
-            with pytest.raises(BrokenPipeError):
-                session.sendall(b"too late")
-
-
-@pytest.mark.parametrize("server_name", ["y.vm.dockvisor", None], ids=["other-name", "address"])
-def test_tls_refuses_an_engine_with_another_name(
-    tls_server: int, tls_files: TLSFiles, server_name: str | None
-) -> None:
-    expected = server_name or "127.0.0.1"
-    with _tls_engine(tls_server, server_name, tls_files.client_context()) as engine:
-        assert not engine.ping()
-        with pytest.raises(EngineCertificateError, match=f"is not the engine '{expected}'"):
-            engine.version()
-        started = time.monotonic()
-        with pytest.raises(EngineCertificateError):  # at once, not after the timeout
-            engine.wait_until_ready(30)
-        assert time.monotonic() - started < 5
-        with pytest.raises(EngineCertificateError):
-            engine.events()
-        # the hijacked exec connection checks the name the same way
-        with pytest.raises(EngineCertificateError, match="Hostname mismatch|IP address mismatch"):
-            engine._connect("attaching")
-
-
-def test_tls_without_a_client_certificate_is_refused_by_the_engine(
-    tls_server: int, tls_files: TLSFiles
-) -> None:
-    context = tls_files.client_context(with_certificate=False)
-    with _tls_engine(tls_server, SERVER_NAME, context) as engine:
-        with pytest.raises(EngineUnavailable) as refused:
-            engine.version()
-    assert not isinstance(refused.value, EngineCertificateError)
-
-
-def test_tls_needs_a_context_that_checks_names(tls_files: TLSFiles) -> None:
-    endpoint = DockerEndpoint("127.0.0.1", 1, tls=True, server_name=SERVER_NAME)
-    with pytest.raises(ValueError, match="an ssl_context is needed"):
-        DockerEngine(endpoint)
-    lax = tls_files.client_context()
-    lax.check_hostname = False
-    with pytest.raises(ValueError, match="must verify certificates and their names"):
-        DockerEngine(endpoint, ssl_context=lax)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,7 @@ from dockvisor.domain.model import DockerEndpoint
 from dockvisor.engines.pki import EnginePKI
 from dockvisor.guest.config_drive import read_config_drive
 from tests.docker.conftest import DockerStack
+from tests.docker_cli import docker_cli
 
 pytestmark = pytest.mark.vm
 
@@ -24,7 +28,9 @@ def _endpoint(stack: DockerStack) -> DockerEndpoint:
 
 def _ping(endpoint: DockerEndpoint, context: ssl.SSLContext, name: str | None = None) -> bytes:
     with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as raw:
-        with context.wrap_socket(raw, server_hostname=name or endpoint.server_name) as tls:
+        # An engine that hangs up without a TLS close is a failure, not an empty answer.
+        with context.wrap_socket(raw, server_hostname=name or endpoint.server_name,
+                                 suppress_ragged_eofs=False) as tls:  # fmt: skip
             tls.sendall(PING)
             answer = b""
             while chunk := tls.recv(4096):
@@ -100,3 +106,36 @@ def test_the_vm_got_its_identity_on_a_config_drive(stack: DockerStack) -> None:
     # dockvisor's own client key never goes to a VM.
     client_key = stack.cp.engines.pki.client.key.read_bytes()
     assert all(client_key not in data for data in files.values())
+
+
+def test_the_engine_certificate_names_only_its_vm(stack: DockerStack) -> None:
+    endpoint = _endpoint(stack)
+    assert endpoint.server_name and endpoint.server_name.endswith(".vm.dockvisor")
+    for name in ("127.0.0.1", "localhost"):  # names every VM would share
+        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+            _ping(endpoint, stack.cp.engines.pki.client_context(), name)
+
+
+def test_the_stock_cli_straight_at_the_host_port_checks_nothing_so_it_is_not_offered(
+    stack: DockerStack,
+) -> None:
+    endpoint = _endpoint(stack)
+    env = {
+        **os.environ,
+        "DOCKER_HOST": f"tcp://127.0.0.1:{endpoint.port}",
+        "DOCKER_TLS_VERIFY": "1",
+        "DOCKER_CERT_PATH": str(stack.cp.engines.pki.client.directory),
+    }
+    env.pop("DOCKER_CONTEXT", None)
+    out = subprocess.run([docker_cli(), "version", "--format", "{{.Server.Version}}"],
+                         env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    # The CLI checks the address it dials, which no engine certificate names.
+    assert out.returncode != 0 and "x509" in out.stderr, out.stderr
+    # `vm endpoint` on the host says what to do instead.
+    dockvisor = str(Path(sys.executable).with_name("dockvisor"))
+    local = {k: v for k, v in os.environ.items() if not k.startswith("DOCKVISOR_")}
+    out = subprocess.run([dockvisor, "vm", "endpoint", stack.vm_name],
+                         env={**local, "DOCKVISOR_DATA_DIR": stack.data_dir},
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert "engine gateway" in out.stderr and "dockvisor serve" in out.stderr, out.stderr

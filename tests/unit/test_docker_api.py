@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dockvisor.domain.docker_api import EngineRequest, classify
+from dockvisor.domain.docker_api import MIN_API_VERSION, TABLE, EngineRequest, classify
 from dockvisor.domain.privileges import Privilege
 
 VIEW, OPERATE, MANAGE, EXEC = (
@@ -13,9 +13,10 @@ VIEW, OPERATE, MANAGE, EXEC = (
     Privilege.DOCKER_MANAGE,
     Privilege.DOCKER_EXEC,
 )
+FILES = (EXEC, MANAGE)  # either one
 
-# method, path (unversioned, as the table reads), privilege, action, target
-ADMITTED: list[tuple[str, str, Privilege, str, str | None]] = [
+# method, path (unversioned, as the table reads), privilege(s), action, target
+ADMITTED: list[tuple[str, str, Privilege | tuple[Privilege, ...], str, str | None]] = [
     # the engine
     ("HEAD", "/_ping", VIEW, "engine.ping", None),
     ("GET", "/_ping", VIEW, "engine.ping", None),
@@ -31,9 +32,9 @@ ADMITTED: list[tuple[str, str, Privilege, str, str | None]] = [
     ("GET", "/containers/web/top", VIEW, "container.top", "web"),
     ("GET", "/containers/web/stats", VIEW, "container.stats", "web"),
     ("GET", "/containers/web/changes", VIEW, "container.changes", "web"),
-    ("GET", "/containers/web/export", VIEW, "container.export", "web"),
-    ("GET", "/containers/web/archive", VIEW, "container.archive.get", "web"),
-    ("HEAD", "/containers/web/archive", VIEW, "container.archive.get", "web"),
+    ("GET", "/containers/web/export", FILES, "container.export", "web"),
+    ("GET", "/containers/web/archive", FILES, "container.archive.get", "web"),
+    ("HEAD", "/containers/web/archive", FILES, "container.archive.get", "web"),
     ("POST", "/containers/web/wait", VIEW, "container.wait", "web"),
     # container power
     ("POST", "/containers/web/start", OPERATE, "container.start", "web"),
@@ -62,9 +63,9 @@ ADMITTED: list[tuple[str, str, Privilege, str, str | None]] = [
     ("GET", "/images/json", VIEW, "image.list", None),
     ("GET", "/images/busybox/json", VIEW, "image.inspect", "busybox"),
     ("GET", "/images/busybox/history", VIEW, "image.history", "busybox"),
-    ("GET", "/images/search", VIEW, "image.search", None),
-    ("GET", "/images/get", VIEW, "image.save", None),
-    ("GET", "/images/busybox/get", VIEW, "image.save", "busybox"),
+    ("GET", "/images/search", MANAGE, "image.search", None),
+    ("GET", "/images/get", FILES, "image.save", None),
+    ("GET", "/images/busybox/get", FILES, "image.save", "busybox"),
     ("POST", "/images/create", MANAGE, "image.pull", None),
     ("POST", "/images/load", MANAGE, "image.load", None),
     ("POST", "/images/prune", MANAGE, "image.prune", None),
@@ -89,20 +90,112 @@ ADMITTED: list[tuple[str, str, Privilege, str, str | None]] = [
 ]
 
 
+# Where the Docker Engine API defines a request body (v1.41).
+WITH_BODY = {
+    ("POST", "/auth"),
+    ("POST", "/containers/create"),
+    ("PUT", "/containers/web/archive"),
+    ("POST", "/containers/web/update"),
+    ("POST", "/containers/web/exec"),
+    ("POST", "/commit"),
+    ("POST", "/exec/3f2a/start"),
+    ("POST", "/images/create"),
+    ("POST", "/images/load"),
+    ("POST", "/build"),
+    ("POST", "/networks/create"),
+    ("POST", "/networks/backend/connect"),
+    ("POST", "/networks/backend/disconnect"),
+    ("POST", "/volumes/create"),
+}
+
+
 @pytest.mark.parametrize("prefix", ["", "/v1.41", "/v1.24"])
 @pytest.mark.parametrize(("method", "path", "privilege", "action", "target"), ADMITTED)
 def test_every_endpoint_needs_its_privilege(
-    prefix: str, method: str, path: str, privilege: Privilege, action: str, target: str | None
+    prefix: str,
+    method: str,
+    path: str,
+    privilege: Privilege | tuple[Privilege, ...],
+    action: str,
+    target: str | None,
 ) -> None:
     request = classify(method, prefix + path)
+    needs = privilege if isinstance(privilege, tuple) else (privilege,)
     assert request == EngineRequest(
-        privilege=privilege,
+        privileges=needs,
         action=action,
         target=target,
-        mutating=privilege is not VIEW,
+        mutating=method not in ("GET", "HEAD") and needs != (VIEW,),
         api_version=prefix[2:] or None,
+        takes_body=(method, path) in WITH_BODY,
     )
     assert request.allowed and request.reason == ""
+
+
+def test_the_table_is_all_covered_here() -> None:
+    """Every row of the table has its line above: a new row needs a decision here."""
+    rows = {(m, route.action, route.needs) for route in TABLE for m in route.methods[:1]}
+    listed = {(m, a, p if isinstance(p, tuple) else (p,)) for m, _, p, a, _ in ADMITTED}
+    assert rows <= listed
+
+
+def test_reading_files_needs_exec_or_manage_and_search_needs_manage() -> None:
+    for path in ("/containers/web/archive?path=/etc/shadow", "/containers/web/export",
+                 "/images/get?names=busybox", "/images/busybox/get"):  # fmt: skip
+        request = classify("GET", "/v1.41" + path)
+        assert set(request.privileges) == {EXEC, MANAGE} and VIEW not in request.privileges
+    assert classify("HEAD", "/v1.41/containers/web/archive?path=/").privileges == FILES
+    assert classify("GET", "/v1.41/images/search?term=10.0.0.1:5000/x").privileges == (MANAGE,)
+
+
+@pytest.mark.parametrize("version", ["1.12", "1.23", "1.2", "0.9", "1"])
+def test_api_versions_below_the_minimum_are_refused(version: str) -> None:
+    request = classify("POST", f"/v{version}/containers/web/start")
+    assert not request.allowed and request.mutating
+    assert f"API version {version} is not available" in request.reason
+    assert "1.24" in request.reason and request.api_version == version
+    assert not classify("GET", f"/v{version}/containers/json").allowed
+
+
+@pytest.mark.parametrize("version", ["1.24", "1.25", "1.41", "1.50", "2.0"])
+def test_the_minimum_and_newer_versions_pass(version: str) -> None:
+    assert MIN_API_VERSION == (1, 24)
+    assert classify("POST", f"/v{version}/containers/web/start").privileges == (OPERATE,)
+
+
+def test_a_malformed_version_is_refused() -> None:
+    assert not classify("GET", "/v1..41/containers/json").allowed
+    assert not classify("GET", "/v1.41./containers/json").allowed
+
+
+@pytest.mark.parametrize(
+    ("path", "allowed"),
+    [
+        ("/containers/web/start", True),
+        ("/containers/web/start?detachKeys=ctrl-x", True),
+        ("/containers/web/start?checkpoint=c1", False),
+        ("/containers/web/start?checkpoint-dir=/tmp", False),
+        ("/containers/web/stop?t=3", True),
+        ("/containers/web/stop?t=3&signal=SIGINT", True),
+        ("/containers/web/restart?t=1", True),
+        ("/containers/web/kill?signal=KILL", True),
+        ("/containers/web/kill?signal=KILL&x=1", False),
+        ("/containers/web/pause", True),
+        ("/containers/web/pause?x", False),
+        ("/containers/web/unpause?foo=bar", False),
+    ],
+)
+def test_operate_calls_take_only_their_parameters(path: str, allowed: bool) -> None:
+    request = classify("POST", "/v1.41" + path)
+    assert request.allowed is allowed
+    if not allowed:
+        assert "does not take the parameter" in request.reason and request.mutating
+
+
+def test_no_view_or_operate_route_takes_a_body() -> None:
+    for route in TABLE:
+        if set(route.needs) <= {VIEW, OPERATE}:
+            assert not route.body, route
 
 
 def test_reads_do_not_mutate_and_everything_else_does() -> None:
@@ -110,6 +203,7 @@ def test_reads_do_not_mutate_and_everything_else_does() -> None:
     assert not classify("GET", "/v1.41/containers/web/archive").mutating
     assert classify("PUT", "/v1.41/containers/web/archive").mutating
     assert classify("POST", "/v1.41/exec/1/resize").mutating
+    assert not classify("GET", "/v1.41/containers/web/export").mutating
 
 
 @pytest.mark.parametrize(
@@ -142,7 +236,7 @@ def test_names_are_read_whole_and_decoded(method: str, path: str, target: str, a
     for prefix in ("", "/v1.41"):
         request = classify(method, prefix + path)
         assert (request.action, request.target) == (action, target)
-        assert request.privilege is not None
+        assert request.allowed
 
 
 @pytest.mark.parametrize(
@@ -160,7 +254,7 @@ def test_the_query_names_what_the_path_does_not(path: str, action: str, target: 
     inline = classify("POST", "/v1.41" + path)
     separate = classify("POST", "/v1.41" + path.partition("?")[0], path.partition("?")[2])
     assert (inline.action, inline.target) == (separate.action, separate.target) == (action, target)
-    assert inline.privilege is MANAGE
+    assert inline.privileges == (MANAGE,)
 
 
 @pytest.mark.parametrize(
@@ -209,9 +303,9 @@ def test_anything_else_is_refused_with_a_reason(method: str, path: str, reason: 
     for prefix in ("", "/v1.41"):
         request = classify(method, prefix + path)
         if reason is None:
-            assert request.privilege is MANAGE
+            assert request.privileges == (MANAGE,)
             continue
-        assert request.privilege is None and not request.allowed
+        assert request.privileges == () and not request.allowed
         assert reason in request.reason
         assert request.target is None
         assert request.mutating == (method not in ("GET", "HEAD"))
@@ -224,8 +318,8 @@ def test_swarm_refusal_names_the_area() -> None:
 
 
 def test_the_version_prefix_is_only_a_prefix() -> None:
-    assert classify("GET", "/v1.41").privilege is None
-    assert classify("GET", "/v1.41/v1.41/containers/json").privilege is None
-    assert classify("GET", "/vx/containers/json").privilege is None
+    assert not classify("GET", "/v1.41").allowed
+    assert not classify("GET", "/v1.41/v1.41/containers/json").allowed
+    assert not classify("GET", "/vx/containers/json").allowed
     assert classify("GET", "/v1/containers/json").api_version == "1"
-    assert classify("get", "/v1.41/containers/json").privilege is VIEW  # any method case
+    assert classify("get", "/v1.41/containers/json").privileges == (VIEW,)  # any method case

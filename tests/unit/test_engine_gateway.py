@@ -1,510 +1,43 @@
-"""The engine gateway between the docker CLI and a VM's engine, against a fake TLS engine.
-
-The fake engine is a threaded HTTP/1.1 server on blocking TLS sockets with mutual TLS,
-as dockerd is: it half-closes the way Go does (recv() gives b"" on the peer's
-close_notify, and sending still works). Only 127.0.0.1 traffic.
-"""
+"""The engine gateway between the docker CLI and a VM's engine, against a fake TLS engine
+(tests/unit/engine_fakes.py; certificates shaped like production's)."""
 
 from __future__ import annotations
 
-import contextlib
-import datetime
 import hashlib
-import ipaddress
 import json
 import logging
 import os
 import socket
-import ssl
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import h11
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tests.docker_cli import docker_cli
+from tests.unit.engine_fakes import (
+    TOKEN,
+    Admitted,
+    Call,
+    Client,
+    FakeEngine,
+    FakePolicy,
+    Pki,
+    client,
+    engine,
+    frame,
+    gateway,
+    pki,
+    policy,
+    wait_for,
+)
 
 from dockvisor import errors
-from dockvisor.api import engine_gateway
+from dockvisor.api import engine_gateway, gateway_relay
 from dockvisor.api.engine_gateway import EngineGateway, EngineRoute
 
 pytestmark = pytest.mark.timeout(30)
-
-DOCKER = "/usr/local/bin/docker"
-TOKEN = "dv_s3cret-token"
-
-# ---------------------------------------------------------------------------------------
-# A throwaway CA, an engine certificate and a client certificate.
-
-
-@dataclass(frozen=True)
-class Pki:
-    server: ssl.SSLContext  # the engine's: requires a client certificate
-    client: ssl.SSLContext  # dockvisor's: verifies the engine as "engine"
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: x509.Name | None,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool = False,
-    names: list[x509.GeneralName] | None = None,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer or name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(hours=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if names:
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    where = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("test CA", ca_key, None, ca_key, ca=True)
-    ca_name = ca.subject
-
-    def write(stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-        (where / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        (where / f"{stem}-key.pem").write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-
-    write("ca", ca, ca_key)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [
-        x509.DNSName("engine"),
-        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-    ]
-    write("server", _cert("engine", server_key, ca_name, ca_key, names=names), server_key)
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    write("client", _cert("dockvisor", client_key, ca_name, ca_key), client_key)
-
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(where / "server.pem", where / "server-key.pem")
-    server.load_verify_locations(where / "ca.pem")
-    server.verify_mode = ssl.CERT_REQUIRED
-    client = ssl.create_default_context(cafile=str(where / "ca.pem"))
-    client.load_cert_chain(where / "client.pem", where / "client-key.pem")
-    return Pki(server=server, client=client)
-
-
-# ---------------------------------------------------------------------------------------
-# The fake engine.
-
-
-@dataclass
-class Seen:
-    method: str
-    target: str
-    headers: dict[str, str]
-    connection: int
-
-
-def _frame(data: bytes, stream: int = 1) -> bytes:
-    """One frame of Docker's multiplexed (non-TTY) attach stream."""
-    return bytes([stream, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
-
-
-class FakeEngine:
-    UPLOAD_SIGNAL = 1 << 20  # bytes of an upload after which `upload_started` is set
-
-    def __init__(self, context: ssl.SSLContext | None) -> None:
-        self._context = context
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self.seen: list[Seen] = []
-        self.connections = 0
-        self.release = threading.Event()  # lets the second event of /events out
-        self.upload_started = threading.Event()
-        self.stdin_ended = threading.Event()
-        self.drop_reused = False  # drop the next request that comes on a used connection
-        self.wait_abandoned = threading.Event()  # the gateway closed a pending `wait`
-        self.close_when_idle = False  # close each connection after one answer, as Go does
-        self.ran = threading.Event()  # the `run` container "exited"
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def close(self) -> None:
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                raw, _ = self._listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self.connections += 1
-                number = self.connections
-            threading.Thread(target=self._serve, args=(raw, number), daemon=True).start()
-
-    def _serve(self, raw: socket.socket, number: int) -> None:
-        raw.settimeout(10)
-        try:
-            sock = self._context.wrap_socket(raw, server_side=True) if self._context else raw
-        except (ssl.SSLError, OSError):
-            raw.close()
-            return
-        conn = h11.Connection(h11.SERVER)
-        served = 0
-        try:
-            while True:
-                event = self._next(conn, sock)
-                if not isinstance(event, h11.Request):
-                    return
-                seen = Seen(
-                    event.method.decode(),
-                    event.target.decode(),
-                    {k.decode(): v.decode() for k, v in event.headers},
-                    number,
-                )
-                self.seen.append(seen)
-                served += 1
-                if served > 1 and self.drop_reused:
-                    self.drop_reused = False
-                    self._body(conn, sock)
-                    return
-                if not self._handle(conn, sock, seen):
-                    return
-                if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                    return
-                if self.close_when_idle:  # TLS close_notify, then FIN
-                    time.sleep(0.05)
-                    if isinstance(sock, ssl.SSLSocket):
-                        sock.settimeout(0.05)
-                        with contextlib.suppress(OSError, ValueError):
-                            sock.unwrap()
-                    return
-                conn.start_next_cycle()
-        except (OSError, h11.ProtocolError):
-            return
-        finally:
-            sock.close()
-
-    @staticmethod
-    def _next(conn: h11.Connection, sock: socket.socket) -> object:
-        while True:
-            event = conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            conn.receive_data(sock.recv(65536))
-
-    def _body(self, conn: h11.Connection, sock: socket.socket) -> tuple[int, str]:
-        size, digest = 0, hashlib.sha256()
-        while True:
-            event = self._next(conn, sock)
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                digest.update(event.data)
-                if size >= self.UPLOAD_SIGNAL:
-                    self.upload_started.set()
-            elif isinstance(event, h11.EndOfMessage):
-                return size, digest.hexdigest()
-            else:
-                raise OSError("request body cut short")
-
-    @staticmethod
-    def _send(
-        conn: h11.Connection,
-        sock: socket.socket,
-        status: int,
-        payload: object,
-        headers: list[tuple[str, str]] | None = None,
-        *,
-        head_only: bool = False,
-    ) -> None:
-        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        head = [("Content-Type", "application/json"), ("Api-Version", "1.41")]
-        head += [("Content-Length", str(len(body)))] + (headers or [])
-        out = conn.send(h11.Response(status_code=status, headers=head)) or b""
-        if not head_only:
-            out += conn.send(h11.Data(data=body)) or b""
-        out += conn.send(h11.EndOfMessage()) or b""
-        sock.sendall(out)
-
-    def _handle(self, conn: h11.Connection, sock: socket.socket, seen: Seen) -> bool:
-        size, digest = self._body(conn, sock)
-        path = seen.target.partition("?")[0]
-        route = (seen.method, path)
-        if path == "/_ping":
-            ping = [("Content-Type", "text/plain")]
-            self._send(conn, sock, 200, b"OK", ping, head_only=seen.method == "HEAD")
-        elif route == ("GET", "/v1.41/version"):
-            self._send(
-                conn,
-                sock,
-                200,
-                {
-                    "Version": "20.10.24",
-                    "ApiVersion": "1.41",
-                    "MinAPIVersion": "1.12",
-                    "Os": "linux",
-                    "Arch": "amd64",
-                    "GitCommit": "fake",
-                    "GoVersion": "go1.18",
-                    "KernelVersion": "6.1",
-                    "BuildTime": "now",
-                },
-            )
-        elif route == ("GET", "/v1.41/containers/json"):
-            self._send(conn, sock, 200, [])
-        elif route == ("GET", "/v1.41/containers/web/json"):
-            self._send(
-                conn,
-                sock,
-                200,
-                {
-                    "Id": "c0ffee",
-                    "Name": "/web",
-                    "State": {"Status": "running", "Running": True},
-                    "Config": {"Tty": False},
-                },
-            )
-        elif route == ("POST", "/v1.41/containers/web/exec"):
-            self._send(conn, sock, 201, {"Id": "abc"})
-        elif route == ("GET", "/v1.41/exec/abc/json"):
-            self._send(conn, sock, 200, {"ID": "abc", "Running": False, "ExitCode": 0})
-        elif route == ("POST", "/v1.41/exec/abc/start"):
-            self._hijack(conn, sock)
-            return False
-        elif route == ("GET", "/v1.41/events"):
-            head = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
-            sock.sendall(conn.send(h11.Response(status_code=200, headers=head)) or b"")
-            sock.sendall(conn.send(h11.Data(data=b'{"status":"start"}\n')) or b"")
-            self.release.wait(5)
-            sock.sendall(conn.send(h11.Data(data=b'{"status":"die"}\n')) or b"")
-            sock.sendall(conn.send(h11.EndOfMessage()) or b"")
-        elif route == ("POST", "/v1.41/containers/create"):
-            self._send(conn, sock, 201, {"Id": "c0ffee", "Warnings": []})
-        elif route == ("POST", "/v1.41/containers/c0ffee/attach"):
-            switch = h11.InformationalResponse(
-                status_code=101,
-                headers=[("Connection", "Upgrade"), ("Upgrade", "tcp")],
-                reason=b"UPGRADED",
-            )
-            sock.sendall(conn.send(switch) or b"")
-            time.sleep(0.1)  # the container starts, says hello and exits
-            sock.sendall(_frame(b"hello from run\n") + _frame(b"to stderr\n", stream=2))
-            self.ran.set()
-            return False
-        elif route == ("POST", "/v1.41/containers/c0ffee/start"):
-            sock.sendall(
-                (conn.send(h11.Response(status_code=204, headers=[])) or b"")
-                + (conn.send(h11.EndOfMessage()) or b"")
-            )
-        elif route == ("POST", "/v1.41/containers/c0ffee/wait"):
-            head = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
-            sock.sendall(conn.send(h11.Response(status_code=200, headers=head)) or b"")
-            self.ran.wait(5)
-            time.sleep(0.05)
-            status = json.dumps({"StatusCode": 3}).encode() + b"\n"
-            sock.sendall(
-                (conn.send(h11.Data(data=status)) or b"") + (conn.send(h11.EndOfMessage()) or b"")
-            )
-        elif route == ("POST", "/v1.41/containers/web/wait"):
-            head = [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")]
-            sock.sendall(conn.send(h11.Response(status_code=200, headers=head)) or b"")
-            if not sock.recv(1):  # as dockerd: the answer comes when the container exits
-                self.wait_abandoned.set()
-            return False
-        elif route == ("POST", "/v1.41/images/load"):
-            self._send(conn, sock, 200, {"bytes": size, "sha256": digest})
-        elif route == ("POST", "/v1.41/close-after"):
-            self._send(conn, sock, 200, {}, [("Connection", "close")])
-            return False
-        else:
-            self._send(conn, sock, 404, {"message": f"page not found: {seen.target}"})
-        return True
-
-    def _hijack(self, conn: h11.Connection, sock: socket.socket) -> None:
-        """As dockerd does for exec start: 101, then stdin in, output out."""
-        switch = h11.InformationalResponse(
-            status_code=101,
-            headers=[
-                ("Content-Type", "application/vnd.docker.raw-stream"),
-                ("Connection", "Upgrade"),
-                ("Upgrade", "tcp"),
-            ],
-            reason=b"UPGRADED",
-        )
-        sock.sendall(conn.send(switch) or b"")
-        stdin = bytearray(conn.trailing_data[0])
-        sock.sendall(_frame(b"ready\n"))
-        while data := sock.recv(65536):  # until the client's half-close
-            stdin += data
-        self.stdin_ended.set()
-        sock.sendall(_frame(b"echo: " + bytes(stdin)))
-        time.sleep(0.05)  # output that comes well after stdin ended still flows
-        sock.sendall(_frame(b"after-eof\n"))
-        if isinstance(sock, ssl.SSLSocket):
-            with contextlib.suppress(OSError, ValueError):
-                sock.unwrap()
-
-
-# ---------------------------------------------------------------------------------------
-# A fake policy.
-
-
-@dataclass
-class Call:
-    authorization: str | None
-    vm: str
-    method: str
-    path: str
-    query: str
-
-
-@dataclass
-class Admitted:
-    route: EngineRoute
-    statuses: list[int]
-
-    def finished(self, status: int) -> None:
-        self.statuses.append(status)
-
-
-@dataclass
-class FakePolicy:
-    route: EngineRoute
-    calls: list[Call] = field(default_factory=list)
-    finished: list[int] = field(default_factory=list)
-    refuse: dict[str, errors.DockvisorError] = field(default_factory=dict)
-
-    def admit(
-        self, *, authorization: str | None, vm: str, method: str, path: str, query: str
-    ) -> Admitted:
-        self.calls.append(Call(authorization, vm, method, path, query))
-        for needle, refusal in self.refuse.items():
-            if needle in f"{vm} {method} {path}":
-                raise refusal
-        return Admitted(self.route, self.finished)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
-
-
-# ---------------------------------------------------------------------------------------
-# A small blocking HTTP client.
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> object:
-        return json.loads(self.body)
-
-
-class Client:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.conn = h11.Connection(h11.CLIENT)
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def next(self) -> object:
-        while True:
-            event = self.conn.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            self.conn.receive_data(self.sock.recv(65536))
-
-    def send(
-        self,
-        method: str,
-        target: str,
-        headers: list[tuple[str, str]] | None = None,
-        body: bytes | None = None,
-    ) -> None:
-        head = [("Host", "127.0.0.1"), ("Authorization", f"Bearer {TOKEN}")] + (headers or [])
-        if body is not None:
-            head.append(("Content-Length", str(len(body))))
-        out = self.conn.send(h11.Request(method=method, target=target, headers=head)) or b""
-        if body:
-            out += self.conn.send(h11.Data(data=body)) or b""
-        out += self.conn.send(h11.EndOfMessage()) or b""
-        self.sock.sendall(out)
-
-    def head(self) -> h11.Response:
-        event = self.next()
-        assert isinstance(event, h11.Response), event
-        return event
-
-    def rest(self, response: h11.Response) -> Reply:
-        body = bytearray()
-        while not isinstance(event := self.next(), h11.EndOfMessage):
-            assert isinstance(event, h11.Data), event
-            body += event.data
-        if self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE:
-            self.conn.start_next_cycle()
-        headers = {k.decode(): v.decode() for k, v in response.headers}
-        return Reply(response.status_code, headers, bytes(body))
-
-    def request(self, method: str, target: str, **kwargs: object) -> Reply:
-        self.send(method, target, **kwargs)  # type: ignore[arg-type]
-        return self.rest(self.head())
-
-
-# ---------------------------------------------------------------------------------------
-# Fixtures.
-
-
-@pytest.fixture
-def engine(pki: Pki) -> Iterator[FakeEngine]:
-    fake = FakeEngine(pki.server)
-    yield fake
-    fake.close()
-
-
-@pytest.fixture
-def policy(engine: FakeEngine, pki: Pki) -> FakePolicy:
-    return FakePolicy(EngineRoute("127.0.0.1", engine.port, pki.client, "engine"))
-
-
-@pytest.fixture
-def gateway(policy: FakePolicy) -> Iterator[EngineGateway]:
-    gw = EngineGateway(policy, port=0)
-    gw.start()
-    yield gw
-    gw.stop()
-
-
-@pytest.fixture
-def client(gateway: EngineGateway) -> Iterator[Client]:
-    c = Client(gateway.port)
-    yield c
-    c.close()
-
+FIXTURES = (client, engine, gateway, pki, policy)  # used by name below
 
 # ---------------------------------------------------------------------------------------
 # Forwarding.
@@ -525,7 +58,7 @@ def test_a_request_reaches_the_engine_without_prefix_or_credentials(
     assert "authorization" not in seen.headers  # names are lower-cased by h11
     assert not any(k.startswith("x-dockvisor") for k in seen.headers)
     assert seen.headers["user-agent"] == "Docker-Client/28.2.2"
-    assert seen.headers["host"] == f"engine:{engine.port}"
+    assert seen.headers["host"] == f"{policy.route.server_hostname}:{engine.port}"
     [call] = policy.calls
     assert call == Call(
         f"Bearer {TOKEN}", "dev-1", "GET", "/v1.41/containers/json", "all=1&filters=%7B%7D"
@@ -656,7 +189,7 @@ def test_an_upgrade_is_spliced_both_ways_with_half_close(
     head, _, stream = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101 UPGRADED")
     assert b"Upgrade: tcp" in head
-    assert stream == _frame(b"ready\n")
+    assert stream == frame(b"ready\n")
     sock.sendall(b"input")
     sock.shutdown(socket.SHUT_WR)  # stdin EOF: the engine must see it and keep talking
     assert engine.stdin_ended.wait(3)
@@ -664,7 +197,7 @@ def test_an_upgrade_is_spliced_both_ways_with_half_close(
     while data := sock.recv(65536):
         rest += data
     sock.close()
-    assert bytes(rest) == _frame(b"echo: early input") + _frame(b"after-eof\n")
+    assert bytes(rest) == frame(b"echo: early input") + frame(b"after-eof\n")
     [seen] = engine.seen
     assert seen.headers.get("upgrade") == "tcp" and "authorization" not in seen.headers
     wait_for(lambda: policy.finished == [101])
@@ -695,7 +228,7 @@ def test_an_upgrade_from_a_client_with_nothing_to_send(
     sock.close()
     head, _, stream = bytes(received).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101")
-    assert stream == _frame(b"ready\n") + _frame(b"echo: ") + _frame(b"after-eof\n")
+    assert stream == frame(b"ready\n") + frame(b"echo: ") + frame(b"after-eof\n")
 
 
 def test_a_refused_head_has_no_body(client: Client, policy: FakePolicy) -> None:
@@ -749,7 +282,7 @@ def test_a_connection_the_engine_closed_while_idle_is_not_used(
     engine.close_when_idle = True
     assert client.request("GET", "/vms/dev/v1.41/containers/json").status == 200
     time.sleep(0.3)  # the engine has closed its idle connection, with a close_notify
-    upload = os.urandom(engine_gateway.REPLAY_LIMIT * 4)  # too big to be resent
+    upload = os.urandom(gateway_relay.REPLAY_LIMIT * 4)  # too big to be resent
     reply = client.request("POST", "/vms/dev/v1.41/images/load", body=upload)
     assert reply.json() == {"bytes": len(upload), "sha256": hashlib.sha256(upload).hexdigest()}
     assert [s.connection for s in engine.seen] == [1, 2]
@@ -775,7 +308,7 @@ def test_an_unreachable_engine_is_a_quick_503_naming_the_vm(
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    policy.route = EngineRoute("127.0.0.1", port, policy.route.ssl_context, "engine")
+    policy.route = EngineRoute("127.0.0.1", port, policy.route.ssl_context, "x.vm.dockvisor")
     started = time.monotonic()
     reply = client.request("GET", "/vms/dev/v1.41/containers/json")
     assert time.monotonic() - started < 2
@@ -801,9 +334,10 @@ def test_an_engine_that_never_answers_times_out(
 
 
 def test_an_engine_with_the_wrong_certificate_is_refused(
-    client: Client, engine: FakeEngine, policy: FakePolicy
+    client: Client, engine: FakeEngine, policy: FakePolicy, pki: Pki
 ) -> None:
-    policy.route = EngineRoute("127.0.0.1", engine.port, policy.route.ssl_context, "other-vm")
+    other = pki.authority.issue_server().server_name  # another VM's name
+    policy.route = EngineRoute("127.0.0.1", engine.port, policy.route.ssl_context, other)
     reply = client.request("GET", "/vms/dev/v1.41/containers/json")
     assert reply.status == 502 and "TLS" in str(reply.json())
     assert engine.seen == []
@@ -828,14 +362,104 @@ def test_stop_ends_open_streams(gateway: EngineGateway, client: Client) -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# An admission holds only while it still stands.
+
+ENDS_WITHIN = 2.0  # seconds from an admission's no to the client connection closed
+
+
+def _closed_after(sock: socket.socket, timeout: float = 5.0) -> tuple[float, bytes]:
+    """Read until the gateway closes the connection: (seconds it took, what came)."""
+    started, received = time.monotonic(), bytearray()
+    sock.settimeout(timeout)
+    try:
+        while data := sock.recv(65536):
+            received += data
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started, bytes(received)
+
+
+def test_a_quiet_stream_ends_once_its_admission_no_longer_holds(
+    gateway: EngineGateway, client: Client, engine: FakeEngine, policy: FakePolicy
+) -> None:
+    client.send("POST", "/vms/dev/v1.41/containers/web/wait?condition=not-running")
+    assert client.head().status_code == 200
+    wait_for(lambda: policy.rechecks >= 2, timeout=4)  # asked every second; yes: it goes on
+    assert not engine.wait_abandoned.is_set() and gateway.exchanges_watched == 1
+    policy.revoked = True
+    took, _ = _closed_after(client.sock)
+    assert took < ENDS_WITHIN, f"closed {took:.2f} s after"
+    assert engine.wait_abandoned.wait(1)  # the engine's connection went too
+    wait_for(lambda: policy.finished == [200])  # reported once, as before
+
+
+def test_a_hijacked_stream_ends_once_its_admission_no_longer_holds(
+    gateway: EngineGateway, engine: FakeEngine, policy: FakePolicy
+) -> None:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=5)
+    sock.sendall(
+        b"POST /vms/dev/v1.41/exec/abc/start HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n{}"
+    )
+    received = bytearray()
+    while b"ready\n" not in received:
+        received += sock.recv(65536)
+    assert received.startswith(b"HTTP/1.1 101")
+    time.sleep(1.2)
+    sock.sendall(b"still here ")  # stdin stays open: an idle `docker exec -i`
+    policy.revoked = True
+    took, rest = _closed_after(sock)
+    sock.close()
+    assert took < ENDS_WITHIN, f"closed {took:.2f} s after"
+    assert engine.stdin_ended.wait(1)  # the engine saw its connection end
+    assert b"echo:" not in rest  # nothing the engine said after the end came through
+
+
+def test_a_check_that_fails_ends_the_stream(
+    client: Client, engine: FakeEngine, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    async def broken(self: object) -> bool:
+        raise RuntimeError("the database is gone")
+
+    monkeypatch.setattr(Admitted, "still_admitted", broken)
+    client.send("POST", "/vms/dev/v1.41/containers/web/wait?condition=not-running")
+    assert client.head().status_code == 200
+    took, _ = _closed_after(client.sock)
+    assert took < ENDS_WITHIN  # not confirmed: not kept
+    assert engine.wait_abandoned.wait(1)
+    assert "still admitted" in caplog.text
+
+
+def test_an_events_stream_ends_with_its_admission(
+    client: Client, engine: FakeEngine, policy: FakePolicy
+) -> None:
+    policy.revoked = True  # admitted, then at once no longer: the first check says so
+    client.send("GET", "/vms/dev/v1.41/events")
+    assert client.head().status_code == 200
+    took, _ = _closed_after(client.sock)
+    assert took < ENDS_WITHIN  # not the 5 s the engine holds it
+
+
+def test_short_requests_are_never_watched(
+    gateway: EngineGateway, client: Client, policy: FakePolicy
+) -> None:
+    started = time.monotonic()
+    for _ in range(50):
+        assert client.request("GET", "/vms/dev/v1.41/containers/json").status == 200
+    elapsed = time.monotonic() - started
+    time.sleep(engine_gateway.RECHECK_EVERY + 0.3)  # a timer left behind would have fired
+    assert gateway.exchanges_watched == 0 and policy.rechecks == 0
+    assert elapsed < 5, f"50 short requests took {elapsed:.2f} s"
+
+
+# ---------------------------------------------------------------------------------------
 # The real docker CLI.
 
 
 def _docker(
     port: int, home: Path, *args: str, stdin: bytes = b""
 ) -> subprocess.CompletedProcess[bytes]:
-    if not os.access(DOCKER, os.X_OK):
-        pytest.fail(f"the docker CLI is needed at {DOCKER} for this test (not found)")
     config = home / "docker-config"
     config.mkdir(exist_ok=True)
     (config / "config.json").write_text(
@@ -848,7 +472,7 @@ def _docker(
         "DOCKER_HOST": f"tcp://127.0.0.1:{port}/vms/dev",
     }
     return subprocess.run(
-        [DOCKER, *args], input=stdin, env=env, capture_output=True, timeout=15, check=False
+        [docker_cli(), *args], input=stdin, env=env, capture_output=True, timeout=15, check=False
     )
 
 

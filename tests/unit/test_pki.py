@@ -30,7 +30,10 @@ def test_each_engine_gets_its_own_name_signed_by_the_servers_ca(tmp_path: Path) 
     assert a.server_name != b.server_name and a.server_name.endswith("." + ENGINE_DOMAIN)
     cert = _cert(a.cert_pem)
     names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert a.server_name in names.get_values_for_type(x509.DNSName)
+    # Only its own name: no name (localhost, a loopback address) that two engines share.
+    assert list(names) == [x509.DNSName(a.server_name)]
+    other = _cert(b.cert_pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert not set(names) & set(other.value)
     assert _usage(cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
     servers_ca = _cert((tmp_path / "pki/servers-ca.pem").read_bytes())
     assert cert.issuer == servers_ca.subject
@@ -105,6 +108,13 @@ def test_mutual_tls_accepts_dockvisor_and_refuses_others(tmp_path: Path) -> None
     with pytest.raises(ssl.SSLCertVerificationError):
         _talk(pki.client_context(), port, "someone-else." + ENGINE_DOMAIN)
     thread.join(5)
+
+    # The address dialled, as the stock docker CLI would check it: no engine has it.
+    for name in ("127.0.0.1", "localhost", "::1"):
+        port, thread, outcome = _serve_once(server, tmp_path)
+        with pytest.raises(ssl.SSLCertVerificationError, match="mismatch"):
+            _talk(pki.client_context(), port, name)
+        thread.join(5)
 
     # A client of another dockvisor (another clients CA): the engine refuses it.
     other = EnginePKI(tmp_path / "other")

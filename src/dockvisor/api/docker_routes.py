@@ -9,10 +9,11 @@ streamed as the container writes them, and an interactive exec is a websocket.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from contextlib import suppress
 from typing import Annotated, Any, Literal
 
@@ -27,13 +28,21 @@ from fastapi import (
 )
 from fastapi import Path as PathParam
 from fastapi.responses import StreamingResponse
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from starlette.concurrency import run_in_threadpool
 
 from dockvisor.api import schemas as s
+from dockvisor.api.declared import DeclaredRoute, declare
 from dockvisor.api.engine_gateway import EngineRoute
 from dockvisor.api.problems import status_of
-from dockvisor.api.security import authenticate, authenticate_token, authenticate_websocket
+from dockvisor.api.security import (
+    StreamCaller,
+    authenticate,
+    authenticate_token,
+    authenticate_websocket,
+)
 from dockvisor.domain.docker_api import classify
+from dockvisor.domain.privileges import Privilege
+from dockvisor.domain.requirements import Perm
 from dockvisor.engines.docker import API_VERSION, ContainerSpec, PortBinding
 from dockvisor.errors import DockvisorError, InvalidInput
 from dockvisor.services.docker import EngineAdmission
@@ -61,7 +70,8 @@ TARBALL = {
 
 
 def needs(privilege: str) -> dict[str, Any]:
-    return {"x-dockvisor-privilege": f"{privilege} on /vms/ID (the VM must be running)"}
+    """The declaration of a Docker route: `privilege` on the VM (api/declared.py)."""
+    return declare(Perm("/vms/{vm_id}", Privilege(privilege), note="the VM must be running"))
 
 
 def _json(document: Any) -> Response:
@@ -90,7 +100,7 @@ async def _spool(request: Request) -> Any:
 
 
 def docker_router(cp: ControlPlane) -> APIRouter:
-    api = APIRouter(prefix="/vms/{vm_id}/docker", tags=["docker"])
+    api = APIRouter(prefix="/vms/{vm_id}/docker", tags=["docker"], route_class=DeclaredRoute)
     docker = cp.docker
 
     @api.get("/containers", response_model=list[s.ContainerOut], openapi_extra=needs("Docker.View"))
@@ -103,6 +113,7 @@ def docker_router(cp: ControlPlane) -> APIRouter:
 
     @api.post(
         "/containers",
+        name="docker.container.create",
         status_code=201,
         response_model=s.ContainerBrief,
         openapi_extra=needs("Docker.Manage"),
@@ -140,7 +151,12 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         """The engine's own inspect document (passed on as it is)."""
         return _json(docker.inspect(who, vm_id, container))
 
-    @api.delete("/containers/{container}", status_code=204, openapi_extra=needs("Docker.Manage"))
+    @api.delete(
+        "/containers/{container}",
+        name="docker.container.remove",
+        status_code=204,
+        openapi_extra=needs("Docker.Manage"),
+    )
     def remove_container(
         who: Who, vm_id: Key, container: Container, force: Annotated[bool, Query()] = False
     ) -> Response:
@@ -152,7 +168,8 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         openapi_extra=needs("Docker.View"),
         responses={200: {"content": {"text/plain": {}}, "description": "The output"}},
     )
-    def container_logs(
+    async def container_logs(
+        request: Request,
         who: Who,
         vm_id: Key,
         container: Container,
@@ -160,20 +177,34 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         tail: Annotated[int | None, Query(ge=0, le=10_000_000)] = None,
         timestamps: Annotated[bool, Query()] = False,
     ) -> Response:
-        """stdout and stderr in the order written; with `follow`, streamed until the
-        container stops (or the client goes away)."""
+        """stdout and stderr in the order written, byte for byte; with `follow`, streamed
+        until the container stops (its last bytes included) or the client goes away. A
+        follower holds no worker thread while it waits, and its engine connection is
+        released as soon as it leaves."""
         if not follow:
-            text = docker.logs(who, vm_id, container, tail=tail, timestamps=timestamps)
-            return Response(text, media_type="text/plain; charset=utf-8")
-        stream = docker.follow_logs(who, vm_id, container, tail=tail, timestamps=timestamps)
+            output = await run_in_threadpool(
+                docker.logs, who, vm_id, container, tail=tail, timestamps=timestamps
+            )
+            return Response(output, media_type="text/plain; charset=utf-8")
+        opened = docker.follow_logs_async(
+            who,
+            vm_id,
+            container,
+            tail=tail,
+            timestamps=timestamps,
+            caller=StreamCaller(cp, request, who).now,
+        )
+        stream = await opened.__aenter__()  # a refusal is the answer, before any output
 
-        def chunks() -> Iterator[bytes]:
-            with stream:
-                for _kind, data in stream:
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for data in stream:
                     yield data
+            finally:  # never waits: safe while the client's leaving cancels this
+                await opened.__aexit__(None, None, None)
 
         return StreamingResponse(
-            iterate_in_threadpool(chunks()),
+            chunks(),
             media_type="text/plain; charset=utf-8",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
@@ -194,6 +225,7 @@ def docker_router(cp: ControlPlane) -> APIRouter:
 
     @api.post(
         "/containers/{container}/exec",
+        name="docker.container.exec",
         response_model=s.ExecOut,
         openapi_extra=needs("Docker.Exec"),
     )
@@ -210,6 +242,8 @@ def docker_router(cp: ControlPlane) -> APIRouter:
             exit_code=result.exit_code,
             stdout=result.stdout.decode(errors="replace"),
             stderr=result.stderr.decode(errors="replace"),
+            stdout_base64=base64.b64encode(result.stdout).decode(),
+            stderr_base64=base64.b64encode(result.stderr).decode(),
         )
 
     @api.websocket("/containers/{container}/exec")
@@ -225,19 +259,24 @@ def docker_router(cp: ControlPlane) -> APIRouter:
         await ws.accept()
         try:
             who = await run_in_threadpool(authenticate_websocket, cp, ws)
-            engine, sock = await run_in_threadpool(
-                docker.exec_socket, who, vm_id, container, cmd or ["sh"], tty=tty
+            opened = docker.exec_session_async(
+                who, vm_id, container, cmd or ["sh"], tty=tty, caller=StreamCaller(cp, ws, who).now
             )
+            sock = await opened.__aenter__()
         except DockvisorError as exc:
             await ws.send_text(json.dumps({"error": str(exc), "code": exc.code,
                                            "status": status_of(exc)}))  # fmt: skip
             await ws.close(code=4000 + status_of(exc))
             return
-        await _bridge(ws, engine, sock)
+        try:
+            await _bridge(ws, sock)
+        finally:
+            await opened.__aexit__(None, None, None)
 
     # Last among the container routes: /exec would match {action} otherwise.
     @api.post(
         "/containers/{container}/{action}",
+        name="docker.container.{action}",
         response_model=s.ContainerBrief,
         openapi_extra=needs("Docker.Operate"),
     )
@@ -257,6 +296,7 @@ def docker_router(cp: ControlPlane) -> APIRouter:
 
     @api.post(
         "/images/load",
+        name="docker.image.load",
         response_model=s.ImagesLoaded,
         openapi_extra={
             **needs("Docker.Manage"),
@@ -275,6 +315,7 @@ def docker_router(cp: ControlPlane) -> APIRouter:
 
     @api.post(
         "/images/import",
+        name="docker.image.import",
         response_model=s.ImagesLoaded,
         openapi_extra={
             **needs("Docker.Manage"),
@@ -297,7 +338,12 @@ def docker_router(cp: ControlPlane) -> APIRouter:
             spool.close()
         return s.ImagesLoaded(images=[image])
 
-    @api.delete("/images/{image:path}", status_code=204, openapi_extra=needs("Docker.Manage"))
+    @api.delete(
+        "/images/{image:path}",
+        name="docker.image.remove",
+        status_code=204,
+        openapi_extra=needs("Docker.Manage"),
+    )
     def remove_image(
         who: Who, vm_id: Key, image: Image, force: Annotated[bool, Query()] = False
     ) -> Response:
@@ -327,15 +373,13 @@ def docker_router(cp: ControlPlane) -> APIRouter:
     return api
 
 
-async def _bridge(ws: WebSocket, engine: Any, sock: Any) -> None:
-    """Shuttle bytes between the websocket and the exec's hijacked connection."""
-    loop = asyncio.get_running_loop()
+async def _bridge(ws: WebSocket, sock: Any) -> None:
+    """Shuttle bytes between the websocket and the exec's hijacked connection (an
+    AsyncExecSocket). Both directions are awaited on the event loop: a quiet exec holds
+    no thread, and the engine connection closes as soon as either side ends."""
 
     async def engine_to_client() -> None:
-        while True:
-            data = await loop.run_in_executor(None, sock.recv)
-            if not data:
-                return
+        while data := await sock.recv():
             await ws.send_bytes(data)
 
     async def client_to_engine() -> None:
@@ -344,54 +388,71 @@ async def _bridge(ws: WebSocket, engine: Any, sock: Any) -> None:
             if message["type"] == "websocket.disconnect":
                 raise WebSocketDisconnect()
             if message.get("bytes") is not None:
-                await loop.run_in_executor(None, sock.sendall, message["bytes"])
+                await sock.sendall(message["bytes"])
             elif message.get("text"):
                 with suppress(ValueError, TypeError, KeyError, DockvisorError):
                     control = json.loads(message["text"])
                     if "resize" in control:
                         rows, cols = (int(v) for v in control["resize"])
-                        await loop.run_in_executor(
-                            None, engine.exec_resize, sock.exec_id, rows, cols
-                        )
+                        await sock.resize(rows, cols)
                     if control.get("eof"):
-                        await loop.run_in_executor(None, sock.close_write)
+                        sock.close_write()
 
     reader = asyncio.create_task(engine_to_client())
     writer = asyncio.create_task(client_to_engine())
     try:
         done, _ = await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
-        if reader in done:
-            code = await loop.run_in_executor(None, _exit_code, engine, sock.exec_id)
+        if reader in done and not reader.cancelled() and reader.exception() is None:
+            code = await sock.exit_code()
             await ws.send_text(json.dumps({"exit_code": code}))
             await ws.close()
-    except (WebSocketDisconnect, RuntimeError):
+    except (WebSocketDisconnect, RuntimeError, OSError):
         pass
     finally:
-        writer.cancel()
-        reader.cancel()
         sock.close()
-
-
-def _exit_code(engine: Any, exec_id: str) -> int | None:
-    try:
-        code = engine.exec_inspect(exec_id).get("ExitCode")
-    except DockvisorError:
-        return None
-    return int(code) if code is not None else None
+        for task in (writer, reader):
+            task.cancel()
+        await asyncio.gather(writer, reader, return_exceptions=True)
 
 
 class _Admitted:
-    def __init__(self, admission: EngineAdmission) -> None:
+    """The gateway's admission of one request: where it goes, what to audit when it is
+    done, and whether it still stands while it lasts."""
+
+    def __init__(self, cp: ControlPlane, authorization: str | None,
+                 admission: EngineAdmission) -> None:  # fmt: skip
         endpoint = admission.endpoint
         self.route = EngineRoute(
             endpoint.host, endpoint.port, admission.ssl_context, endpoint.server_name
         )
         self.finished = admission.finished
+        self._cp = cp
+        self._authorization = authorization
+        self._admission = admission
+
+    async def still_admitted(self) -> bool:
+        """No once the server is stopping, the credential the request came with has ended
+        (the token revoked or expired, its user deleted or disabled), or the caller as
+        that credential says now lacks the request's privilege on the VM. The same
+        authentication as for a request: from memory when the token was seen valid a
+        moment ago (`cp.recent_tokens`, cleared by every access change), else the
+        database in a worker thread; then `EngineAdmission.still_allowed`."""
+        if self._cp.stopping.is_set():
+            return False
+        scheme, _, secret = (self._authorization or "").partition(" ")
+        who = self._cp.recent_tokens.get(secret.strip()) if scheme.lower() == "bearer" else None
+        if who is None:
+            try:
+                who = await asyncio.to_thread(authenticate_token, self._cp, self._authorization)
+            except DockvisorError as exc:
+                return await self._admission.still_allowed(None, str(exc))
+        return await self._admission.still_allowed(who)
 
 
 class ServerGatewayPolicy:
     """The engine gateway's questions, answered by the server: who (the API token the
-    docker CLI sends), which VM, and whether they may make this Docker API call there."""
+    docker CLI sends), which VM, and whether they may make this Docker API call there;
+    and, while an admitted call lasts, whether that still holds (`still_admitted`)."""
 
     def __init__(self, cp: ControlPlane) -> None:
         self.cp = cp
@@ -406,7 +467,8 @@ class ServerGatewayPolicy:
                 self.cp.audit.append("anonymous", f"docker {method}"[:64], f"vm:{vm}"[:128],
                                      f"refused:{exc.code}", str(exc))  # fmt: skip
             raise
-        return _Admitted(self.cp.docker.admit(who, vm, method, path, query))
+        admission = self.cp.docker.admit(who, vm, method, path, query)
+        return _Admitted(self.cp, authorization, admission)
 
     def admit_now(
         self, *, authorization: str | None, vm: str, method: str, path: str, query: str
@@ -420,4 +482,4 @@ class ServerGatewayPolicy:
         if who is None:
             return None
         admission = self.cp.docker.admit_now(who, vm, method, path, query)
-        return _Admitted(admission) if admission is not None else None
+        return _Admitted(self.cp, authorization, admission) if admission is not None else None

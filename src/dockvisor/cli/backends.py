@@ -169,21 +169,25 @@ class LocalBackend:
         return LocalDocker(self.engines.engine(self.endpoint(name)))
 
     def docker_host(self, name: str) -> str:
-        return self.endpoint(name).docker_host
+        raise self._no_direct_docker_cli(name)
 
     def docker_environment(self, name: str) -> DockerEnvironment:
-        endpoint = self.endpoint(name)
-        if not endpoint.tls:
-            return DockerEnvironment({"DOCKER_HOST": endpoint.docker_host},
-                                     ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"])  # fmt: skip
-        files = self.engines.client_files
-        return DockerEnvironment(
-            {
-                "DOCKER_HOST": endpoint.docker_host,
-                "DOCKER_TLS_VERIFY": "1",
-                "DOCKER_CERT_PATH": str(files.directory),
-            },
-            ["DOCKER_CONTEXT"],
+        raise self._no_direct_docker_cli(name)
+
+    def _no_direct_docker_cli(self, name: str) -> errors.Unsupported:
+        """The stock docker CLI is never pointed straight at an engine's host port: it
+        checks the name of the address it dials (127.0.0.1), and an engine's certificate
+        names only its own VM (engines/pki.py), so either the check fails or, with a
+        certificate that named 127.0.0.1, it would accept whichever VM answers on that
+        port. The engine gateway checks the VM's own name: the CLI goes through it."""
+        self.endpoint(name)  # a VM that does not exist, or has no engine, says so first
+        return errors.Unsupported(
+            f"the docker CLI cannot check which VM answers on a host port (VM {name}'s "
+            "engine certificate names only that VM): go through dockvisor's engine "
+            "gateway, which checks it. Run `dockvisor serve`, then `dockvisor --server "
+            f'http://127.0.0.1:8080 login` and eval "$(dockvisor --server '
+            f'http://127.0.0.1:8080 vm endpoint {name})"; or use `dockvisor docker {name} '
+            "...` here"
         )
 
     def templates(self) -> list[Template]:

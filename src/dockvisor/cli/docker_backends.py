@@ -24,6 +24,7 @@ import httpx
 
 from dockvisor import errors
 from dockvisor.engines.docker import ContainerSpec, DockerEngine, ExecResult
+from dockvisor.engines.streams import FrameReader
 from dockvisor.services.docker import container_brief, container_summary
 
 __all__ = [
@@ -59,7 +60,7 @@ class DockerBackend(Protocol):
     def run(self, spec: ContainerSpec, *, start: bool) -> dict[str, Any]: ...
     def act(self, container: str, action: str) -> dict[str, Any]: ...
     def remove(self, container: str, *, force: bool) -> None: ...
-    def logs(self, container: str, *, tail: int | None, timestamps: bool) -> str: ...
+    def logs(self, container: str, *, tail: int | None, timestamps: bool) -> bytes: ...
     def follow_logs(
         self, container: str, *, tail: int | None, timestamps: bool
     ) -> Iterator[bytes]: ...
@@ -94,8 +95,8 @@ class LocalDocker:
     def remove(self, container: str, *, force: bool) -> None:
         self.engine.remove(container, force=force)
 
-    def logs(self, container: str, *, tail: int | None, timestamps: bool) -> str:
-        return self.engine.logs(container, tail=tail, timestamps=timestamps)
+    def logs(self, container: str, *, tail: int | None, timestamps: bool) -> bytes:
+        return self.engine.logs_bytes(container, tail=tail, timestamps=timestamps)
 
     def follow_logs(self, container: str, *, tail: int | None, timestamps: bool) -> Iterator[bytes]:
         with self.engine.follow_logs(container, tail=tail, timestamps=timestamps) as stream:
@@ -113,7 +114,10 @@ class LocalDocker:
                 with suppress(errors.DockvisorError):
                     self.engine.exec_resize(sock.exec_id, rows, cols)
 
-            bridge_terminal(sock.sendall, sock.recv, sock.close_write, resize if tty else None)
+            bridge_terminal(
+                sock.sendall, sock.recv, sock.close_write, resize if tty else None,
+                multiplexed=not tty,
+            )  # fmt: skip
         code = self.engine.exec_inspect(sock.exec_id).get("ExitCode")
         return int(code) if code is not None else 1
 
@@ -182,13 +186,13 @@ class RemoteDocker:
     def remove(self, container: str, *, force: bool) -> None:
         self.api.request("DELETE", f"{self.base}/containers/{container}", params={"force": force})
 
-    def logs(self, container: str, *, tail: int | None, timestamps: bool) -> str:
+    def logs(self, container: str, *, tail: int | None, timestamps: bool) -> bytes:
         params: dict[str, Any] = {"timestamps": timestamps}
         if tail is not None:
             params["tail"] = tail
         with self.api.stream("GET", f"{self.base}/containers/{container}/logs",
                              params=params) as response:  # fmt: skip
-            return str(response.read().decode(errors="replace"))
+            return bytes(response.read())
 
     def follow_logs(self, container: str, *, tail: int | None, timestamps: bool) -> Iterator[bytes]:
         params: dict[str, Any] = {"follow": True, "timestamps": timestamps}
@@ -199,33 +203,62 @@ class RemoteDocker:
             yield from response.iter_raw()
 
     def exec_run(self, container: str, command: list[str]) -> ExecResult:
-        data = self.api.request(
-            "POST", f"{self.base}/containers/{container}/exec", json={"command": command}
-        )
-        return ExecResult(data["exit_code"], data["stdout"].encode(), data["stderr"].encode())
+        """Over the exec websocket, not the JSON route: its output is bytes as they are
+        (the JSON answer holds text), and no input is given."""
+        out, err = bytearray(), bytearray()
+        frames = FrameReader()
+        result: dict[str, Any] = {}
+        with self._exec_socket(container, command, tty=False) as ws:
+            ws.send(json.dumps({"eof": True}))
+            while (data := self._ws_recv(ws, result)) is not None:
+                for kind, payload in frames.feed(data):
+                    (err if kind == "stderr" else out).extend(payload)
+        return ExecResult(self._exit_code(result), bytes(out), bytes(err))
 
-    def exec_interactive(self, container: str, command: list[str], *, tty: bool) -> int:
-        from websockets.exceptions import ConnectionClosed
+    def _exec_socket(self, container: str, command: list[str], *, tty: bool) -> Any:
         from websockets.sync.client import connect
 
         url = self.api.server.replace("http://", "ws://", 1).replace("https://", "wss://", 1)
         params = urlencode([("cmd", c) for c in command] + [("tty", str(tty).lower())])
         address = f"{url}/api/v1{self.base}/containers/{container}/exec?{params}"
+        return connect(address, additional_headers={"Authorization": f"Bearer {self.token}"},
+                       max_size=None, open_timeout=30)  # fmt: skip
+
+    @staticmethod
+    def _ws_recv(ws: Any, result: dict[str, Any]) -> bytes | None:
+        """The next output bytes; None at the end (the server's last text frame, kept
+        in `result`, says how it ended)."""
+        from websockets.exceptions import ConnectionClosed
+
+        while True:
+            try:
+                message = ws.recv()
+            except ConnectionClosed:
+                return None
+            if isinstance(message, bytes):
+                return message
+            result.update(json.loads(message))
+            if "error" in result:
+                return None
+
+    @staticmethod
+    def _exit_code(result: dict[str, Any]) -> int:
+        if "error" in result:
+            cls = errors.Forbidden if result.get("status") == 403 else errors.DockvisorError
+            if result.get("status") == 404:
+                cls = errors.NotFound
+            raise cls(str(result["error"]))
+        code = result.get("exit_code")
+        return int(code) if code is not None else 1
+
+    def exec_interactive(self, container: str, command: list[str], *, tty: bool) -> int:
+        from websockets.exceptions import ConnectionClosed
+
         result: dict[str, Any] = {}
-        with connect(address, additional_headers={"Authorization": f"Bearer {self.token}"},
-                     max_size=None, open_timeout=30) as ws:  # fmt: skip
+        with self._exec_socket(container, command, tty=tty) as ws:
 
             def recv() -> bytes:
-                while True:
-                    try:
-                        message = ws.recv()
-                    except ConnectionClosed:
-                        return b""
-                    if isinstance(message, bytes):
-                        return message
-                    result.update(json.loads(message))
-                    if "error" in result:
-                        return b""
+                return self._ws_recv(ws, result) or b""
 
             def close_write() -> None:
                 with suppress(ConnectionClosed):
@@ -235,14 +268,9 @@ class RemoteDocker:
                 with suppress(ConnectionClosed):
                     ws.send(json.dumps({"resize": [rows, cols]}))
 
-            bridge_terminal(ws.send, recv, close_write, resize if tty else None)
-        if "error" in result:
-            cls = errors.Forbidden if result.get("status") == 403 else errors.DockvisorError
-            if result.get("status") == 404:
-                cls = errors.NotFound
-            raise cls(str(result["error"]))
-        code = result.get("exit_code")
-        return int(code) if code is not None else 1
+            bridge_terminal(ws.send, recv, close_write, resize if tty else None,
+                            multiplexed=not tty)  # fmt: skip
+        return self._exit_code(result)
 
     def images(self) -> list[dict[str, Any]]:
         return list(self.api.request("GET", f"{self.base}/images"))
@@ -285,19 +313,29 @@ def bridge_terminal(
     recv: Callable[[], bytes],
     close_write: Callable[[], None],
     resize: Callable[[int, int], None] | None,
+    *,
+    multiplexed: bool = False,
 ) -> None:
     """Copy stdin to `send` and `recv` to stdout until the remote side ends. With
     `resize` (a TTY exec) and a terminal on stdin, the terminal goes raw and its size is
-    passed on."""
+    passed on. Without a TTY the output is Docker's multiplexed stream (`multiplexed`):
+    its stdout goes to stdout and its stderr to stderr, frame headers removed."""
     interactive = resize is not None and sys.stdin.isatty()
-    out = sys.stdout.buffer
+    out, err = sys.stdout.buffer, sys.stderr.buffer
     done = threading.Event()
+    frames = FrameReader()
 
     def pump_out() -> None:
         try:
             while data := recv():
-                out.write(data)
-                out.flush()
+                if not multiplexed:
+                    out.write(data)
+                    out.flush()
+                    continue
+                for kind, payload in frames.feed(data):
+                    sink = err if kind == "stderr" else out
+                    sink.write(payload)
+                    sink.flush()
         finally:
             done.set()
 

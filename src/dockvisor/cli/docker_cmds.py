@@ -96,12 +96,13 @@ def inspect(ctx: click.Context, container: str) -> None:
 @click.pass_context
 def logs(ctx: click.Context, follow: bool, tail: int | None, timestamps: bool,
          container: str) -> None:  # fmt: skip
-    """What CONTAINER printed (stdout and stderr)."""
+    """What CONTAINER printed (stdout and stderr), byte for byte."""
     backend = _backend(ctx)
-    if not follow:
-        click.echo(backend.logs(container, tail=tail, timestamps=timestamps), nl=False)
-        return
     out = sys.stdout.buffer
+    if not follow:
+        out.write(backend.logs(container, tail=tail, timestamps=timestamps))
+        out.flush()
+        return
     for chunk in backend.follow_logs(container, tail=tail, timestamps=timestamps):
         out.write(chunk)
         out.flush()

@@ -449,9 +449,10 @@ def vm_clone(ctx: Context, name: str, new_name: str, full: bool, start: bool) ->
 def vm_endpoint(ctx: Context, name: str) -> None:
     """Print the environment that points the docker CLI at the VM's engine.
 
-    Use it as: eval "$(dockvisor vm endpoint NAME)". On the host: the engine itself, with
-    dockvisor's client certificate. With --server: the server's engine gateway, with
-    your token, and the server checks each docker command against your privileges.
+    Use it as: eval "$(dockvisor --server URL vm endpoint NAME)": the server's engine
+    gateway, with your token; the server checks each docker command against your
+    privileges and checks the VM's engine by its own name. Without --server it explains
+    why not (the docker CLI cannot check a VM's engine on a host port).
     """
     environment = ctx.backend.docker_environment(name)
     ctx.emit({"env": environment.env, "unset": environment.unset}, environment.shell())

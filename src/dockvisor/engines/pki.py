@@ -3,8 +3,12 @@
 Two authorities, kept in one directory of the data dir (keys 0600, directory 0700):
 
 - the *servers* CA signs one certificate per VM engine, for the name
-  `<random>.vm.dockvisor`; dockvisor trusts only this CA for engines and checks that
-  name, so a VM cannot pose as another VM's engine even if it answers on its port;
+  `<random>.vm.dockvisor` and no other (no localhost, no loopback address: those would
+  be names every engine shares, and a client that checks one of them would accept
+  whichever VM answers on a reused port); dockvisor trusts only this CA for engines and
+  checks that name, so a VM cannot pose as another VM's engine even if it answers on
+  its port. The stock docker CLI checks the name of the address it dials, so it cannot
+  check this one on a host port: it goes through the engine gateway, which does;
 - the *clients* CA signs dockvisor's own client certificate, and is the only CA the
   guests' dockerd (`--tlsverify`) accepts clients from.
 
@@ -229,15 +233,13 @@ class EnginePKI:
     # -- use -------------------------------------------------------------------------
 
     def issue_server(self) -> ServerCertificate:
-        """A fresh identity for one VM's engine, under a name nobody else has."""
+        """A fresh identity for one VM's engine, under a name nobody else has, and only
+        that name."""
         self.ensure()
         assert self._servers is not None and self._clients is not None
         server_name = f"{secrets.token_hex(8)}.{ENGINE_DOMAIN}"
         cert, key = self._servers.issue(
-            server_name,
-            usage=ExtendedKeyUsageOID.SERVER_AUTH,
-            dns=(server_name, "localhost"),
-            ips=("127.0.0.1", "::1"),
+            server_name, usage=ExtendedKeyUsageOID.SERVER_AUTH, dns=(server_name,)
         )
         return ServerCertificate(server_name, cert, key, _cert_pem(self._clients.cert))
 

@@ -14,16 +14,19 @@ does not answer, reads fail with EngineUnavailable (503) saying why: no stale da
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import IO, Any
 
 from dockvisor.domain.docker_api import EngineRequest, classify
 from dockvisor.domain.model import DockerEndpoint
 from dockvisor.domain.privileges import Privilege
+from dockvisor.engines.async_engine import AsyncExecSocket
 from dockvisor.engines.docker import (
     ContainerSpec,
     DockerEngine,
@@ -35,6 +38,7 @@ from dockvisor.errors import (
     BadPowerState,
     DockvisorError,
     EngineUnavailable,
+    Forbidden,
     InvalidInput,
     Unsupported,
 )
@@ -45,10 +49,14 @@ from dockvisor.services.inventory import chain_of
 from dockvisor.services.operations import Operations
 from dockvisor.store.models import VmRow
 
+log = logging.getLogger(__name__)
+
 __all__ = [
     "CONTAINER_ACTIONS",
+    "RECHECK_EVERY",
     "DockerOperations",
     "EngineAdmission",
+    "CurrentCaller",
     "container_brief",
     "container_summary",
 ]
@@ -67,6 +75,13 @@ _CONTAINER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 _IMAGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/@-]{0,254}")
 _REPOSITORY = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+# A stream that waits (logs?follow, an interactive exec) checks at least this often, in
+# seconds, that its caller may still see it, and ends when they may not.
+RECHECK_EVERY = 1.0
+# The caller of a stream as they are now (their groups as they are now), or None once
+# their credential has ended: the API passes one to every stream it opens.
+CurrentCaller = Callable[[], Awaitable[Principal | None]]
 
 
 def _check(pattern: re.Pattern[str], value: str, what: str) -> str:
@@ -199,8 +214,8 @@ class _Watch:
 
 
 class EngineAdmission:
-    """One request through the engine gateway, admitted: where to send it, and what to
-    audit when it is done."""
+    """One request through the engine gateway, admitted: where to send it, what to audit
+    when it is done, and whether it still stands while it lasts (`still_allowed`)."""
 
     def __init__(
         self,
@@ -216,6 +231,7 @@ class EngineAdmission:
         self.request = request
         self.endpoint = endpoint
         self.ssl_context = owner.engines.pki.client_context() if endpoint.tls else None
+        self._ended = False
 
     def finished(self, status: int) -> None:
         if status in (502, 503):  # the engine was not where it was thought to be
@@ -223,6 +239,46 @@ class EngineAdmission:
         if self.request.mutating:
             result = "accepted" if status < 400 else f"engine:{status}"
             self._owner.audit_write(self._who, self._row.id, self.request, result)
+
+    async def still_allowed(self, who: Principal | None, why: str = "") -> bool:
+        """Whether the request may go on (a `logs -f`, an `exec -it`, an `events` that
+        lasts): asked about once a second while it does, on the gateway's event loop.
+
+        A stream never outlives its credential nor its privilege. `who` is the caller as
+        their credential says now (their groups as they are now), None once that
+        credential has ended (`why` says how: revoked, expired, its user gone or
+        disabled); the request's privilege on the VM is checked again for them, from
+        memory when a yes of the last second is known (the cache every access change
+        clears), else in a worker thread. A no is final, and recorded in the audit log
+        ("ended:credential" or "ended:privilege") in a worker thread, not awaited: the
+        stream is closed first.
+        """
+        if self._ended:
+            return False
+        if who is not None:
+            privileges = self.request.privileges
+            key = (who.user_id, who.group_ids, self._row.id, privileges)
+            if self._owner._granted_recently(key) is not None:
+                return True  # from memory, on the event loop
+            try:
+                await asyncio.to_thread(self._owner._row, who, self._row.id, privileges)
+            except DockvisorError as exc:
+                result, why = "ended:privilege", str(exc)
+            else:
+                return True
+        else:
+            result = "ended:credential"
+        self._ended = True
+        asyncio.get_running_loop().run_in_executor(None, self._record_end, result, why)
+        return False
+
+    def _record_end(self, result: str, why: str) -> None:
+        target = f"/{self.request.target}" if self.request.target else ""
+        action, obj = f"docker.{self.request.action}"[:64], f"vm:{self._row.id}{target}"[:128]
+        try:
+            self._owner.ops.audit.append(self._who.name, action, obj, result, why)
+        except Exception:
+            log.exception("engine gateway: could not record the end of %s", self.request.action)
 
 
 class DockerOperations:
@@ -236,8 +292,11 @@ class DockerOperations:
         self._granted: dict[tuple[Any, ...], tuple[float, VmRow]] = {}
         ops.access.on_invalidate.append(self.forget_grants)
         self._watches: dict[str, _Watch] = {}
+        # Streams that wait, to end when the server stops: (their loop, their close).
+        self._waiting: set[tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = set()
 
     def close(self) -> None:
+        self.end_streams()
         with self._lock:
             watches, self._watches = list(self._watches.values()), {}
             clients, self._clients = list(self._clients.values()), {}
@@ -246,14 +305,29 @@ class DockerOperations:
         for client in clients:
             client.close()
 
+    def end_streams(self) -> None:
+        """End every open follow and exec stream now (from any thread): the server stops."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), set()
+        for loop, close in waiting:
+            with suppress(RuntimeError):  # that loop has ended already
+                loop.call_soon_threadsafe(close)
+
     # -- reaching an engine ----------------------------------------------------------
 
-    def _row(self, who: Principal, vm_id: str, privilege: Privilege) -> VmRow:
+    def _row(
+        self, who: Principal, vm_id: str, privilege: Privilege | tuple[Privilege, ...]
+    ) -> VmRow:
+        """The VM's row if `who` holds `privilege` there (or any one of several)."""
         key = (who.user_id, who.group_ids, vm_id, privilege)
         if (known := self._granted_recently(key)) is not None:
             return known
         row = self.ops.vm_row(who, vm_id)  # NotFound for a VM they cannot view
-        self.ops.access.require(who, privilege, chain_of(row))
+        needs = privilege if isinstance(privilege, tuple) else (privilege,)
+        chain = chain_of(row)
+        held = self.ops.access.privileges(who, chain)
+        if not any(p in held for p in needs):
+            raise Forbidden(f"{who.name} lacks {' or '.join(needs)} on {chain[-1]}")
         if not row.docker_ready:
             raise Unsupported(f"VM {row.name} has no Docker engine (its template has none)")
         with self._lock:
@@ -404,10 +478,11 @@ class DockerOperations:
             engine.remove(container, force=force)
 
     def logs(self, who: Principal, vm_id: str, container: str, *, tail: int | None = None,
-             timestamps: bool = False) -> str:  # fmt: skip
+             timestamps: bool = False) -> bytes:  # fmt: skip
+        """What the container wrote, byte for byte (stdout and stderr as written)."""
         _check(_CONTAINER, container, "container name or id")
         with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
-            return engine.logs(container, tail=tail, timestamps=timestamps)
+            return engine.logs_bytes(container, tail=tail, timestamps=timestamps)
 
     def follow_logs(self, who: Principal, vm_id: str, container: str, *,
                     tail: int | None = None, timestamps: bool = False
@@ -416,6 +491,144 @@ class DockerOperations:
         _check(_CONTAINER, container, "container name or id")
         with self._using(who, vm_id, P.DOCKER_VIEW) as engine:
             return engine.follow_logs(container, tail=tail, timestamps=timestamps)
+
+    # -- streams that wait: asynchronous, no thread held while they wait -------------
+
+    async def _engine_async(self, who: Principal, vm_id: str, privilege: Privilege) -> DockerEngine:
+        """`_engine(_row(...))` for an event loop: from memory when the answer is known
+        (a grant of the last second, the engine's address), else in a worker thread."""
+        row = self._granted_recently((who.user_id, who.group_ids, vm_id, privilege))
+        if row is None:
+            row = await asyncio.to_thread(self._row, who, vm_id, privilege)
+        with self._lock:
+            cached = self._endpoints.get(row.id)
+            client = self._clients.get(row.id)
+        known = cached is not None and cached[0] == (row.host_id, row.name, row.updated)
+        if known and row.state == "running" and client is not None:
+            assert cached is not None
+            if client.endpoint == cached[1]:
+                return client
+        return await asyncio.to_thread(self._engine, row)
+
+    async def _still_allowed(
+        self, who: Principal, vm_id: str, privilege: Privilege, caller: CurrentCaller | None
+    ) -> bool:
+        if caller is not None:
+            now = await caller()
+            if now is None:
+                return False  # the credential has ended
+            who = now
+        if self._granted_recently((who.user_id, who.group_ids, vm_id, privilege)) is not None:
+            return True  # from memory, on the event loop
+        try:
+            await asyncio.to_thread(self._row, who, vm_id, privilege)
+        except DockvisorError:
+            return False
+        return True
+
+    @asynccontextmanager
+    async def _waiting_stream(
+        self,
+        who: Principal,
+        vm_id: str,
+        privilege: Privilege,
+        close: Callable[[], None],
+        caller: CurrentCaller | None,
+    ) -> AsyncIterator[None]:
+        """Keep a waiting stream honest: `close` it when its caller loses `privilege`
+        on the VM, as `caller()` says they are now, or their credential ends (`caller()`
+        gives None; checked every RECHECK_EVERY seconds),
+        and when the server stops (`end_streams`)."""
+        entry = (asyncio.get_running_loop(), close)
+        with self._lock:
+            self._waiting.add(entry)
+
+        async def recheck() -> None:
+            while True:
+                await asyncio.sleep(RECHECK_EVERY)
+                if not await self._still_allowed(who, vm_id, privilege, caller):
+                    close()
+                    return
+
+        task = asyncio.create_task(recheck())
+        try:
+            yield
+        finally:
+            task.cancel()
+            close()
+            with self._lock:
+                self._waiting.discard(entry)
+
+    @asynccontextmanager
+    async def follow_logs_async(
+        self,
+        who: Principal,
+        vm_id: str,
+        container: str,
+        *,
+        tail: int | None = None,
+        timestamps: bool = False,
+        caller: CurrentCaller | None = None,
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The container's output as it comes, without a thread held while it waits:
+        `async with docker.follow_logs_async(who, vm, c) as stream: async for data in
+        stream`. Docker.View is checked before (errors raise from `async with`) and again
+        every second while it runs (as `caller()` says the caller is now); the stream ends,
+        its engine connection released, when the caller leaves the block, loses
+        Docker.View, their credential ends (`caller()` gives None), or the server stops."""
+        _check(_CONTAINER, container, "container name or id")
+        try:
+            engine = await self._engine_async(who, vm_id, P.DOCKER_VIEW)
+            stream = await engine.aio.follow_logs(container, tail=tail, timestamps=timestamps)
+        except EngineUnavailable:
+            self.forget_endpoint(vm_id)
+            raise
+
+        async def data() -> AsyncIterator[bytes]:
+            # Watched from the first read on: a stream nobody reads holds only its socket.
+            async with self._waiting_stream(who, vm_id, P.DOCKER_VIEW, stream.close, caller):
+                async for _kind, chunk in stream:
+                    yield chunk
+
+        try:
+            yield data()
+        finally:
+            stream.close()
+
+    @asynccontextmanager
+    async def exec_session_async(
+        self,
+        who: Principal,
+        vm_id: str,
+        container: str,
+        command: list[str],
+        *,
+        tty: bool = True,
+        caller: CurrentCaller | None = None,
+    ) -> AsyncIterator[AsyncExecSocket]:
+        """An interactive exec that holds no thread while it waits (the websocket):
+        its hijacked connection, with `resize` and `exit_code`. Docker.Exec is checked
+        and the exec audited when it opens, and checked again every second while it
+        runs; it ends as `follow_logs_async` does."""
+        _check(_CONTAINER, container, "container name or id")
+        if not command:
+            raise InvalidInput("exec needs a command")
+        action, obj = "docker.container.exec", f"vm:{vm_id}/container:{container}"[:128]
+
+        def refused(exc: DockvisorError) -> None:
+            self.ops.audit.append(who.name, action, obj, f"refused:{exc.code}", str(exc))
+
+        try:
+            engine = await self._engine_async(who, vm_id, P.DOCKER_EXEC)
+            sock = await engine.aio.exec_socket(container, command, tty=tty, stdin=True)
+        except DockvisorError as exc:
+            if isinstance(exc, EngineUnavailable):
+                self.forget_endpoint(vm_id)
+            await asyncio.to_thread(refused, exc)
+            raise
+        await asyncio.to_thread(self.ops.audit.append, who.name, action, obj, "accepted")
+        async with self._waiting_stream(who, vm_id, P.DOCKER_EXEC, sock.close, caller):
+            yield sock
 
     def stats(self, who: Principal, vm_id: str, container: str) -> dict[str, Any]:
         _check(_CONTAINER, container, "container name or id")
@@ -486,9 +699,9 @@ class DockerOperations:
         """`admit` if it can answer yes from memory (the same caller, VM and privilege a
         moment ago, the engine's address known); None when the database is needed."""
         request = classify(method, path, query)
-        if request.privilege is None:
+        if not request.allowed:
             return None
-        row = self._granted_recently((who.user_id, who.group_ids, vm_id, request.privilege))
+        row = self._granted_recently((who.user_id, who.group_ids, vm_id, request.privileges))
         if row is None or row.state != "running":
             return None
         with self._lock:
@@ -504,14 +717,14 @@ class DockerOperations:
         here, admitted writes when the engine has answered."""
         request = classify(method, path, query)
         try:
-            if request.privilege is None:
+            if not request.allowed:
                 self.ops.vm_row(who, vm_id)  # an invisible VM stays invisible
                 raise Unsupported(f"{method} {path[:100]} is not allowed through dockvisor: "
                                   f"{request.reason}")  # fmt: skip
-            row = self._row(who, vm_id, request.privilege)
+            row = self._row(who, vm_id, request.privileges)
             endpoint = self._endpoint(row)
         except DockvisorError as exc:
-            if request.mutating or request.privilege is None:
+            if request.mutating or not request.allowed:
                 action = f"docker.{request.action}"[:64]
                 self.ops.audit.append(
                     who.name, action, f"vm:{vm_id}"[:128], f"refused:{exc.code}", str(exc)
