@@ -10,9 +10,11 @@ from dockvisor.domain.sizes import GiB, KiB, MiB
 from dockvisor.drivers.libvirt.domain_xml import (
     DomainConfig,
     build_domain_xml,
+    guard_slirp_socket,
     parse_domain_xml,
+    qemu_args_of,
     random_mac,
-    with_host_port,
+    with_network,
 )
 
 QEMU = "{http://libvirt.org/schemas/domain/qemu/1.0}"
@@ -40,6 +42,7 @@ VM = DomainConfig(
     created=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
     uuid="6f1c2a9e-0d2b-4d7e-9a51-3c8f0e4b7d21",
 )
+GUARDED = replace(VM, nic_socket="/run/dockvisor/net/web.sock")  # outbound, behind the guard
 
 TEMPLATE = DomainConfig(
     name="docker-ready",
@@ -83,6 +86,11 @@ def test_vm_config_reads_back_as_written(virt_type):
     assert parsed == VM
 
 
+@pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
+def test_a_guarded_vm_reads_back_its_socket(virt_type):
+    assert roundtrip(GUARDED, virt_type) == GUARDED
+
+
 @pytest.mark.parametrize("virt_type", ["qemu", "test", "xen"])
 def test_template_config_reads_back_as_written(virt_type):
     parsed = roundtrip(TEMPLATE, virt_type)
@@ -100,20 +108,76 @@ def qemu_args(xml):
     return [a.get("value") for a in ET.fromstring(xml).iterfind(f"{QEMU}commandline/{QEMU}arg")]
 
 
+def netdevs(args):
+    """{netdev id: its options} of a QEMU argument list."""
+    found = {}
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "-netdev":
+            kind, *options = value.split(",")
+            opts = dict(o.split("=", 1) if "=" in o else (o, "") for o in options)
+            found[opts["id"]] = (kind, opts)
+    return found
+
+
+def card(args):
+    value = args[args.index("-device") + 1].split(",")
+    return value[0], dict(o.split("=", 1) for o in value[1:])
+
+
 @pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
-def test_qemu_vm_forwards_docker_port_on_loopback(virt_type):
+def test_an_isolated_qemu_vm_is_on_restricted_slirp_with_the_docker_forward(virt_type):
     args = qemu_args(build_domain_xml(VM, virt_type=virt_type))
-    assert args[0] == "-netdev"
-    assert "hostfwd=tcp:127.0.0.1:41007-:2375" in args[1].split(",")
-    assert args[2] == "-device"
-    nic = args[3].split(",")
-    assert nic[0] == "virtio-net-pci"
-    assert "addr=0x10" in nic and "mac=52:54:00:ab:cd:ef" in nic
+    assert netdevs(args) == {
+        "dvnet0": (
+            "user",
+            {"id": "dvnet0", "restrict": "on", "ipv6": "off",
+             "hostfwd": "tcp:127.0.0.1:41007-:2375"},
+        )
+    }  # fmt: skip
+    model, options = card(args)
+    assert model == "virtio-net-pci"
+    assert options["netdev"] == "dvnet0" and options["addr"] == "0x10"
+    assert options["mac"] == "52:54:00:ab:cd:ef"
 
 
-def test_qemu_vm_without_host_port_has_network_but_no_forward():
+def test_a_qemu_vm_without_host_port_has_a_restricted_network_and_no_forward():
     args = qemu_args(build_domain_xml(replace(VM, docker_host_port=None), virt_type="qemu"))
-    assert args[1] == "user,id=dvnet0"
+    assert args[1] == "user,id=dvnet0,restrict=on,ipv6=off"
+
+
+@pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
+def test_a_guarded_vm_has_its_card_and_slirp_on_the_two_sides_of_the_guard(virt_type):
+    args = qemu_args(build_domain_xml(GUARDED, virt_type=virt_type))
+    nets = netdevs(args)
+    stream = {"server": "off", "addr.type": "unix"}
+    assert nets["dvnet0"] == (
+        "stream",
+        {"id": "dvnet0", **stream, "addr.path": "/run/dockvisor/net/web.sock"},
+    )
+    assert nets["dvguard"] == (
+        "stream",
+        {"id": "dvguard", **stream, "addr.path": "/run/dockvisor/net/web.slirp.sock"},
+    )
+    # slirp is not restricted (the guard is), keeps the forward, and meets only the guard
+    assert nets["dvslirp"] == (
+        "user",
+        {"id": "dvslirp", "ipv6": "off", "hostfwd": "tcp:127.0.0.1:41007-:2375"},
+    )
+    hubs = {opts["netdev"]: opts["hubid"] for kind, opts in nets.values() if kind == "hubport"}
+    assert hubs == {"dvslirp": "0", "dvguard": "0"}
+    assert card(args)[1]["netdev"] == "dvnet0"
+    assert args.count("-device") == 1
+
+
+def test_the_slirp_side_of_the_guard_is_beside_the_card_side():
+    assert guard_slirp_socket("/run/dockvisor/net/web.sock") == "/run/dockvisor/net/web.slirp.sock"
+
+
+def test_a_comma_in_the_socket_path_is_doubled_for_qemu_and_read_back():
+    odd = replace(VM, nic_socket="/run/a,b/web.sock")
+    xml = build_domain_xml(odd, virt_type="qemu")
+    assert "addr.path=/run/a,,b/web.sock" in qemu_args(xml)[-3]
+    assert parse_domain_xml(xml).config.nic_socket == "/run/a,b/web.sock"
 
 
 @pytest.mark.parametrize("virt_type", ["test", "xen"])
@@ -188,19 +252,49 @@ def test_memory_is_written_in_kib():
     assert root.findtext("currentMemory") == str(GiB // KiB)
 
 
-def test_with_host_port_changes_only_the_port():
+def test_with_network_moves_the_port_and_changes_nothing_else():
     xml = build_domain_xml(VM, virt_type="qemu", console_log="/tmp/web.log")
-    moved = with_host_port(xml, 43999)
+    moved = with_network(xml, host_port=43999, nic_socket=None)
     assert moved == xml.replace("41007", "43999")
     state = parse_domain_xml(moved)
     assert state.config == replace(VM, docker_host_port=43999)
     assert state.console_log == "/tmp/web.log"
-    assert "hostfwd=tcp:127.0.0.1:43999-:2375" in qemu_args(moved)[1]
+    assert "hostfwd=tcp:127.0.0.1:43999-:2375" in qemu_args_of(moved)[1]
 
 
-def test_with_host_port_keeps_the_domain_type():
-    moved = with_host_port(build_domain_xml(VM, virt_type="kvm"), 43999)
-    assert ET.fromstring(moved).get("type") == "kvm"
+def test_with_network_moves_a_vm_between_isolated_and_guarded():
+    isolated = build_domain_xml(VM, virt_type="qemu")
+    guarded = with_network(isolated, host_port=41007, nic_socket=GUARDED.nic_socket)
+    assert parse_domain_xml(guarded).config == GUARDED
+    assert qemu_args_of(guarded) == qemu_args_of(build_domain_xml(GUARDED, virt_type="qemu"))
+    back = with_network(guarded, host_port=41007, nic_socket=None)
+    assert back == isolated
+
+
+def test_with_network_restricts_the_slirp_of_a_vm_defined_before_the_guard():
+    """VMs (and snapshots) defined by earlier versions have slirp without restrict=on,
+    whose gateway is the host's 127.0.0.1; their next start must not keep it."""
+    old = build_domain_xml(VM, virt_type="qemu").replace(
+        "user,id=dvnet0,restrict=on,ipv6=off,", "user,id=dvnet0,"
+    )
+    assert qemu_args_of(old)[1] == "user,id=dvnet0,hostfwd=tcp:127.0.0.1:41007-:2375"
+    assert parse_domain_xml(old).config == VM
+    fixed = with_network(old, host_port=41007, nic_socket=None)
+    assert qemu_args_of(fixed)[1].split(",")[:3] == ["user", "id=dvnet0", "restrict=on"]
+
+
+def test_with_network_keeps_the_domain_type_and_what_it_does_not_model():
+    xml = build_domain_xml(VM, virt_type="kvm").replace(
+        "<devices>", "<devices><controller type='usb' model='none'/>"
+    )
+    moved = with_network(xml, host_port=43999, nic_socket=GUARDED.nic_socket)
+    root = ET.fromstring(moved)
+    assert root.get("type") == "kvm"
+    assert root.find("devices/controller").get("model") == "none"
+
+
+def test_a_domain_off_qemu_has_no_qemu_args():
+    assert qemu_args_of(build_domain_xml(VM, virt_type="test")) == []
 
 
 FOREIGN = """\

@@ -5,8 +5,10 @@ CI machines (nested virtualisation) the BIOS alone takes 6 s under KVM against 0
 under TCG, and a Linux guest never reaches userspace. So we boot a 512-byte boot sector
 that waits for a timer interrupt and then writes to QEMU's isa-debug-exit port (QEMU
 exits with status 3 only if that code ran), once under TCG and once under KVM. KVM is
-used only if it runs the probe, and no slower than TCG (within 1.5 s at worst).
-The answer is cached per kernel and QEMU binary.
+used only if it runs the probe faster than TCG did just before. (Comparing with a limit
+that scales with TCG's time let a busy machine pick a crawling KVM: with two VMs
+already running, TCG took 1.5 s, the limit grew past KVM's 2.8 s, and the next guest
+image build never got past its BIOS.) The answer is cached per kernel and QEMU binary.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def detect_acceleration() -> Accel:
     accel: Accel = "tcg"
     if os.path.exists("/dev/kvm"):
         tcg = guest_code_runs("tcg") or 0.75
-        if guest_code_runs("kvm", timeout=max(1.5, 2 * tcg)) is not None:
+        kvm = guest_code_runs("kvm", timeout=max(1.5, 2 * tcg))
+        if kvm is not None and kvm < tcg:
             accel = "kvm"
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({"fingerprint": fingerprint, "accel": accel}))

@@ -19,13 +19,16 @@ truth and any libvirt client can see it:
       <dockvisor:builtin image-key="..."/>                       (the built-in template)
     </dockvisor:domain>
 
-Under QEMU the VM's network is user-mode with a host-forward of the guest's Docker port
-bound to 127.0.0.1, passed on QEMU's command line because libvirt 9.0 cannot express a
-port forward for `<interface type='user'>` (see shared/notes/guest-image.md).
+Under QEMU the VM's network is passed on QEMU's command line (libvirt 9.0 cannot express a
+port forward for `<interface type='user'>`, nor the hub below): QEMU's user-mode network
+(slirp) with the guest's Docker port forwarded from 127.0.0.1, reached by the card either
+through the frame guard (`nic_socket`: the host's outbound network, never its loopback)
+or directly with `restrict=on` (isolated). See network_args and guest_network.py.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
@@ -40,12 +43,18 @@ __all__ = [
     "DomainState",
     "build_domain_xml",
     "parse_domain_xml",
+    "guard_slirp_socket",
+    "network_args",
+    "qemu_args_of",
     "random_mac",
-    "with_host_port",
+    "with_network",
 ]
 
 NS = "https://dockvisor.dev/xmlns/domain/1"
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+NETDEV_ID = "dvnet0"  # the card's
+SLIRP_ID = "dvslirp"
+GUARD_ID = "dvguard"  # slirp's side of the frame guard
 ET.register_namespace("dockvisor", NS)
 ET.register_namespace("qemu", QEMU_NS)
 
@@ -80,6 +89,7 @@ class DomainConfig:
     docker_host_port: int | None = None
     engine_name: str | None = None  # the name in the engine's TLS server certificate
     config_drive: str | None = None  # path of the read-only config drive (vdb)
+    nic_socket: str | None = None  # QEMU: the frame guard's socket; None: isolated
     volumes: tuple[str, ...] = ()
     created: datetime | None = None
     description: str = ""
@@ -102,14 +112,79 @@ def random_mac() -> str:
     return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
 
 
-def with_host_port(xml: str, port: int) -> str:
-    """`xml` (a dockvisor domain) with its Docker host-forward moved to `port`."""
-    state = parse_domain_xml(xml)
-    return build_domain_xml(
-        replace(state.config, docker_host_port=port, uuid=state.uuid),
-        virt_type=ET.fromstring(xml).get("type", "qemu"),
-        console_log=state.console_log,
-    )
+def with_network(xml: str, *, host_port: int | None, nic_socket: str | None) -> str:
+    """`xml` (a dockvisor VM under QEMU) with its Docker forward on `host_port` and its
+    card behind the frame guard at `nic_socket` (None: isolated), and nothing else
+    changed (a snapshot's configuration must stay the one its memory was saved with)."""
+    root = ET.fromstring(xml)
+    config = replace(parse_domain_xml(xml).config, docker_host_port=host_port,
+                     nic_socket=nic_socket)  # fmt: skip
+    docker = root.find(f"metadata/{_q('domain')}/{_q('docker')}")
+    if docker is not None:
+        if host_port:
+            docker.set("host-port", str(host_port))
+        else:
+            docker.attrib.pop("host-port", None)
+    commandline = root.find(f"{{{QEMU_NS}}}commandline")
+    if commandline is not None:
+        for arg in list(commandline):
+            commandline.remove(arg)
+        _add_args(commandline, network_args(config))
+        ET.indent(commandline, level=1)
+    return ET.tostring(root, encoding="unicode")
+
+
+def qemu_args_of(xml: str) -> list[str]:
+    """The arguments a domain passes on QEMU's command line (dockvisor's: its network)."""
+    args = ET.fromstring(xml).iterfind(f"{{{QEMU_NS}}}commandline/{{{QEMU_NS}}}arg")
+    return [arg.get("value", "") for arg in args]
+
+
+def guard_slirp_socket(nic_socket: str) -> str:
+    """Where slirp meets the frame guard of the card whose socket is `nic_socket`."""
+    return nic_socket.removesuffix(".sock") + ".slirp.sock"
+
+
+def network_args(config: DomainConfig) -> list[str]:
+    """QEMU's arguments for a VM's network card. Never slirp on its own without
+    `restrict=on`: slirp's gateway 10.0.2.2 is the host's loopback. Either the card is
+    connected to the frame guard (`nic_socket`), and slirp, unrestricted, to the guard's
+    other side, through a hub (frame_guard.py says what passes), or the card is on slirp
+    with `restrict=on` (isolated: only the Docker forward comes in). The card keeps its
+    address, and slirp stays in the VM's own QEMU, so snapshots load either way."""
+    forward = ""
+    if config.docker_guest_port and config.docker_host_port:
+        forward = f",hostfwd=tcp:127.0.0.1:{config.docker_host_port}-:{config.docker_guest_port}"
+    nic = f"virtio-net-pci,netdev={NETDEV_ID},mac={config.mac},bus=pci.0,addr=0x10"
+    if not config.nic_socket:
+        return ["-netdev", f"user,id={NETDEV_ID},restrict=on,ipv6=off{forward}", "-device", nic]
+    return [
+        "-netdev", f"user,id={SLIRP_ID},ipv6=off{forward}",
+        "-netdev", _stream(GUARD_ID, guard_slirp_socket(config.nic_socket)),
+        "-netdev", f"hubport,id={SLIRP_ID}-hub,hubid=0,netdev={SLIRP_ID}",
+        "-netdev", f"hubport,id={GUARD_ID}-hub,hubid=0,netdev={GUARD_ID}",
+        "-netdev", _stream(NETDEV_ID, config.nic_socket),
+        "-device", nic,
+    ]  # fmt: skip
+
+
+def _stream(netdev_id: str, path: str) -> str:
+    path = path.replace(",", ",,")  # QEMU's option syntax doubles commas
+    return f"stream,id={netdev_id},server=off,addr.type=unix,addr.path={path}"
+
+
+def _nic_socket(args: list[str]) -> str | None:
+    """The unix socket path the card's netdev connects to, if it is a stream."""
+    for value in args:
+        if value.startswith(f"stream,id={NETDEV_ID},"):
+            match = re.search(r",addr\.path=((?:[^,]|,,)*)", value)
+            return match[1].replace(",,", ",") if match else None
+    return None
+
+
+def _add_args(commandline: ET.Element, values: list[str]) -> None:
+    for value in values:
+        ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", {"value": value})
 
 
 def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
@@ -195,15 +270,7 @@ def build_domain_xml(
             _sub(iface, "source", network="default")
             _sub(iface, "mac", address=config.mac)
     if qemu and config.kind == "vm":
-        args = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
-        netdev = "user,id=dvnet0"
-        if config.docker_guest_port and config.docker_host_port:
-            netdev += (
-                f",hostfwd=tcp:127.0.0.1:{config.docker_host_port}-:{config.docker_guest_port}"
-            )
-        nic = f"virtio-net-pci,netdev=dvnet0,mac={config.mac},bus=pci.0,addr=0x10"
-        for value in ("-netdev", netdev, "-device", nic):
-            ET.SubElement(args, f"{{{QEMU_NS}}}arg", {"value": value})
+        _add_args(ET.SubElement(root, f"{{{QEMU_NS}}}commandline"), network_args(config))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
 
@@ -331,6 +398,7 @@ def parse_domain_xml(xml: str) -> DomainState:
             else None,
             engine_name=docker.get("server-name") if docker is not None else None,
             config_drive=meta.findtext(_q("config-drive")),
+            nic_socket=_nic_socket(qemu_args_of(xml)),
             volumes=tuple(v.text or "" for v in meta.iterfind(_q("volume"))),
             created=datetime.fromisoformat(created) if created else None,
             description=meta.findtext(_q("description"), ""),

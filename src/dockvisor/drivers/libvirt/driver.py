@@ -46,16 +46,16 @@ from dockvisor.drivers.libvirt.domain_xml import (
     build_domain_xml,
     parse_domain_xml,
     random_mac,
-    with_host_port,
 )
 from dockvisor.drivers.libvirt.errors import libvirt_errors, translate
 from dockvisor.drivers.libvirt.events import EVENT_NAMES
-from dockvisor.drivers.libvirt.ports import port_is_free, port_range
+from dockvisor.drivers.libvirt.resize import balloon_size, resize_domain
 from dockvisor.drivers.libvirt.snapshots import (
     load_memory_snapshot,
     snapshot_names,
     snapshot_record,
 )
+from dockvisor.drivers.libvirt.starts import StartPreparation
 from dockvisor.drivers.libvirt.storage import (
     StoragePool,
     local_disk_format,
@@ -115,6 +115,8 @@ class LibvirtDriver:
         self._virt_type = self._detect_virt_type()
         self._host: tuple[float, HostInfo] | None = None
         self.capabilities = self._detect_capabilities()
+        self._starts = StartPreparation(self._conn, qemu=self._is_qemu, local=self._local,
+                                        virt_type=self._virt_type)  # fmt: skip
 
     # -- connection facts ------------------------------------------------------------
 
@@ -217,18 +219,7 @@ class LibvirtDriver:
             return _STATES.get(dom.state(0)[0], PowerState.UNKNOWN)
 
     def _balloon(self, dom: libvirt.virDomain) -> int | None:
-        """The memory a running QEMU guest has now (the balloon's actual size).
-
-        libvirt's own record lags behind after a revert: it learns the balloon size from
-        QEMU events, and loading a snapshot into a paused QEMU changes it without one.
-        """
-        if not self._is_qemu or not dom.isActive():
-            return None
-        try:
-            actual = dom.memoryStats().get("actual")
-        except libvirt.libvirtError:
-            return None
-        return int(actual) * KiB if actual else None
+        return balloon_size(dom) if self._is_qemu else None
 
     def _to_vm(self, dom: libvirt.virDomain, state: DomainState) -> VM:
         power = self._power(dom)
@@ -414,21 +405,6 @@ class LibvirtDriver:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def _allocate_port(self, *, exclude: set[int] | None = None) -> int | None:
-        if Capability.LOOPBACK_FORWARD not in self.capabilities:
-            return None
-        used = set(exclude or ())
-        for dom in self._domains():
-            with suppress(NotFound):  # the persistent config holds the port (revert too)
-                port = self._state(dom, inactive=True).config.docker_host_port
-                if port:
-                    used.add(port)
-        low, high = port_range()
-        for port in range(low, high + 1):
-            if port not in used and port_is_free(port):
-                return port
-        raise HypervisorError(f"no free port on 127.0.0.1 in {low}-{high} for a Docker forward")
-
     def _console_log_path(self, name: str) -> str | None:
         if self._is_qemu and self.uri.endswith("/system"):
             return f"/var/log/libvirt/qemu/{name}-console.log"
@@ -480,9 +456,12 @@ class LibvirtDriver:
                 cmdline=template.cmdline,
                 template=spec.template,
                 docker_guest_port=template.docker_guest_port,
-                docker_host_port=self._allocate_port() if template.docker_guest_port else None,
+                docker_host_port=self._starts.allocate_port()
+                if template.docker_guest_port
+                else None,
                 engine_name=spec.guest.engine_name if spec.guest else None,
                 config_drive=drive,
+                nic_socket=self._starts.nic_socket(spec.name),
                 volumes=tuple(made),
                 created=datetime.now(UTC),
             )
@@ -496,33 +475,14 @@ class LibvirtDriver:
         return self._to_vm(dom, self._state(dom))
 
     def _add_config_drive(self, vm: str, guest: GuestConfig | None, made: list[str]) -> str | None:
-        """Store the guest's config drive as a volume of its own (listed in `made`); its
-        path, or None without one."""
-        if guest is None:
-            return None
-        volume = unique_volume_name(vm, "cidata.iso")
-        path = self._storage.upload_bytes(volume, guest.drive, send_content=self._type != "TEST")
-        made.append(volume)
-        return path
-
-    def _ensure_forward_port(self, dom: libvirt.virDomain) -> None:
-        """Before a start: if another program took the VM's Docker port, move the VM."""
-        config = self._state(dom, inactive=True).config
-        port = config.docker_host_port
-        if not port or Capability.LOOPBACK_FORWARD not in self.capabilities or port_is_free(port):
-            return
-        new_port = self._allocate_port(exclude={port})
-        assert new_port is not None
-        with libvirt_errors(f"moving the Docker forward of {config.name}"):
-            self._conn.defineXML(with_host_port(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE),
-                                                new_port))  # fmt: skip
+        drive = guest.drive if guest else None
+        return self._storage.add_config_drive(vm, drive, made, send_content=self._type != "TEST")
 
     def start_vm(self, name: str) -> VM:
         dom, _ = self._vm_domain(name)
         if dom.isActive():
             raise BadPowerState(f"VM {name!r} is already {self._power(dom)}")
-        self._ensure_forward_port(dom)
-        with libvirt_errors(f"starting VM {name}"):
+        with self._starts.starting(dom) as dom, libvirt_errors(f"starting VM {name}"):
             dom.create()
         return self.get_vm(name)
 
@@ -609,86 +569,23 @@ class LibvirtDriver:
         for vol in own:
             with libvirt_errors(f"deleting the disk of {name}"):
                 vol.delete(0)
+        self._starts.forget(name)
 
     def set_resources(
         self, name: str, *, vcpus: int | None = None, memory: int | None = None
     ) -> ResizeResult:
         dom, state = self._vm_domain(name)
-        running = bool(dom.isActive())
-        live = state.config
-        applied: dict[str, int] = {}
-        pending: dict[str, int] = {}
-        reasons: list[str] = []
-        cfg = libvirt.VIR_DOMAIN_AFFECT_CONFIG
         with libvirt_errors(f"resizing VM {name}"):
-            if vcpus is not None:
-                nxt = self._state(dom, inactive=True).config
-                if vcpus > nxt.max_vcpus:
-                    dom.setVcpusFlags(vcpus, cfg | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
-                dom.setVcpusFlags(vcpus, cfg)
-                if not running or vcpus == live.vcpus:
-                    applied["vcpus"] = vcpus
-                elif vcpus < live.vcpus:
-                    pending["vcpus"] = vcpus
-                    reasons.append(
-                        f"vCPUs are added to a running VM, not removed (QEMU 7.2 crashed on "
-                        f"vCPU unplug in our tests): {vcpus} vCPUs apply at the next boot"
-                    )
-                elif vcpus > live.max_vcpus:
-                    pending.update(vcpus=vcpus, max_vcpus=vcpus)
-                    reasons.append(
-                        f"{vcpus} vCPUs is above the {live.max_vcpus} this VM was booted with "
-                        "room for: applies at the next boot"
-                    )
-                else:
-                    try:
-                        dom.setVcpusFlags(vcpus, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                        refused = None
-                    except libvirt.libvirtError as exc:
-                        refused = exc.get_error_message()
-                    if refused is None:
-                        applied["vcpus"] = vcpus
-                    else:
-                        pending["vcpus"] = vcpus
-                        reasons.append(
-                            f"the running VM did not take {vcpus} vCPUs ({refused}): "
-                            "applies at the next boot"
-                        )
-            if memory is not None:
-                kib = memory // KiB
-                nxt = self._state(dom, inactive=True).config
-                if memory > nxt.max_memory:
-                    dom.setMemoryFlags(kib, cfg | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
-                dom.setMemoryFlags(kib, cfg)
-                if not running:
-                    applied["memory"] = memory
-                elif memory > live.max_memory:
-                    pending.update(memory=memory, max_memory=memory)
-                    reasons.append(
-                        f"memory {memory // MiB}MiB is above the {live.max_memory // MiB}MiB "
-                        "this VM was booted with room for: applies at the next boot"
-                    )
-                else:
-                    dom.setMemoryFlags(kib, libvirt.VIR_DOMAIN_AFFECT_LIVE)
-                    applied["memory"] = memory
-                    if not self._wait_balloon(dom, memory):
-                        reasons.append(
-                            "the guest has not yet adjusted its memory (its balloon driver is "
-                            "slow or missing); it will as it can"
-                        )
+            applied, pending, reasons = resize_domain(
+                dom,
+                live=state.config,
+                next_boot=lambda: self._state(dom, inactive=True).config,
+                balloon=self._balloon,
+                vcpus=vcpus,
+                memory=memory,
+            )
         return ResizeResult(vm=self.get_vm(name), applied=applied, pending=pending,
                             reasons=reasons)  # fmt: skip
-
-    def _wait_balloon(self, dom: libvirt.virDomain, target: int, timeout: float = 15.0) -> bool:
-        """Wait for a running guest to reach `target` bytes of memory; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            actual = self._balloon(dom)
-            if actual is None or abs(actual - target) < MiB:
-                return True
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.2)
 
     # -- snapshots -------------------------------------------------------------------
 
@@ -730,9 +627,7 @@ class LibvirtDriver:
         snap = self._snapshot(dom, snapshot)
         info = snapshot_record(name, snap)
         if self._is_qemu and info.with_memory:
-            load_memory_snapshot(
-                self._conn, dom, snap, info, before_start=self._ensure_forward_port
-            )
+            load_memory_snapshot(self._conn, dom, snap, info, starting=self._starts.starting)
         else:
             with libvirt_errors(f"reverting VM {name} to {snapshot}"):
                 dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
@@ -789,9 +684,10 @@ class LibvirtDriver:
                 disk_path=disk,
                 disk_mode=mode,
                 base_path=source.base_path if mode is DiskMode.LINKED else None,
-                docker_host_port=self._allocate_port() if source.docker_guest_port else None,
+                docker_host_port=self._starts.allocate_port() if source.docker_guest_port else None,
                 engine_name=guest.engine_name if guest else None,
                 config_drive=drive,
+                nic_socket=self._starts.nic_socket(new_name),
                 volumes=tuple(made),
                 created=datetime.now(UTC),
             )
@@ -816,8 +712,8 @@ class LibvirtDriver:
         with libvirt_errors(f"copying the disk of {name}"):
             if not dom.isActive():
                 progress("starting the stopped VM paused to read its disk", 0.1)
-                self._ensure_forward_port(dom)
-                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                with self._starts.starting(dom) as dom:
+                    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
                 started_here = True
             try:
                 mirror_and_cut(dom, dest, shallow=shallow, freeze=not started_here,

@@ -14,11 +14,13 @@ import re
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from contextlib import AbstractContextManager, suppress
 from datetime import UTC, datetime
 
 import libvirt
 
 from dockvisor.domain.model import PowerState, Snapshot
+from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
 from dockvisor.drivers.libvirt.errors import libvirt_errors
 from dockvisor.errors import HypervisorError
 
@@ -49,6 +51,10 @@ def snapshot_record(
             current = bool(snap.isCurrent(0))
         except libvirt.libvirtError:
             current = False
+    size = None
+    if (domain := root.find("domain")) is not None:
+        with suppress(ValueError, ET.ParseError):
+            size = parse_domain_xml(ET.tostring(domain, encoding="unicode")).config
     return Snapshot(
         name=root.findtext("name", ""),
         vm=vm,
@@ -60,6 +66,8 @@ def snapshot_record(
         description=root.findtext("description", ""),
         parent=root.findtext("parent/name"),
         current=current,
+        vcpus=size.vcpus if size else None,
+        memory=size.memory if size else None,
     )
 
 
@@ -69,12 +77,13 @@ def load_memory_snapshot(
     snap: libvirt.virDomainSnapshot,
     info: Snapshot,
     *,
-    before_start: Callable[[libvirt.virDomain], None],
+    starting: Callable[[libvirt.virDomain], AbstractContextManager[libvirt.virDomain]],
 ) -> None:
     """Return `dom` to the memory snapshot `snap`: its configuration, disk and memory.
 
-    `before_start` runs on the redefined domain just before QEMU starts (to move a
-    host-forward port another program took, for one). On failure the VM is left off.
+    QEMU starts inside `starting(dom)`, given the redefined domain, which prepares what
+    a start needs (a free Docker port, the guest network) and answers the domain to
+    start. On failure the VM is left off.
     """
     import libvirt_qemu
 
@@ -87,8 +96,8 @@ def load_memory_snapshot(
         if dom.isActive():
             dom.destroy()
         dom = conn.defineXML(match.group(0))
-        before_start(dom)
-        dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        with starting(dom) as dom:
+            dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         try:
             reply = libvirt_qemu.qemuMonitorCommand(
                 dom, f'loadvm "{info.name}"', libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP

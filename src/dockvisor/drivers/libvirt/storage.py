@@ -174,6 +174,17 @@ class StoragePool:
                 self.delete(name)
                 raise
 
+    def add_config_drive(self, vm: str, drive: bytes | None, made: list[str], *,
+                         send_content: bool = True) -> str | None:  # fmt: skip
+        """Store VM `vm`'s config drive as a volume of its own (listed in `made`); its
+        path, or None without a drive."""
+        if drive is None:
+            return None
+        volume = unique_volume_name(vm, "cidata.iso")
+        path = self.upload_bytes(volume, drive, send_content=send_content)
+        made.append(volume)
+        return path
+
     def delete(self, name: str) -> bool:
         """Delete the volume if it exists; True if it did."""
         try:
