@@ -2,7 +2,8 @@
 # `make demo`: the dockvisor server on the embedded default (SQLite in the data directory,
 # the local qemu:///system host with the Docker-ready template), two accounts, and a
 # narrated walk-through of a developer using a delegated sandbox through the API.
-# The server keeps running at the end (Ctrl-C stops it; the VM `demo` stays).
+# The server keeps running at the end (Ctrl-C stops it; the VM `demo` stays), unless
+# DOCKVISOR_DEMO_EXIT=1 (scripted runs, e.g. scripts/fresh-check.sh): then it stops there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
@@ -146,4 +147,8 @@ ${bold}dockvisor is running at $URL/api/v1  (API docs: $URL/api/v1/docs)${off}
 
 Ctrl-C stops the server (the VM stays; the next start picks it up).
 EOT
+if [ "${DOCKVISOR_DEMO_EXIT:-}" = 1 ]; then
+    echo "DOCKVISOR_DEMO_EXIT=1: stopping the server (the VM stays)"
+    exit 0
+fi
 wait "$SERVER"

@@ -14,7 +14,7 @@ fi
 # 1. Debian packages: libvirt + QEMU, the tools the guest image build uses, Python.
 PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils
           e2fsprogs binutils cpio gcc python3 python3-venv python3-dev ca-certificates
-          postgresql curl)
+          postgresql curl procps)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
