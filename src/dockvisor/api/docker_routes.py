@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import tempfile
 from collections.abc import AsyncIterator
@@ -50,6 +51,8 @@ from dockvisor.services.identity import Principal
 from dockvisor.services.runtime import ControlPlane
 
 __all__ = ["MAX_UPLOAD", "UPLOAD_PATHS", "ServerGatewayPolicy", "docker_router"]
+
+log = logging.getLogger(__name__)
 
 MAX_UPLOAD = int(os.environ.get("DOCKVISOR_MAX_UPLOAD", str(16 * 1024**3)))
 UPLOAD_PATHS = ("/docker/images/load", "/docker/images/import")
@@ -200,6 +203,9 @@ def docker_router(cp: ControlPlane) -> APIRouter:
             try:
                 async for data in stream:
                     yield data
+            except DockvisorError as exc:  # the answer has begun: it can only end here
+                log.info("docker.logs-ended", extra={"vm": vm_id, "container": container,
+                                                     "error": str(exc)})  # fmt: skip
             finally:  # never waits: safe while the client's leaving cancels this
                 await opened.__aexit__(None, None, None)
 
