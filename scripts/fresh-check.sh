@@ -357,7 +357,7 @@ while IFS=$'\t' read -r label rc seconds cmd; do
               sed -E 's/^=+ //; s/ =+$//' || true)
     if [ -n "$summary" ]; then printf '      pytest: %s\n' "$summary"; fi
     if [ "$label" = prereq ]; then
-        if grep -qE 'apt(-get)? install.*[[:space:]]make([[:space:]]|$)' "$RUN/root/dockvisor/README.md"; then
+        if grep -qE 'apt(-get)? install.*[[:space:]]make([[:space:]`]|$)' "$RUN/root/dockvisor/README.md"; then
             printf '      (make is not on a fresh Debian 12; the README says to install it)\n'
         else
             printf '      WARNING: make is not on a fresh Debian 12 and the README does not say to install it\n'

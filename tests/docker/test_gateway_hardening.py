@@ -8,12 +8,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import h11
 import pytest
 
 from dockvisor.domain.docker_api import TABLE
@@ -21,6 +19,7 @@ from dockvisor.domain.privileges import Privilege
 from dockvisor.engines.docker import ContainerSpec, DockerEngine
 from tests.docker.conftest import TEST_LABEL, DockerStack
 from tests.docker_cli import docker_cli
+from tests.raw_http import answers
 
 pytestmark = pytest.mark.vm
 
@@ -45,22 +44,8 @@ def send(
         + b"\r\n"
         + body
     )
-    with socket.create_connection(_gateway(stack), timeout=60) as sock:
-        sock.sendall(request)
-        conn = h11.Connection(h11.CLIENT)
-        conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
-        conn.send(h11.EndOfMessage())
-        status, answer = 0, bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                conn.receive_data(sock.recv(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                answer += event.data
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
-                return status, bytes(answer)
+    [(status, answer)] = answers(_gateway(stack), request, [method], timeout=60)
+    return status, answer
 
 
 def json_body(data: object) -> tuple[bytes, bytes]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import socket
 
-import h11
 import pytest
+from tests.raw_http import answers
 from tests.unit.engine_fakes import (
     TOKEN,
     Client,
@@ -102,32 +102,7 @@ NO_BODY = _no_body_routes()
 
 
 def _answers(port: int, raw: bytes, methods: list[str]) -> list[tuple[int, bytes]]:
-    """Send raw requests on one connection; (status, body) of the answer to each (whose
-    methods are `methods`, for h11 to read a HEAD answer right)."""
-    answers = []
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(raw)
-        conn = h11.Connection(h11.CLIENT)
-        for method in methods:
-            # Tell h11 what was asked (its own bytes are not sent: `raw` was).
-            conn.send(h11.Request(method=method, target="/", headers=[("Host", "x")]))
-            conn.send(h11.EndOfMessage())
-            status, body = 0, bytearray()
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(65536))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, h11.EndOfMessage):
-                    break
-                else:
-                    raise AssertionError(f"unexpected {event!r}")
-            answers.append((status, bytes(body)))
-            conn.start_next_cycle()
-    return answers
+    return answers(("127.0.0.1", port), raw, methods)
 
 
 @pytest.mark.parametrize(("method", "path"), NO_BODY, ids=[f"{m} {p}" for m, p in NO_BODY])
