@@ -99,6 +99,10 @@ run docker exec web sh -c 'echo "inside $(hostname): $(ls /etc | wc -l) files in
 
 say "Snapshots it clean, breaks it, rolls it back"
 run as_dev vm snapshot demo clean
+VM_ID=$(as_admin --json vm show demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
+# ...marked as its clean state: the web page offers it as one "Roll back to clean" button
+curl -sf -X PUT -H "Authorization: Bearer $DEV_TOKEN" -H 'Content-Type: application/json' \
+    "$URL/api/v1/vms/$VM_ID/clean-snapshot" -d '{"name": "clean"}' >/dev/null
 run docker run -d --name mistake busybox:latest sh -c 'while :; do :; done'
 run docker ps --format 'table {{.Names}}\t{{.Status}}'
 run as_dev vm revert demo clean
@@ -108,17 +112,17 @@ say "Clones it for another test (within the budget)"
 run as_dev vm clone demo demo-clone
 say "A third VM does not fit the budget"
 try as_dev vm create third --resource-set "$SET" --vcpus 1 --memory 512MiB
-say "Resizing is not part of the Developer role; deleting neither"
+say "Growing the VM is the developer's, within the budget: with the clone, 3 vCPUs do not fit"
 try as_dev vm set demo --vcpus 3
+say "Deleting is not part of the Developer role"
 try as_dev vm rm demo-clone
-say "The admin does both"
+say "The admin deletes the clone; now the developer grows the VM live"
 run as_admin vm rm demo-clone
-run as_admin vm set demo --vcpus 3 --memory 1536MiB
+run as_dev vm set demo --vcpus 3 --memory 1536MiB
 run docker run --rm busybox:latest sh -c 'echo "vCPUs: $(nproc)"; grep MemTotal /proc/meminfo'
 say "A viewer of the VM sees its containers and can change none of them"
 newpass | dockvisor user create viewer --password-stdin >/dev/null 2>&1 || true  # once
 VIEW_TOKEN=$(dockvisor --json token create "demo-$RANDOM" --user viewer | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-VM_ID=$(as_admin --json vm show demo | python3 -c 'import json,sys; print(json.load(sys.stdin)["uuid"])')
 api -X POST "$URL/api/v1/acl" -d "{\"subject\": \"user:viewer\", \"path\": \"/vms/$VM_ID\", \"role\": \"Viewer\"}" >/dev/null || true
 as_viewer() { DOCKVISOR_TOKEN="$VIEW_TOKEN" dockvisor --server "$URL" "$@"; }
 run as_viewer docker demo ps
@@ -134,11 +138,13 @@ run dockvisor audit verify
 
 cat <<EOT
 
-${bold}dockvisor is running at $URL/api/v1  (API docs: $URL/api/v1/docs)${off}
+${bold}dockvisor is running: open $URL/ in a browser${off}  (API: $URL/api/v1, docs: $URL/api/v1/docs)
   admin      password: ${shown[admin]}
   developer  password: ${shown[developer]}
 
-  The developer's VM 'demo' is running. Explore it:
+  Sign in as the developer: the VM 'demo' is there, with its containers (Docker tab),
+  its clean snapshot ("Roll back to clean"), its consoles and graphs.
+  Or from a shell:
     export PATH=$PWD/.venv/bin:\$PATH
     dockvisor --server $URL login --user developer
     dockvisor --server $URL vm list

@@ -11,10 +11,13 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
-# 1. Debian packages: libvirt + QEMU, the tools the guest image build uses, Python.
+# 1. Debian packages: libvirt + QEMU, the tools the guest image build uses, Python, and
+#    the browser the web interface's tests drive (chromium, with a font to draw text).
 PACKAGES=(libvirt-daemon-system libvirt-clients libvirt-dev pkg-config qemu-system-x86 qemu-utils
           e2fsprogs binutils cpio gcc python3 python3-venv python3-dev ca-certificates
-          postgresql curl procps)
+          postgresql curl procps chromium fonts-dejavu-core)
+# npm fetches the web interface's front-end libraries (step 6); Debian's node if none.
+command -v npm >/dev/null || PACKAGES+=(nodejs npm)
 missing=()
 for p in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -77,4 +80,15 @@ if ! command -v docker >/dev/null && [ ! -x .venv/bin/docker ]; then
     dpkg-deb --fsys-tarfile "$tmp"/docker.io_*.deb | tar -x -C "$tmp" ./usr/bin/docker
     install -m 0755 "$tmp/usr/bin/docker" .venv/bin/docker
     rm -rf "$tmp"
+fi
+
+# 6. The web interface's front-end libraries (htmx, xterm.js, noVNC, uPlot, Swagger UI,
+#    axe-core for the tests) from the npm registry into node_modules/, as package-lock.json
+#    pins them; again when the lock file changes. No package's install script is run.
+stamp=node_modules/.dockvisor-installed
+want=$(sha256sum package-lock.json | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    say "installing the web interface's libraries into node_modules (npm ci)"
+    npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+    echo "$want" > "$stamp"
 fi

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 
 from dockvisor.domain.model import (
     Capability,
+    ConsoleKind,
     DiskMode,
     DockerEndpoint,
     PowerState,
@@ -454,3 +456,86 @@ def test_docker_endpoint_of_a_stopped_vm_is_refused(env: Env) -> None:
     with pytest.raises(expected):
         env.driver.docker_endpoint(name)
     env.driver.delete_vm(name)
+
+
+# -- metrics ---------------------------------------------------------------------------
+
+
+def test_usage_counters_of_the_running_vms(env: Env, running_vm: str) -> None:
+    if Capability.METRICS not in env.driver.capabilities:
+        with pytest.raises(Unsupported):
+            env.driver.usage_counters()
+        return
+    stopped = env.name()
+    env.driver.create_vm(env.spec(stopped))
+    try:
+        first = env.driver.usage_counters()
+        vm = env.driver.get_vm(running_vm)
+        assert stopped not in first and running_vm in first
+        assert env.template not in first
+        now = first[running_vm]
+        assert (now.vcpus, now.memory_total) == (vm.vcpus, vm.memory)
+        assert now.cpu_time_ns > 0 and now.disk_read is not None and now.disk_write is not None
+        time.sleep(1)
+        later = env.driver.usage_counters()[running_vm]
+        assert later.time > now.time and later.cpu_time_ns > now.cpu_time_ns
+        assert later.disk_read is not None and later.disk_read >= now.disk_read
+        if env.real_guests:  # the guest's own account, and its card counted by its agent
+            assert now.memory_used is not None and 0 < now.memory_used < now.memory_total
+            assert now.disk_read > 0 and now.net_rx is not None and now.net_tx is not None
+            assert later.net_rx is not None and later.net_rx >= now.net_rx
+    finally:
+        env.driver.delete_vm(stopped)
+
+
+# -- consoles --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", list(ConsoleKind))
+def test_the_consoles_of_a_running_vm(env: Env, running_vm: str, kind: ConsoleKind) -> None:
+    if kind.capability not in env.driver.capabilities:
+        with pytest.raises(Unsupported):
+            env.driver.open_console(running_vm, kind)
+        return
+    with env.driver.open_console(running_vm, kind) as console:
+        console.settimeout(30)
+        if kind is ConsoleKind.VNC:
+            assert console.recv(12).startswith(b"RFB 003.00")
+            return
+        console.sendall(b"echo contract-$((40+2))\n")
+        seen = b""
+        while b"contract-42" not in seen:
+            data = console.recv(4096)
+            assert data, f"the serial console ended; it said {seen[-300:]!r}"
+            seen += data
+
+
+def test_the_consoles_of_a_stopped_vm_are_refused(env: Env) -> None:
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    for kind in ConsoleKind:
+        expected = BadPowerState if kind.capability in env.driver.capabilities else Unsupported
+        with pytest.raises(expected):
+            env.driver.open_console(name, kind)
+    env.driver.delete_vm(name)
+
+
+def test_the_consoles_end_when_the_vm_stops(env: Env) -> None:
+    kinds = [k for k in ConsoleKind if k.capability in env.driver.capabilities]
+    if not kinds:  # the refusals are the tests above
+        return
+    name = env.name()
+    env.driver.create_vm(env.spec(name))
+    try:
+        env.driver.start_vm(name)
+        consoles = [env.driver.open_console(name, kind) for kind in kinds]
+        if ConsoleKind.VNC in kinds:
+            assert consoles[kinds.index(ConsoleKind.VNC)].recv(12).startswith(b"RFB")
+        env.driver.force_off(name)
+        for console in consoles:
+            with console:
+                console.settimeout(5)
+                while console.recv(65536):  # whatever was written, then the end
+                    pass
+    finally:
+        _delete(env.driver, name)

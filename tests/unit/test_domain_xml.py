@@ -407,3 +407,35 @@ def test_a_vm_without_a_drive_has_one_disk_and_no_engine_name():
     root = ET.fromstring(build_domain_xml(VM, virt_type="qemu"))
     assert len(root.findall("devices/disk")) == 1
     assert roundtrip(VM, "qemu").engine_name is None
+
+
+@pytest.mark.parametrize("virt_type", ["kvm", "qemu"])
+def test_a_qemu_vm_has_a_screen_reached_only_through_libvirt(virt_type):
+    devices = ET.fromstring(build_domain_xml(VM, virt_type=virt_type)).find("devices")
+    (graphics,) = devices.findall("graphics")
+    assert graphics.get("type") == "vnc"
+    # Listening nowhere: no TCP port (autoport, 0.0.0.0 or 127.0.0.1), no socket file.
+    assert [listen.attrib for listen in graphics.findall("listen")] == [{"type": "none"}]
+    assert not {"port", "autoport", "listen", "socket", "passwd"} & set(graphics.attrib)
+    (video,) = devices.findall("video")
+    assert video.find("model").get("type") == "vga"
+    # The serial port the serial console opens stays the first console.
+    assert devices.find("serial").get("type") == "pty"
+    assert devices.find("console").get("type") == "pty"
+
+
+@pytest.mark.parametrize("virt_type", ["test", "xen"])
+def test_no_screen_off_qemu(virt_type):
+    devices = ET.fromstring(build_domain_xml(VM, virt_type=virt_type)).find("devices")
+    assert devices.find("graphics") is None and devices.find("video") is None
+
+
+def test_templates_get_no_screen():
+    devices = ET.fromstring(build_domain_xml(TEMPLATE, virt_type="qemu")).find("devices")
+    assert devices.find("graphics") is None and devices.find("video") is None
+
+
+def test_with_network_keeps_the_screen():
+    xml = build_domain_xml(GUARDED, virt_type="qemu")
+    moved = ET.fromstring(with_network(xml, host_port=41099, nic_socket=None))
+    assert [g.attrib for g in moved.iter("graphics")] == [{"type": "vnc"}]

@@ -17,10 +17,11 @@ def test_roles_nest_by_tier() -> None:
     assert admin == frozenset(Privilege) and BUILTIN_ROLES["NoAccess"].privileges == frozenset()
 
 
-def test_the_developer_sandbox_excludes_size_changes_and_delete() -> None:
+def test_the_developer_sandbox_grows_but_does_not_delete_or_allocate() -> None:
     developer = BUILTIN_ROLES["Developer"].privileges
     assert {P.VM_SNAPSHOT, P.VM_SNAPSHOT_ROLLBACK, P.VM_CLONE, P.DOCKER_EXEC} <= developer
-    assert not {P.VM_CONFIG_CPU, P.VM_CONFIG_MEMORY, P.VM_DELETE, P.VM_ALLOCATE} & developer
+    assert {P.VM_CONFIG_CPU, P.VM_CONFIG_MEMORY} <= developer  # live, within the maximums
+    assert not {P.VM_DELETE, P.VM_ALLOCATE, P.PERMISSIONS_MODIFY} & developer
 
 
 def test_rolling_back_is_not_taking_a_snapshot() -> None:

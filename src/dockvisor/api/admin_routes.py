@@ -198,6 +198,7 @@ def admin_router(cp: ControlPlane) -> APIRouter:
 
     @api.post(
         "/tokens",
+        name="token.create",
         status_code=201,
         response_model=s.TokenCreated,
         openapi_extra=declare(AnyUser("their own tokens")),
@@ -207,7 +208,10 @@ def admin_router(cp: ControlPlane) -> APIRouter:
         return s.TokenCreated(**info.__dict__, token=secret)
 
     @api.delete(
-        "/tokens/{token_id}", status_code=204, openapi_extra=declare(AnyUser("their own tokens"))
+        "/tokens/{token_id}",
+        name="token.revoke",
+        status_code=204,
+        openapi_extra=declare(AnyUser("their own tokens")),
     )
     def revoke_token(who: Who, token_id: NumericId) -> Response:
         admin.revoke_token(who, token_id)

@@ -19,8 +19,10 @@ from dockvisor import __version__
 from dockvisor.api import schemas as s
 from dockvisor.api.activity_routes import activity_router
 from dockvisor.api.admin_routes import admin_router
+from dockvisor.api.console_routes import console_router
 from dockvisor.api.declared import DeclaredRoute, declare
 from dockvisor.api.docker_routes import UPLOAD_PATHS, docker_router
+from dockvisor.api.metrics_routes import metrics_router
 from dockvisor.api.params import Who
 from dockvisor.api.problems import ERROR_RESPONSES, install_handlers, problem
 from dockvisor.api.security import SESSION_COOKIE
@@ -44,6 +46,8 @@ API_EXTENSIONS = [
     "declared-privileges",  # x-dockvisor-privilege is a structured, enforced declaration
     "host-state",  # GET /hosts says whether each host answers
     "keyed-audit",  # /audit/verify reports a condition (keyed chain, head file)
+    "consoles",  # /vms/ID/console-tickets, then the websocket /vms/ID/console/serial|vnc
+    "metrics",  # /vms/ID/metrics: graphs of the last hour; /docker/.../usage: containers
 ]
 MAX_BODY = 1024 * 1024
 
@@ -54,7 +58,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         version=__version__,
         description="Docker-ready VMs of an exact size, delegated to the developers who use them.",
         openapi_url="/api/v1/openapi.json",
-        docs_url="/api/v1/docs",
+        docs_url=None,  # served by the web interface, from this server (web/__init__.py)
         redoc_url=None,
     )
     app.state.cp = cp
@@ -94,11 +98,9 @@ def create_app(cp: ControlPlane) -> FastAPI:
         openapi_extra=declare(AnyUser("ends the session the request carries")),
     )
     def logout(who: Who, request: Request, response: Response) -> Response:
-        if cookie := request.cookies.get(SESSION_COOKIE):
-            with cp.db.session() as session:
-                identity.end_session(session, cookie)
-            cp.recent_tokens.clear()  # streams opened with the session end within a second
-        cp.audit.append(who.name, "logout", f"user:{who.name}", "ok")
+        from dockvisor.services.login import logout as end_session
+
+        end_session(cp, who, request.cookies.get(SESSION_COOKIE))
         response = Response(status_code=204)
         response.delete_cookie(SESSION_COOKIE)
         return response
@@ -111,7 +113,12 @@ def create_app(cp: ControlPlane) -> FastAPI:
     api.include_router(vm_router(cp))
     api.include_router(activity_router(cp))
     api.include_router(docker_router(cp))
+    api.include_router(console_router(cp))
+    api.include_router(metrics_router(cp))
     app.include_router(api)
+    from dockvisor.web import install_web  # the pages, on the same origin
+
+    install_web(app, cp)
     return app
 
 

@@ -47,7 +47,8 @@ class DeclaredRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         requirement, dependant = self.requirement, self.dependant
-        action = self.name if "." in self.name else f"{self.methods} {self.path_format}"
+        verbs = "/".join(sorted(self.methods or ()))
+        action = self.name if "." in self.name else f"{verbs} {self.path_format}"
 
         async def guarded(request: Request) -> Response:
             if requirement.signed_in:

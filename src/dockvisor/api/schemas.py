@@ -258,6 +258,15 @@ class VmOut(BaseModel):
     template: str | None
     docker_ready: bool
     managed: bool
+    clean_snapshot: str | None = Field(
+        default=None, description="The snapshot marked as the VM's clean state"
+    )
+
+
+class CleanSnapshot(Strict):
+    name: str | None = Field(
+        pattern=SNAPSHOT, description="A snapshot of the VM, or null for no clean state"
+    )
 
 
 class VmCreate(Strict):
@@ -292,6 +301,7 @@ class VmClone(Strict):
 class SnapshotCreate(Strict):
     name: str = Field(pattern=SNAPSHOT)
     description: str = Field(default="", max_length=500)
+    clean: bool = Field(default=False, description="Also mark it as the VM's clean state")
 
 
 class SnapshotOut(BaseModel):
@@ -454,3 +464,37 @@ class DockerEnvironment(BaseModel):
     docker_host: str = Field(description="DOCKER_HOST: the engine gateway, with the VM's path")
     header: str = Field(description="The header each request carries: Authorization")
     api_version: str
+
+
+# -- metrics ---------------------------------------------------------------------------------
+
+
+class MetricsSeries(BaseModel):
+    """A VM's graphs: parallel lists, one entry per sample, in time order. A gap (the VM
+    was not running, or restarted) is a row of nulls; a rate is null at the first sample
+    after one."""
+
+    time: list[float] = Field(description="When each sample was taken, seconds since the epoch")
+    cpu_percent: list[float | None] = Field(description="CPU used, % of the VM's vCPUs")
+    memory_used: list[int | None] = Field(description="Bytes the guest uses")
+    memory_total: list[int | None] = Field(description="Bytes the VM has")
+    disk_read: list[float | None] = Field(description="Bytes per second, all disks")
+    disk_write: list[float | None] = Field(description="Bytes per second, all disks")
+    net_rx: list[float | None] = Field(description="Bytes per second received")
+    net_tx: list[float | None] = Field(description="Bytes per second sent")
+
+
+class VmMetricsOut(BaseModel):
+    period: float = Field(description="Seconds between two samples")
+    series: MetricsSeries
+
+
+class ContainerUsageOut(BaseModel):
+    """A container's CPU and memory now, as `docker stats` counts them."""
+
+    id: str
+    name: str
+    cpu_percent: float | None = Field(description="% of one CPU: up to 100 x online_cpus")
+    memory_used: int | None = Field(description="Bytes, without page cache it can drop")
+    memory_limit: int | None = Field(description="Bytes: its limit, or the VM's memory")
+    online_cpus: int | None

@@ -141,6 +141,7 @@ def _authenticate(cp: ControlPlane, request: Request) -> Principal:
         request.headers.get(CSRF_HEADER), csrf
     ):
         raise Forbidden("a request with a session cookie must carry its X-CSRF-Token header")
+    request.state.csrf = csrf  # the web pages repeat it in every request they make
     return who
 
 

@@ -131,7 +131,9 @@ def vm_router(cp: ControlPlane) -> APIRouter:
         openapi_extra=declare(Perm("/vms/{vm_id}", P.VM_SNAPSHOT)),
     )
     def snapshot(who: Who, vm_id: Key, body: s.SnapshotCreate, response: Response) -> s.TaskOut:
-        return _task(response, ops.snapshot_vm(who, vm_id, body.name, body.description))
+        return _task(
+            response, ops.snapshot_vm(who, vm_id, body.name, body.description, clean=body.clean)
+        )
 
     @api.post(
         "/vms/{vm_id}/snapshots/{name}/revert",
@@ -158,6 +160,17 @@ def vm_router(cp: ControlPlane) -> APIRouter:
     )
     def delete_snapshot(who: Who, vm_id: Key, name: Key, response: Response) -> s.TaskOut:
         return _task(response, ops.delete_snapshot(who, vm_id, name))
+
+    @api.put(
+        "/vms/{vm_id}/clean-snapshot",
+        name="vm.clean-snapshot",
+        response_model=s.VmOut,
+        openapi_extra=declare(Perm("/vms/{vm_id}", P.VM_SNAPSHOT)),
+    )
+    def mark_clean(who: Who, vm_id: Key, body: s.CleanSnapshot) -> dict[str, Any]:
+        """Mark one of the VM's snapshots as its clean state (the web page's "Roll back
+        to clean"), or none with `{"name": null}`."""
+        return ops.mark_clean(who, vm_id, body.name)
 
     @api.post(
         "/vms/{vm_id}/clone",

@@ -16,7 +16,9 @@ from typing import Any, NoReturn
 import click
 
 from dockvisor import __version__
+from dockvisor.cli import console as console_cli
 from dockvisor.cli import credentials, docker_cmds, render
+from dockvisor.cli import metrics as metrics_cli
 from dockvisor.cli import server as server_cli
 from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
 from dockvisor.cli.progress import ProgressBar
@@ -458,6 +460,8 @@ def vm_endpoint(ctx: Context, name: str) -> None:
     ctx.emit({"env": environment.env, "unset": environment.unset}, environment.shell())
 
 
+vm.add_command(console_cli.console)
+vm.add_command(metrics_cli.metrics)
 for _command in (server_cli.serve, server_cli.user, server_cli.token, server_cli.audit,
                  server_cli.login, server_cli.resource_set, docker_cmds.docker):  # fmt: skip
     cli.add_command(_command)

@@ -129,28 +129,44 @@ class AclIndex:
         `final_at` non-propagating entries apply too; None: only propagating ones (the
         chain is a prefix of a longer one)."""
         for depth in range(start, len(chain)):
-            entries = self._by_path.get(chain[depth])
-            if not entries:
-                continue
-            final = depth == final_at
-            mine = [
-                e
-                for e in entries
-                if e.subject_kind is SubjectKind.USER
-                and e.subject_id == user_id
-                and (e.propagate or final)
-            ]
-            if not mine:
-                mine = [
-                    e
-                    for e in entries
-                    if e.subject_kind is SubjectKind.GROUP
-                    and e.subject_id in group_ids
-                    and (e.propagate or final)
-                ]
-            if mine:
+            if mine := self._applying(user_id, group_ids, chain[depth], depth == final_at):
                 held = self._union(e.role for e in mine)
         return held
+
+    def _applying(
+        self, user_id: int, group_ids: frozenset[int], path: str, final: bool
+    ) -> list[AclEntry]:
+        """The entries at `path` that apply to the user: their own, else their groups'
+        (at the object itself, non-propagating ones too)."""
+        entries = self._by_path.get(path)
+        if not entries:
+            return []
+        mine = [
+            e
+            for e in entries
+            if e.subject_kind is SubjectKind.USER
+            and e.subject_id == user_id
+            and (e.propagate or final)
+        ]
+        return mine or [
+            e
+            for e in entries
+            if e.subject_kind is SubjectKind.GROUP
+            and e.subject_id in group_ids
+            and (e.propagate or final)
+        ]
+
+    def deciding(
+        self, user_id: int, group_ids: frozenset[int], chain: Sequence[str]
+    ) -> list[AclEntry]:
+        """The entries that decide what the user holds on the last object of `chain`:
+        those at the deepest level of the chain that has entries for them (what
+        `privileges` unions). Empty: nothing applies, they hold nothing there."""
+        found: list[AclEntry] = []
+        for depth, path in enumerate(chain):
+            if mine := self._applying(user_id, group_ids, path, depth == len(chain) - 1):
+                found = mine
+        return found
 
     def propagated(
         self, user_id: int, group_ids: frozenset[int], chain: Sequence[str]

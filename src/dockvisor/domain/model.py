@@ -12,6 +12,7 @@ from datetime import datetime
 
 __all__ = [
     "Capability",
+    "ConsoleKind",
     "DiskMode",
     "DockerEndpoint",
     "GuestConfig",
@@ -40,6 +41,20 @@ class DiskMode(enum.StrEnum):
     FULL = "full"  # an independent copy
 
 
+class ConsoleKind(enum.StrEnum):
+    """A running VM's consoles: its first serial port, and its screen spoken as VNC (RFB)."""
+
+    SERIAL = "serial"
+    VNC = "vnc"
+
+    @property
+    def capability(self) -> Capability:
+        """What an adapter must have to open this console."""
+        if self is ConsoleKind.SERIAL:
+            return Capability.SERIAL_CONSOLE
+        return Capability.GRAPHICAL_CONSOLE
+
+
 class Capability(enum.Flag):
     """What a hypervisor adapter can do; callers check before they ask."""
 
@@ -52,6 +67,9 @@ class Capability(enum.Flag):
     CLONE_RUNNING = enum.auto()  # clone a VM while it runs
     GUEST_AGENT = enum.auto()  # guest IP addresses and filesystem freeze via an agent
     LOOPBACK_FORWARD = enum.auto()  # user-mode network with a host-forward on 127.0.0.1
+    METRICS = enum.auto()  # counters of running VMs for their graphs (usage_counters)
+    SERIAL_CONSOLE = enum.auto()  # a running VM's serial console as a byte stream
+    GRAPHICAL_CONSOLE = enum.auto()  # a running VM's screen as a VNC (RFB) byte stream
 
     def names(self) -> list[str]:
         return [str(c.name).lower().replace("_", "-") for c in Capability if c in self]

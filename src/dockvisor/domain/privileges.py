@@ -44,8 +44,8 @@ TIERS: dict[Privilege, int] = {
     P.VM_VIEW: 0, P.DOCKER_VIEW: 0,
     P.VM_POWER_MGMT: 1, P.VM_CONSOLE: 1, P.DOCKER_OPERATE: 1,
     P.VM_SNAPSHOT: 2, P.VM_SNAPSHOT_ROLLBACK: 2, P.VM_CLONE: 2, P.DOCKER_MANAGE: 2,
-    P.DOCKER_EXEC: 2,
-    P.VM_CONFIG_CPU: 3, P.VM_CONFIG_MEMORY: 3, P.VM_DELETE: 3, P.VM_ALLOCATE: 3,
+    P.DOCKER_EXEC: 2, P.VM_CONFIG_CPU: 2, P.VM_CONFIG_MEMORY: 2,
+    P.VM_DELETE: 3, P.VM_ALLOCATE: 3,
     P.PERMISSIONS_MODIFY: 3, P.SYS_AUDIT: 3, P.SYS_MODIFY: 3,
 }  # fmt: skip
 
@@ -72,8 +72,8 @@ BUILTIN_ROLES: dict[str, Role] = {
         _role(
             "Developer",
             2,
-            "Operator, plus snapshots, rollback, clone and full Docker use: the sandbox "
-            "role a VM's creator gets (no size changes, no delete)",
+            "Operator, plus snapshots, rollback, clone, growing the VM within what it may "
+            "grow to, and full Docker use: the sandbox role a VM's creator gets (no delete)",
         ),
         _role("Admin", 3, "Everything"),
     )

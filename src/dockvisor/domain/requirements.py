@@ -57,6 +57,13 @@ class Requirement:
         """The declared path with the request's path parameters filled in."""
         return _PARAM.sub(lambda m: str(params[m.group(1)]), self.path)
 
+    def met_by(self, held: frozenset[Privilege]) -> bool:
+        """Whether holding `held` on the declared path meets a perm declaration (all of
+        its privileges, or one with `any_of`)."""
+        if self.any_of:
+            return bool(self.privileges & held)
+        return self.privileges <= held
+
     def describe(self) -> str:
         """In words, for people: 'VM.Snapshot on /vms/{vm_id}'."""
         names = sorted(p.value for p in self.privileges)

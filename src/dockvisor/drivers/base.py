@@ -13,12 +13,15 @@ Long methods take a `progress(step, fraction)` callback.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
+from dockvisor.domain.metrics import UsageCounters
 from dockvisor.domain.model import (
     VM,
     Capability,
+    ConsoleKind,
     DockerEndpoint,
     GuestConfig,
     HostInfo,
@@ -186,6 +189,24 @@ class HypervisorDriver(Protocol):
 
     def console_log(self, name: str, lines: int = 20) -> str:
         """The last lines the guest wrote to its serial console, if this host keeps them."""
+        ...
+
+    def usage_counters(self) -> dict[str, UsageCounters]:
+        """The counters of every running VM of the host, by VM name, for the VMs' graphs
+        (domain/metrics.py): one request to the hypervisor for all of them, not one per
+        VM (what only a guest can say, it may ask the guest). A counter that cannot be
+        read now is None. Unsupported without METRICS."""
+        ...
+
+    def open_console(self, name: str, kind: ConsoleKind) -> socket.socket:
+        """A connected stream socket whose other end is the running VM's console of `kind`
+        (SERIAL_CONSOLE: the guest's first serial port; GRAPHICAL_CONSOLE: its screen as
+        an RFB server that asks for no authentication). Bytes pass unchanged both ways;
+        the socket reads end-of-file when the console ends (the VM stops, or another
+        session takes the serial console over), and closing it releases the console on
+        the hypervisor within a second. The caller owns the socket (blocking, or use it
+        with an event loop). BadPowerState if the VM is not running, Unsupported if the
+        capability is absent or the VM has no such console."""
         ...
 
     def close(self) -> None: ...

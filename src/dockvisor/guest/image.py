@@ -94,7 +94,9 @@ class GuestImage:
 
     @property
     def cmdline(self) -> str:
-        return "console=ttyS0 root=/dev/vda rw panic=-1"
+        # The kernel writes to the screen (tty0) and the serial port; /dev/console, where
+        # init logs, is the last one: the serial port.
+        return "console=tty0 console=ttyS0 root=/dev/vda rw panic=-1"
 
 
 def _recipe_digest() -> str:

@@ -127,6 +127,10 @@ class AccessPolicy:
             for chain in chains
         ]
 
+    def deciding(self, who: Principal, chain: tuple[str, ...]) -> list[AclEntry]:
+        """The ACL entries that give `who` what they hold on the object (see AclIndex)."""
+        return self._fresh().deciding(who.user_id, who.group_ids, chain)
+
     def require(self, who: Principal, privilege: Privilege, chain: tuple[str, ...]) -> None:
         """Forbidden, naming the privilege and the path, unless `who` holds it there."""
         if not self.allows(who, privilege, chain):

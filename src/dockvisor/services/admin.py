@@ -16,7 +16,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from dockvisor.domain.acl import normalize_path
+from dockvisor.domain.acl import AclEntry, SubjectKind, normalize_path
+from dockvisor.domain.effective_access import judge_entries, privilege_origins
 from dockvisor.domain.model import Template, TemplateSpec
 from dockvisor.domain.naming import validate_template_name
 from dockvisor.domain.privileges import Privilege
@@ -32,7 +33,7 @@ from dockvisor.services import identity, quotas
 from dockvisor.services.access import ROOT, group_members, resolve_subject, subject_name
 from dockvisor.services.audit import ChainReport
 from dockvisor.services.identity import Principal
-from dockvisor.services.inventory import ReconcileReport, chain_of_path
+from dockvisor.services.inventory import ReconcileReport, chain_of, chain_of_path
 from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import (
     AclEntryRow,
@@ -49,7 +50,7 @@ from dockvisor.store.models import (
     VmRow,
 )
 
-__all__ = ["Administration"]
+__all__ = ["AccessExplanation", "Administration"]
 
 P = Privilege
 
@@ -61,6 +62,31 @@ class AclView:
     path: str
     role: str
     propagate: bool
+
+
+@dataclass(frozen=True)
+class ExplainedEntry:
+    """An ACL entry on a VM's chain that names the user or one of their groups."""
+
+    subject: str
+    role: str
+    path: str
+    propagate: bool
+    decides: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class AccessExplanation:
+    """What a user holds on a VM and where each privilege comes from."""
+
+    user: str
+    vm_id: str
+    vm_name: str
+    chain: tuple[str, ...]
+    held: list[str]
+    entries: list[ExplainedEntry]  # root first; the deciding ones have `decides`
+    origins: dict[str, list[str]]  # privilege -> "ROLE for SUBJECT on PATH"
 
 
 class Administration:
@@ -328,6 +354,58 @@ class Administration:
                 if not self.access.may_administer(who, chain):
                     raise NotFound(f"no ACL entry {entry_id}")
                 self.access.revoke(session, who, row, chain)
+
+    def explain_access(self, who: Principal, user_name: str, vm_id: str) -> AccessExplanation:
+        """What `user_name` holds on the VM, with the ACL entries that decide it and those
+        that do not (and why). For those who hold Permissions.Modify (with authority) or
+        Sys.Audit on the VM, and for anyone about themselves on a VM they view; a VM they
+        cannot view does not exist for them."""
+        with self.db.read() as session:
+            row = session.get(VmRow, vm_id)
+            if row is None:
+                raise NotFound(f"no VM {vm_id}")
+            chain = chain_of(row)
+            mine = self.access.privileges(who, chain)
+            own = user_name == who.name and P.VM_VIEW in mine  # one's own: seeing the VM
+            if not (own or P.SYS_AUDIT in mine or self.access.may_administer(who, chain)):
+                if P.VM_VIEW not in mine:
+                    raise NotFound(f"no VM {vm_id}")
+                raise Forbidden(f"{who.name} lacks Permissions.Modify or Sys.Audit on {chain[-1]}")
+            user = identity.user_by_name(session, user_name)
+            subject = identity.principal_for(session, user, "session")
+            rows = session.scalars(
+                select(AclEntryRow).where(AclEntryRow.path.in_(chain)).order_by(AclEntryRow.id)
+            )
+            names: dict[AclEntry, str] = {}
+            for r in rows:
+                kind = SubjectKind(r.subject_kind)
+                if (kind is SubjectKind.USER and r.subject_id == user.id) or (
+                    kind is SubjectKind.GROUP and r.subject_id in subject.group_ids
+                ):
+                    entry = AclEntry(kind, r.subject_id, r.path, r.role, r.propagate)
+                    names[entry] = subject_name(session, r.subject_kind, r.subject_id)
+            vm_name = row.name
+        held = self.access.privileges(subject, chain)
+        deciding = self.access.deciding(subject, chain)
+        roles = {e.role: self.access.role_privileges(e.role) for e in deciding}
+        judged = judge_entries(chain, list(names), deciding)
+        return AccessExplanation(
+            user=user_name,
+            vm_id=vm_id,
+            vm_name=vm_name,
+            chain=chain,
+            held=sorted(p.value for p in held),
+            entries=[
+                ExplainedEntry(
+                    names[j.entry], j.entry.role, j.entry.path, j.entry.propagate, j.decides, j.why
+                )
+                for j in judged
+            ],
+            origins={
+                p.value: [f"{e.role} for {names.get(e, '?')} on {e.path}" for e in entries]
+                for p, entries in privilege_origins(held, deciding, roles).items()
+            },
+        )
 
     # -- hosts, pools, templates -------------------------------------------------------
 

@@ -42,11 +42,11 @@ class Guard:
         path = requirement.object_path(params)
         chain = self._chain(who, path)
         held = self._access.privileges(who, chain)
-        if requirement.any_of and not wanted & held:
+        if not requirement.met_by(held):
             names = " or ".join(sorted(p.value for p in wanted))
+            if not requirement.any_of:
+                names = ", ".join(sorted(p.value for p in wanted - held))
             raise Forbidden(f"{who.name} lacks {names} on {path}")
-        if not requirement.any_of and (missing := wanted - held):
-            raise Forbidden(f"{who.name} lacks {', '.join(sorted(missing))} on {path}")
 
     def _chain(self, who: Principal, path: str) -> tuple[str, ...]:
         if path == "/":

@@ -68,6 +68,7 @@ def chain_of(row: VmRow) -> tuple[str, ...]:
 VM_FIELDS = (
     "id", "name", "host_id", "pool_id", "resource_set_id", "state", "vcpus", "max_vcpus",
     "memory", "max_memory", "disk", "snapshots", "template", "docker_ready", "managed",
+    "clean_snapshot",
 )  # fmt: skip
 
 
@@ -277,47 +278,60 @@ class Inventory:
                 log.exception("inventory.reconcile-failed")
 
     def publish(self, row: VmRow, action: str) -> None:
-        self._broker.publish(
-            Event("vm", action, f"/vms/{row.id}", chain_of(row), None, vm_data(row))
-        )
+        """Tell subscribers about the row as it is. Only once it is committed: a page
+        that hears of a change reads the row at once (use `event` inside a transaction,
+        and `announce` after it)."""
+        self._broker.publish(self.event(row, action))
+
+    @staticmethod
+    def event(row: VmRow, action: str) -> Event:
+        return Event("vm", action, f"/vms/{row.id}", chain_of(row), None, vm_data(row))
+
+    def announce(self, events: list[Event]) -> None:
+        for event in events:
+            self._broker.publish(event)
 
     # -- reading the hypervisor ------------------------------------------------------
 
-    def refresh_vm(self, host_id: int, name: str) -> VmRow | None:
-        """Bring one VM's row up to date (or remove it if the VM is gone)."""
+    def refresh_vm(self, host_id: int, name: str, *, always: bool = False) -> VmRow | None:
+        """Bring one VM's row up to date (or remove it if the VM is gone), and say so
+        once committed; with `always`, say "updated" even if the row did not change
+        (a task ended on it: what it reserved was written when it began)."""
         driver = self._hosts.driver(host_id)
         try:
             vm: VM | None = driver.get_vm(name)
         except NotFound:
             vm = None
+        events: list[Event] = []
         with self._db.session() as session:
             row = session.scalar(select(VmRow).where(VmRow.host_id == host_id, VmRow.name == name))
             if row is not None and row.state == "creating":
                 return row  # its create task owns it until it ends
             if vm is None:
                 if row is not None:
-                    self._forget(session, row)
-                return None
-            action = "updated"
-            if row is None:
-                row = VmRow(
-                    id=str(uuid.uuid4()),
-                    host_id=host_id,
-                    name=name,
-                    state="",
-                    updated=datetime.now(UTC),
-                )
-                session.add(row)
-                action = "created"
-            if apply_vm(row, vm) or action == "created":
-                session.flush()
-                self.publish(row, action)
-            return row
+                    events.append(self._forget(session, row))
+            else:
+                action = "updated"
+                if row is None:
+                    row = VmRow(
+                        id=str(uuid.uuid4()),
+                        host_id=host_id,
+                        name=name,
+                        state="",
+                        updated=datetime.now(UTC),
+                    )
+                    session.add(row)
+                    action = "created"
+                if apply_vm(row, vm) or action == "created" or always:
+                    session.flush()
+                    events.append(self.event(row, action))
+        self.announce(events)
+        return row if vm is not None else None
 
-    def _forget(self, session: Session, row: VmRow) -> None:
+    def _forget(self, session: Session, row: VmRow) -> Event:
         session.execute(delete(AclEntryRow).where(AclEntryRow.path == f"/vms/{row.id}"))
         session.delete(row)
-        self.publish(row, "deleted")
+        return self.event(row, "deleted")
 
     def reconcile(self, host_id: int | None = None) -> ReconcileReport:
         """Make the rows match the hypervisors: add VMs created behind our back, drop the
@@ -331,6 +345,7 @@ class Inventory:
                 report.unreachable.append(str(hid))
                 continue
             self._hosts.answered(hid)
+            events: list[Event] = []
             with self._db.session() as session:
                 rows = {
                     r.name: r for r in session.scalars(select(VmRow).where(VmRow.host_id == hid))
@@ -339,10 +354,10 @@ class Inventory:
                     if row.state == "creating":
                         continue
                     if name not in vms:
-                        self._forget(session, row)
+                        events.append(self._forget(session, row))
                         report.removed.append(name)
                     elif apply_vm(row, vms[name]):
-                        self.publish(row, "updated")
+                        events.append(self.event(row, "updated"))
                         report.updated.append(name)
                 for name, vm in vms.items():
                     if name not in rows:
@@ -356,6 +371,7 @@ class Inventory:
                         apply_vm(row, vm)
                         session.add(row)
                         session.flush()
-                        self.publish(row, "created")
+                        events.append(self.event(row, "created"))
                         report.added.append(name)
+            self.announce(events)
         return report

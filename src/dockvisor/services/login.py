@@ -168,3 +168,13 @@ def login(cp: ControlPlane, name: str, password: str, address: str) -> LoginSess
     cp.throttle.succeeded(name, address)
     cp.audit.append(name, "login", f"user:{name}", "ok", address)
     return LoginSession(name, secret, csrf)
+
+
+def logout(cp: ControlPlane, who: identity.Principal, cookie: str | None) -> None:
+    """End the session `cookie` names (if any); streams opened with it end within a
+    second. Audited."""
+    if cookie:
+        with cp.db.session() as session:
+            identity.end_session(session, cookie)
+        cp.recent_tokens.clear()
+    cp.audit.append(who.name, "logout", f"user:{who.name}", "ok")

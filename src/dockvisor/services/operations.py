@@ -25,6 +25,7 @@ from dockvisor.domain.model import VM, DockerEndpoint, PowerState, Snapshot
 from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
 from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege
 from dockvisor.domain.quota import Resources
+from dockvisor.domain.sizes import format_size
 from dockvisor.domain.sizing import check_resize, plan_size
 from dockvisor.errors import (
     AlreadyExists,
@@ -39,7 +40,14 @@ from dockvisor.services.access import AccessPolicy
 from dockvisor.services.audit import AuditLog
 from dockvisor.services.engines import EngineAccess
 from dockvisor.services.identity import Principal, principal_for
-from dockvisor.services.inventory import VM_FIELDS, Hosts, Inventory, apply_vm, chain_of
+from dockvisor.services.inventory import (
+    VM_FIELDS,
+    Hosts,
+    Inventory,
+    apply_vm,
+    chain_of,
+    vm_data,
+)
 from dockvisor.services.tasks import TaskContext, TaskInfo, TaskRunner
 from dockvisor.store.db import Database
 from dockvisor.store.models import AclEntryRow, HostRow, PoolRow, ResourceSetRow, UserRow, VmRow
@@ -146,7 +154,9 @@ class Operations:
             raise
 
     def _refresh(self, row: VmRow) -> None:
-        self.inventory.refresh_vm(row.host_id, row.name)
+        """The row as the hypervisor has it now, announced even if unchanged: what a
+        task reserved was written when it began, and pages wait for its end."""
+        self.inventory.refresh_vm(row.host_id, row.name, always=True)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -165,6 +175,29 @@ class Operations:
         chains = [vm_chain(r["id"], r["host_id"], r["pool_id"]) for r in rows]
         visible = self.access.allowed_many(who, P.VM_VIEW, chains)
         return [r for r, ok in zip(rows, visible, strict=True) if ok]
+
+    def visible_task(self, who: Principal, task_id: str) -> TaskInfo:
+        """A task `who` may see: their own, or one on a VM they can view (else NotFound,
+        as for a task that never was)."""
+        task = self.tasks.get(task_id)
+        if task.requester_id != who.user_id and not self._views_vm(who, task.object_id):
+            raise NotFound(f"no task {task_id}")
+        return task
+
+    def visible_tasks(self, who: Principal, limit: int) -> list[TaskInfo]:
+        """The newest tasks `who` may see (as `visible_task`), newest first."""
+        return [
+            t
+            for t in self.tasks.recent(limit * 4)
+            if t.requester_id == who.user_id or self._views_vm(who, t.object_id)
+        ][:limit]
+
+    def _views_vm(self, who: Principal, vm_id: str) -> bool:
+        try:
+            self.vm_row(who, vm_id)
+        except DockvisorError:
+            return False
+        return True
 
     def list_snapshots(self, who: Principal, vm_id: str) -> list[Snapshot]:
         row = self.vm_row(who, vm_id)
@@ -459,6 +492,7 @@ class Operations:
                 self.access.require(who, P.VM_CONFIG_CPU, chain_of(row))
             if memory is not None:
                 self.access.require(who, P.VM_CONFIG_MEMORY, chain_of(row))
+            self._check_growth(who, row, vcpus, memory)
             driver = self.hosts.driver(row.host_id)
             check_resize(driver.host_info(), vcpus=vcpus, memory=memory)
             undo = self._reserve_size(row, vcpus, memory)  # the growth, before doing it
@@ -475,7 +509,33 @@ class Operations:
 
             return self._submit(who, "vm.resize", row, work, undo=undo)
 
-    def snapshot_vm(self, who: Principal, vm_id: str, name: str, description: str = "") -> TaskInfo:
+    def _check_growth(
+        self, who: Principal, row: VmRow, vcpus: int | None, memory: int | None
+    ) -> None:
+        """Growing a VM within its maximums (the room its creator gave it) is the
+        resize privileges' to do. Beyond them the host gives more than was planned for
+        the VM: that takes what creating a VM there takes (VM.Allocate on the host), or,
+        for a VM of a resource set, being able to allocate in the set (its quota bounds
+        it)."""
+        beyond = (vcpus is not None and vcpus > row.max_vcpus) or (
+            memory is not None and memory > row.max_memory
+        )
+        if not beyond:
+            return
+        if row.resource_set_id is not None and self.access.may_allocate_in(
+            who, row.resource_set_id
+        ):
+            return
+        if not self.access.allows(who, P.VM_ALLOCATE, ("/", f"/hosts/{row.host_id}")):
+            raise Forbidden(
+                f"{who.name} lacks VM.Allocate on /hosts/{row.host_id}: {row.name} may grow "
+                f"to {row.max_vcpus} vCPUs and {format_size(row.max_memory)} without it"
+            )
+
+    def snapshot_vm(
+        self, who: Principal, vm_id: str, name: str, description: str = "", *, clean: bool = False
+    ) -> TaskInfo:
+        """Take a snapshot; `clean` also marks it as the VM's clean state once taken."""
         with self.audited(who, "vm.snapshot", f"vm:{vm_id}"):
             validate_snapshot_name(name)
             row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
@@ -491,6 +551,11 @@ class Operations:
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 snap = vm_service.snapshot_vm(driver, row.name, name, description=description)
+                if clean:
+                    with self.db.session() as session:
+                        locked = session.get(VmRow, row.id)
+                        if locked is not None:
+                            locked.clean_snapshot = snap.name
                 self._refresh(row)
                 return {"vm": row.id, "snapshot": snap.name}
 
@@ -560,11 +625,39 @@ class Operations:
             def work(ctx: TaskContext) -> dict[str, Any]:
                 try:
                     vm_service.delete_snapshot(driver, row.name, snapshot)
+                    with self.db.session() as session:  # a deleted snapshot is clean no more
+                        locked = session.get(VmRow, row.id)
+                        if locked is not None and locked.clean_snapshot == snapshot:
+                            locked.clean_snapshot = None
                 finally:
                     self._refresh(row)
                 return {"vm": row.id, "snapshot": snapshot}
 
             return self._submit(who, "vm.snapshot.delete", row, work)
+
+    def mark_clean(self, who: Principal, vm_id: str, snapshot: str | None) -> dict[str, Any]:
+        """Name `snapshot` as the VM's clean state (None: no clean state), the one its
+        users roll back to after breaking the VM. Needs VM.Snapshot."""
+        with self.audited(who, "vm.clean-snapshot", f"vm:{vm_id}"):
+            row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
+            if snapshot is not None:
+                driver = self.hosts.driver(row.host_id)
+                if snapshot not in {s.name for s in driver.list_snapshots(row.name)}:
+                    raise NotFound(f"VM {row.name!r} has no snapshot {snapshot!r}")
+            with self.db.session() as session:
+                locked = session.get(VmRow, row.id)
+                if locked is None:
+                    raise NotFound(f"no VM {vm_id}")
+                locked.clean_snapshot = snapshot
+                data = vm_data(locked)
+                event = self.inventory.event(locked, "updated")
+            self.inventory.announce([event])  # once committed
+            return data
+
+    def live_vm(self, who: Principal, vm_id: str) -> VM:
+        """The VM as its hypervisor has it now, with what waits for its next boot."""
+        row = self.vm_row(who, vm_id)
+        return vm_service.get_vm(self.hosts.driver(row.host_id), row.name)
 
     # -- after a restart ---------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from dockvisor.services.guard import Guard
 from dockvisor.services.identity import RecentTokens
 from dockvisor.services.inventory import Hosts, Inventory
 from dockvisor.services.login import LoginThrottle
+from dockvisor.services.metrics import Metrics
 from dockvisor.services.operations import Operations
 from dockvisor.services.tasks import TaskRunner
 from dockvisor.store.db import Database, default_url, restrict_mode
@@ -49,6 +50,7 @@ class Settings:
     database_url: str
     default_host: tuple[str, str] | None = None  # (name, URI) registered if none is
     reconcile_every: float = 30.0
+    metrics_every: float = 10.0  # seconds between two samples of the VMs' graphs
     acl_ttl: float = 1.0
     # Tests only: the directory whose files may back `test:///FILE` hosts (none: no such
     # host can be added; see domain/host_uri.py).
@@ -168,6 +170,7 @@ class ControlPlane:
             self.db, self.hosts, self.inventory, self.access, self.tasks, self.audit, self.engines
         )
         self.docker = DockerOperations(self.ops, self.engines, self.broker)
+        self.metrics = Metrics(self.ops, self.docker, period=settings.metrics_every)
         self.guard = Guard(self.db, self.access)
         self.throttle = LoginThrottle()
         # "tcp://HOST:PORT" of the engine gateway for the docker CLI, once one listens.
@@ -186,6 +189,7 @@ class ControlPlane:
         self.inventory.reconcile()
         if follow:
             self.inventory.start(self.settings.reconcile_every)
+            self.metrics.start()
 
     def begin_stopping(self) -> None:
         """The server has been asked to stop: streams and waits end now, by themselves."""
@@ -197,6 +201,7 @@ class ControlPlane:
         self.begin_stopping()
         self.docker.close()
         self.inventory.stop()
+        self.metrics.stop()
         self.tasks.shutdown()
         self.hosts.close()
         self.db.dispose()

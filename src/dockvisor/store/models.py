@@ -200,6 +200,8 @@ class VmRow(Base):
     docker_ready: Mapped[bool] = mapped_column(Boolean, default=False)
     managed: Mapped[bool] = mapped_column(Boolean, default=True)
     updated: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The snapshot its users marked as the VM's clean state ("Roll back to clean").
+    clean_snapshot: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class TaskRow(Base):

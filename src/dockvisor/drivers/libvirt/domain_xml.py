@@ -259,6 +259,12 @@ def build_domain_xml(
     _sub(devices, "console", type="pty")
     if config.kind == "vm":
         if qemu:
+            # A screen reached only through libvirt (consoles.py: virDomainOpenGraphicsFD),
+            # never a TCP port or a socket file that guests or host users could reach.
+            graphics = _sub(devices, "graphics", type="vnc")
+            _sub(graphics, "listen", type="none")
+            video = _sub(devices, "video")
+            _sub(video, "model", type="vga", heads="1", primary="yes")
             channel = _sub(devices, "channel", type="unix")
             _sub(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
             balloon = _sub(devices, "memballoon", model="virtio")

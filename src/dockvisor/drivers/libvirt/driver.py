@@ -10,6 +10,7 @@ reverting to a memory snapshot (see snapshots.py) and cloning (see disk_copy.py)
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -24,6 +25,7 @@ import libvirt
 from dockvisor.domain.model import (
     VM,
     Capability,
+    ConsoleKind,
     DiskMode,
     DockerEndpoint,
     GuestConfig,
@@ -39,6 +41,7 @@ from dockvisor.domain.sizes import KiB, MiB
 from dockvisor.domain.sizing import vcpu_ceiling
 from dockvisor.drivers.base import Progress, no_progress
 from dockvisor.drivers.libvirt.acceleration import detect_acceleration
+from dockvisor.drivers.libvirt.consoles import log_tail, open_console
 from dockvisor.drivers.libvirt.disk_copy import mirror_and_cut
 from dockvisor.drivers.libvirt.domain_xml import (
     DomainConfig,
@@ -62,6 +65,7 @@ from dockvisor.drivers.libvirt.storage import (
     local_disk_size,
     unique_volume_name,
 )
+from dockvisor.drivers.libvirt.usage import UsageReading
 from dockvisor.errors import (
     AlreadyExists,
     BadPowerState,
@@ -93,7 +97,7 @@ _STATES = {
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
-class LibvirtDriver:
+class LibvirtDriver(UsageReading):
     """A HypervisorDriver for one libvirt connection."""
 
     def __init__(self, uri: str = DEFAULT_URI, *, pool: str = "dockvisor") -> None:
@@ -142,12 +146,12 @@ class LibvirtDriver:
         c = Capability
         if self._type == "TEST":
             return (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
-                    | c.LINKED_CLONES | c.CLONE_RUNNING)  # fmt: skip
+                    | c.LINKED_CLONES | c.CLONE_RUNNING | c.METRICS)  # fmt: skip
         if self._type == "XEN":  # libxl: no snapshots, no block copy, no agent
-            return c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES
-        caps = (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
-                | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT)  # fmt: skip
-        return caps | c.LOOPBACK_FORWARD if self._local else caps
+            return c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES | c.METRICS
+        caps = (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS | c.METRICS
+                | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT | c.SERIAL_CONSOLE)  # fmt: skip
+        return caps | c.LOOPBACK_FORWARD | c.GRAPHICAL_CONSOLE if self._local else caps
 
     def _require(self, capability: Capability, what: str) -> None:
         if capability not in self.capabilities:
@@ -758,15 +762,13 @@ class LibvirtDriver:
         return DockerEndpoint(addresses[0], config.docker_guest_port, tls, server_name)
 
     def console_log(self, name: str, lines: int = 20) -> str:
+        _, state = self._vm_domain(name)
+        return log_tail(state.console_log, lines) if self._local else ""
+
+    def open_console(self, name: str, kind: ConsoleKind) -> socket.socket:
+        self._require(kind.capability, f"the {kind} console")  # the screen: on this machine only
         dom, state = self._vm_domain(name)
-        path = state.console_log
-        if not path or not self._local:
-            return ""
-        try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return open_console(dom, self.uri, state.uuid, kind)
 
     # -- events ----------------------------------------------------------------------
 
