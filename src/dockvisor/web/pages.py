@@ -3,6 +3,7 @@ and the live-update stream the pages listen to."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, Response
@@ -40,6 +41,26 @@ def _live(event: Event) -> bytes:
     elif event.type == "container":
         names.append(f"containers-{event.data.get('vm', '')}")
     return "".join(f"event: {name}\ndata: {event.action}\n\n" for name in names).encode()
+
+
+VMS_PER_PAGE = 100  # an overview of thousands of VMs is searched and paged, not scrolled
+
+
+@dataclass(frozen=True)
+class VmListing:
+    vms: list[dict[str, Any]]
+    total: int  # that match the filter
+    page: int
+    pages: int
+    q: str
+
+    @property
+    def first(self) -> int:
+        return (self.page - 1) * VMS_PER_PAGE + 1
+
+    @property
+    def last(self) -> int:
+        return min(self.page * VMS_PER_PAGE, self.total)
 
 
 def page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
@@ -106,20 +127,39 @@ def page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
     # -- overview ------------------------------------------------------------------------
 
     @web.get("/", openapi_extra=AnyUser("what they may view").openapi())
-    def overview(who: Who, request: Request) -> HTMLResponse:
+    def overview(
+        who: Who,
+        request: Request,
+        q: Annotated[str, Query(max_length=64)] = "",
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    ) -> HTMLResponse:
         return render(
             request,
             "overview.html",
             hosts=host_capacities(cp, admin, who),
-            vms=cp.ops.list_vms(who),
+            listing=_listing(who, q, page),
             sets=admin.list_resource_sets(who),
             may_create=cp.guard.holds_somewhere(who, frozenset({P.VM_ALLOCATE}))
             or bool(cp.access.resource_sets_of(who)),
         )
 
     @web.get("/ui/vms/rows", openapi_extra=AnyUser("the VMs they hold VM.View on").openapi())
-    def vm_rows(who: Who, request: Request) -> HTMLResponse:
-        return render(request, "vm_rows.html", vms=cp.ops.list_vms(who))
+    def vm_rows(
+        who: Who,
+        request: Request,
+        q: Annotated[str, Query(max_length=64)] = "",
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    ) -> HTMLResponse:
+        return render(request, "vm_rows.html", listing=_listing(who, q, page))
+
+    def _listing(who: Any, q: str, page: int) -> VmListing:
+        """One page of the VMs `who` may view whose name contains `q`."""
+        wanted = q.strip().lower()
+        vms = [v for v in cp.ops.list_vms(who) if wanted in v["name"].lower()]
+        pages = max(1, -(-len(vms) // VMS_PER_PAGE))
+        page = min(page, pages)
+        first = (page - 1) * VMS_PER_PAGE
+        return VmListing(vms[first : first + VMS_PER_PAGE], len(vms), page, pages, q.strip())
 
     @web.get("/ui/vms/{vm_id}/row", openapi_extra=Perm("/vms/{vm_id}", P.VM_VIEW).openapi())
     def vm_row(who: Who, request: Request, vm_id: Key) -> HTMLResponse:
