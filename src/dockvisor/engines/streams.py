@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import hashlib
 import json
 import re
 import socket
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -115,34 +117,37 @@ def _instant(stamp: bytes) -> tuple[int, int]:
     return seconds, int(found[2])
 
 
-def _since(stamp: bytes) -> str:
-    """A log timestamp as the `since` parameter dockerd takes: seconds.nanoseconds."""
+def _nanos(stamp: bytes) -> int:
     seconds, nanos = _instant(stamp)
-    return f"{seconds}.{nanos:09d}"
+    return seconds * 1_000_000_000 + nanos
 
 
 class LogFollow:
     """What `GET /containers/{id}/logs?follow=1` misses, and how to get it back.
 
     The rule: a followed log hands out everything the container wrote, its last bytes
-    included. dockerd 20.10 breaks it: its log copier writes a final line that has no
-    newline when the container's output ends, at the moment the container stops, and a
-    follower then stops without reading it (measured: `sh -c 'printf abc; sleep 0.3'`
-    followed from its start lost "abc" 9 times in 12). A follow that ends by itself
-    (the container stopped) is therefore completed by one more read without `follow`,
-    of what came after the last message handed out.
+    included, each once. dockerd 20.10 breaks it: its log copier writes a final line that
+    has no newline when the container's output ends, at the moment the container stops,
+    and a follower then stops without reading it (measured: `sh -c 'printf abc; sleep
+    0.3'` followed from its start lost "abc" 9 times in 12). A follow that ends by itself
+    (the container stopped) is therefore completed by one more read without `follow`.
 
     Without a TTY each message is one frame, so the follow asks for timestamps whatever
-    the caller wants (`params` says so) and the catch-up starts at the last message's
-    own timestamp (`since`), skipping the messages of that instant already handed out;
-    the caller's stamps are removed unless it asked for them. A TTY stream has no
-    frames to find a message in: its catch-up reads the log again as the follow did and
-    skips the bytes already handed out (with `tail`, where the start of a second read
-    moves, there is nothing to compare and no catch-up).
+    the caller wants (`params` says so). A follow does not hand out stdout and stderr in
+    the order of their stamps (each has its own copier: a stderr line stamped after a
+    stdout line may come first), so the catch-up reads from WINDOW before the newest
+    stamp handed out and skips every message already handed out (the same stream, stamp
+    and bytes, as many times as it was). The caller's stamps are removed unless it asked
+    for them. A TTY stream has no frames to find a message in: its catch-up reads the
+    log again as the follow did and skips the bytes already handed out (with `tail`,
+    where the start of a second read moves, there is nothing to compare and no
+    catch-up).
 
     Sans I/O: `feed` the follow's bytes, then `catch_up_params()` and `catch_up` the
     answer of that read.
     """
+
+    WINDOW = 2_000_000_000  # ns: how far apart in stamps the two copiers may hand out
 
     def __init__(self, *, tty: bool, timestamps: bool, params: dict[str, str]) -> None:
         self.tty = tty
@@ -152,21 +157,30 @@ class LogFollow:
         if not tty:
             self.params["timestamps"] = "1"
         self._reader = FrameReader()
-        self._last: bytes | None = None  # the newest message's timestamp
-        self._at_last = 0  # messages handed out with that timestamp
+        self._newest: int | None = None  # the newest stamp handed out (ns)
+        # Messages handed out within WINDOW of the newest, by (stream, stamp, digest),
+        # in the order given (to forget the old ones from the left).
+        self._seen: Counter[tuple[str, int, bytes]] = Counter()
+        self._order: deque[tuple[str, int, bytes]] = deque()
+        self._from: int | None = None  # catch-up: messages stamped before this are old
         self._given = 0  # TTY: bytes handed out
-        self._skip = 0  # catch-up: messages of the last instant still to skip
         self._skipped = 0  # catch-up, TTY: bytes skipped
 
     def _message(self, kind: str, payload: bytes) -> Frame:
         found = _STAMP.match(payload)
         if found is None:  # not stamped: give it whole
             return kind, payload
-        stamp = found[0]
-        if stamp == self._last:
-            self._at_last += 1
-        else:
-            self._last, self._at_last = stamp, 1
+        stamp = _nanos(found[0])
+        key = (kind, stamp, hashlib.blake2b(payload, digest_size=8).digest())
+        self._seen[key] += 1
+        self._order.append(key)
+        if self._newest is None or stamp > self._newest:
+            self._newest = stamp
+        while self._order and self._order[0][1] < self._newest - self.WINDOW:
+            old = self._order.popleft()
+            self._seen[old] -= 1
+            if self._seen[old] <= 0:
+                del self._seen[old]
         return kind, (payload if self._keep_stamps else payload[found.end() :])
 
     def feed(self, chunk: bytes) -> list[Frame]:
@@ -182,13 +196,13 @@ class LogFollow:
         `catch_up`."""
         query = {k: v for k, v in self._caller.items() if k != "follow"}
         self._reader = FrameReader()
-        self._skip = self._at_last if self._last is not None else 0
         self._skipped = 0
         if self.tty:
             return None if query.get("tail", "all") != "all" else query
         query["timestamps"] = "1"
-        if self._last is not None:
-            query["since"] = _since(self._last)
+        if self._newest is not None:
+            self._from = max(0, self._newest - self.WINDOW)
+            query["since"] = f"{self._from // 1_000_000_000}.{self._from % 1_000_000_000:09d}"
             query["tail"] = "all"
         return query
 
@@ -201,14 +215,15 @@ class LogFollow:
             self._given += len(rest)
             return [("stdout", rest)] if rest else []
         out: list[Frame] = []
-        last = self._last
         for kind, payload in self._reader.feed(chunk):
             found = _STAMP.match(payload)
-            if last is not None and found is not None:
-                if _instant(found[0]) < _instant(last):
-                    continue  # older than the follow's last message (since is inclusive)
-                if found[0] == last and self._skip:
-                    self._skip -= 1
+            if found is not None and self._from is not None:
+                stamp = _nanos(found[0])
+                if stamp < self._from:
+                    continue  # before the window (since is inclusive, and coarse)
+                key = (kind, stamp, hashlib.blake2b(payload, digest_size=8).digest())
+                if self._seen.get(key, 0) > 0:
+                    self._seen[key] -= 1  # handed out by the follow already
                     continue
             out.append(self._message(kind, payload))
         return out
