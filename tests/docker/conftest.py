@@ -21,15 +21,12 @@ import pytest
 from dockvisor.api.docker_routes import ServerGatewayPolicy
 from dockvisor.api.engine_gateway import EngineGateway
 from dockvisor.domain.sizes import MiB
-from dockvisor.drivers.libvirt import LibvirtDriver
 from dockvisor.engines.docker import DockerEngine
 from dockvisor.errors import DockvisorError
 from dockvisor.services import identity
-from dockvisor.services import templates as template_service
-from dockvisor.services import vms as vm_service
-from dockvisor.services.runtime import ControlPlane, Settings
+from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import AclEntryRow, RoleRow
-from tests.api.conftest import serve
+from tests.real_server import real_server, succeeded
 
 pytestmark = pytest.mark.vm
 
@@ -85,66 +82,37 @@ class DockerStack:
         return [e for e in rows if e["action"] == action]
 
 
-def _wait(client: httpx.Client, task: dict[str, Any], timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while task["state"] in ("pending", "running"):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task['id']} still {task['state']} after {timeout} s")
-        task = client.get(f"/tasks/{task['id']}/wait", params={"timeout": 10}).json()
-    assert task["state"] == "succeeded", f"{task['kind']}: {task['error']}"
-    return task
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DockerStack]:
-    driver = LibvirtDriver("qemu:///system")
-    template_service.build_builtin_template(driver)
-    driver.close()
-    data = tmp_path_factory.mktemp("docker-server")
-    settings = Settings(
-        data_dir=data,
-        database_url=f"sqlite:///{data / 'dockvisor.db'}",
-        default_host=("local", "qemu:///system"),
-        reconcile_every=30,
-    )
-    cp = ControlPlane(settings)
-    cp.start()
-    uv, thread, url = serve(cp)
-    gateway = EngineGateway(ServerGatewayPolicy(cp), port=0)
-    gateway.start()
-    cp.engine_gateway_url = f"tcp://127.0.0.1:{gateway.port}"
-    names: list[str] = []
-    try:
-        tokens = _users(cp)
-        admin = httpx.Client(
-            base_url=f"{url}/api/v1",
-            headers={"Authorization": f"Bearer {tokens['admin']}"},
-            timeout=60,
-            trust_env=False,
-        )
-        name = f"{run_prefix}dock-{secrets.token_hex(2)}"
-        stopped = f"{run_prefix}dock-{secrets.token_hex(2)}"
-        names += [name, stopped]
-        body = {"template": "docker-ready", "vcpus": 2, "memory": 1024 * MiB}
-        first = admin.post("/vms", json={**body, "name": name}).json()
-        second = admin.post("/vms", json={**body, "name": stopped, "start": False}).json()
-        _wait(admin, second)
-        _wait(admin, first)
-        vm_id, stopped_id = first["object_id"], second["object_id"]
-        _grant(cp, vm_id)
-        _grant(cp, stopped_id)
-        admin.close()
-        yield DockerStack(cp, url, cp.engine_gateway_url, vm_id, name, stopped_id, tokens)
-    finally:
-        gateway.stop()
-        uv.should_exit = True
-        thread.join(timeout=10)
-        cp.stop()
-        driver = LibvirtDriver("qemu:///system")
-        for vm in names:
-            with suppress(Exception):  # the session's cleanup catches the rest
-                vm_service.delete_vm(driver, vm, force=True)
-        driver.close()
+    """For this package only: its VMs are removed as soon as its last test is done."""
+    with real_server(tmp_path_factory, "docker-server") as server:
+        cp, url = server.cp, server.url
+        gateway = EngineGateway(ServerGatewayPolicy(cp), port=0)
+        gateway.start()
+        cp.engine_gateway_url = f"tcp://127.0.0.1:{gateway.port}"
+        try:
+            tokens = _users(cp)
+            admin = httpx.Client(
+                base_url=f"{url}/api/v1",
+                headers={"Authorization": f"Bearer {tokens['admin']}"},
+                timeout=60,
+                trust_env=False,
+            )
+            name = f"{run_prefix}dock-{secrets.token_hex(2)}"
+            stopped = f"{run_prefix}dock-{secrets.token_hex(2)}"
+            server.vms += [name, stopped]
+            body = {"template": "docker-ready", "vcpus": 2, "memory": 1024 * MiB}
+            first = admin.post("/vms", json={**body, "name": name}).json()
+            second = admin.post("/vms", json={**body, "name": stopped, "start": False}).json()
+            succeeded(admin, second)
+            succeeded(admin, first)
+            vm_id, stopped_id = first["object_id"], second["object_id"]
+            _grant(cp, vm_id)
+            _grant(cp, stopped_id)
+            admin.close()
+            yield DockerStack(cp, url, cp.engine_gateway_url, vm_id, name, stopped_id, tokens)
+        finally:
+            gateway.stop()
 
 
 def _users(cp: ControlPlane) -> dict[str, str]:

@@ -28,14 +28,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from dockvisor.domain.sizes import MiB
-from dockvisor.drivers.libvirt import LibvirtDriver
 from dockvisor.services import identity
-from dockvisor.services import templates as template_service
-from dockvisor.services import vms as vm_service
-from dockvisor.services.consoles import TICKET_LIFETIME, consoles_of
-from dockvisor.services.runtime import ControlPlane, Settings
+from dockvisor.services.consoles import TICKET_LIFETIME
+from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import AclEntryRow
-from tests.api.conftest import serve
+from tests.real_server import real_server, succeeded
 
 pytestmark = pytest.mark.vm
 
@@ -82,15 +79,6 @@ class Stack:
         return [e for e in entries if e["action"] == action]
 
 
-def _wait(client: httpx.Client, task: dict[str, Any]) -> dict[str, Any]:
-    deadline = time.monotonic() + 300
-    while task["state"] in ("pending", "running"):
-        assert time.monotonic() < deadline, f"task {task['id']} still {task['state']}"
-        task = client.get(f"/tasks/{task['id']}/wait", params={"timeout": 10}).json()
-    assert task["state"] == "succeeded", f"{task['kind']}: {task['error']}"
-    return task
-
-
 def _users(cp: ControlPlane) -> dict[str, str]:
     tokens = {}
     with cp.db.session() as session:
@@ -106,47 +94,25 @@ def _users(cp: ControlPlane) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def stack(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    driver = LibvirtDriver("qemu:///system")
-    template_service.build_builtin_template(driver)
-    driver.close()
-    data = tmp_path_factory.mktemp("console-server")
-    settings = Settings(
-        data_dir=data,
-        database_url=f"sqlite:///{data / 'dockvisor.db'}",
-        default_host=("local", "qemu:///system"),
-        reconcile_every=30,
-    )
-    cp = ControlPlane(settings)
-    cp.start()
-    uv, thread, url = serve(cp)
-    names: list[str] = []
-    try:
+    with real_server(tmp_path_factory, "console-server") as server:
+        cp, url = server.cp, server.url
         tokens = _users(cp)
         admin = httpx.Client(base_url=f"{url}/api/v1", timeout=60, trust_env=False,
                              headers={"Authorization": f"Bearer {tokens['admin']}"})  # fmt: skip
         name = f"{run_prefix}cons-{secrets.token_hex(2)}"
         stopped = f"{run_prefix}cons-{secrets.token_hex(2)}"
-        names += [name, stopped]
+        server.vms += [name, stopped]
         body = {"template": "docker-ready", "vcpus": 1, "memory": 512 * MiB}
         first = admin.post("/vms", json={**body, "name": name}).json()
         second = admin.post("/vms", json={**body, "name": stopped, "start": False}).json()
-        vm_id = _wait(admin, first)["object_id"]
-        stopped_id = _wait(admin, second)["object_id"]
+        vm_id = succeeded(admin, first)["object_id"]
+        stopped_id = succeeded(admin, second)["object_id"]
         for user, role in ROLES.items():
             if role:
                 entry = {"subject": f"user:{user}", "path": f"/vms/{vm_id}", "role": role}
                 assert admin.post("/acl", json=entry).status_code == 201
         admin.close()
         yield Stack(cp, url, vm_id, name, stopped_id, tokens)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        cp.stop()
-        driver = LibvirtDriver("qemu:///system")
-        for vm in names:
-            with suppress(Exception):  # the session's cleanup catches the rest
-                vm_service.delete_vm(driver, vm, force=True)
-        driver.close()
 
 
 def read_until(ws: ClientConnection, wanted: bytes, timeout: float = 30) -> bytes:
@@ -285,7 +251,7 @@ def test_a_ticket_opens_one_console_once(stack: Stack) -> None:
 def test_an_expired_ticket_is_refused(stack: Stack) -> None:
     since = last_audit_id(stack)
     url = stack.ticket("dev", "serial")["url"]
-    tickets = consoles_of(stack.cp.ops, stack.cp.stopping).tickets
+    tickets = stack.cp.consoles.tickets
     real_clock = tickets.clock
     tickets.clock = lambda: real_clock() + TICKET_LIFETIME + 1  # 31 s later
     try:

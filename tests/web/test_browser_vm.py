@@ -16,7 +16,6 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,10 @@ import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
 from dockvisor.domain.sizes import MiB
-from dockvisor.drivers.libvirt import LibvirtDriver
 from dockvisor.services import identity
-from dockvisor.services import templates as template_service
-from dockvisor.services import vms as vm_service
-from dockvisor.services.runtime import ControlPlane, Settings
+from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import AclEntryRow, GroupMember
-from tests.api.conftest import serve
+from tests.real_server import real_server
 from tests.web.conftest import PASSWORDS, Browsing, _browsing
 
 pytestmark = pytest.mark.vm
@@ -67,21 +63,9 @@ class VmStack:
 
 @pytest.fixture(scope="module")
 def stack(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmStack]:
-    driver = LibvirtDriver("qemu:///system")
-    template_service.build_builtin_template(driver)
-    driver.close()
-    data = tmp_path_factory.mktemp("web-vm-server")
-    settings = Settings(
-        data_dir=data,
-        database_url=f"sqlite:///{data / 'dockvisor.db'}",
-        default_host=("local", "qemu:///system"),
-        reconcile_every=30,
-    )
-    cp = ControlPlane(settings)
-    cp.start()
-    uv, thread, url = serve(cp)
-    stack = VmStack(cp, url, f"{run_prefix}web-{secrets.token_hex(2)}")
-    try:
+    with real_server(tmp_path_factory, "web-vm-server") as server:
+        cp = server.cp
+        stack = VmStack(cp, server.url, f"{run_prefix}web-{secrets.token_hex(2)}", names=server.vms)
         with cp.db.session() as session:
             group = identity.create_group(session, "developers")
             for name in ("admin", "dev"):
@@ -94,15 +78,6 @@ def stack(run_prefix: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                     session.add(GroupMember(group_id=group.id, user_id=user.id))
         cp.access.invalidate()
         yield stack
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        cp.stop()
-        driver = LibvirtDriver("qemu:///system")
-        for vm in stack.names:
-            with suppress(Exception):  # the session's cleanup (run_prefix) catches the rest
-                vm_service.delete_vm(driver, vm, force=True)
-        driver.close()
 
 
 @pytest.fixture

@@ -221,3 +221,17 @@ def test_pages_load_nothing_from_another_site(web: Server) -> None:
     assert "/static/vendor/swagger-ui-dist/swagger-ui-bundle.js" in docs.text
     assert client.get("/static/vendor/swagger-ui-dist/swagger-ui-bundle.js").status_code == 200
     assert client.get("/static/vendor/htmx.org/dist/htmx.min.js").status_code == 200
+
+
+def test_the_audit_page_filters_in_the_database(web: Server) -> None:
+    web.add_user("hal", role="Admin", password="hal-password-1")
+    sign_in(web, "hal", "hal-password-1")  # a first login, then this one
+    client, _ = sign_in(web, "hal", "hal-password-1")
+    bad = httpx.Client(base_url=web.url, timeout=30, trust_env=False)
+    assert bad.post("/login", data={"name": "ivy_%", "password": "nope"}).status_code == 401
+    rows = re.findall(r"<tr><td>\d+</td><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>",
+                      client.get("/audit", params={"actor": "ivy_%"}).text)  # fmt: skip
+    assert rows == [("ivy_%", "login")]  # only that actor's entries
+    page = client.get("/audit", params={"actor": "HAL", "action": "log"}).text
+    logins = re.findall(r"<td>(hal)</td><td>(login)</td>", page)
+    assert len(logins) == 2

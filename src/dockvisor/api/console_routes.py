@@ -36,7 +36,7 @@ from dockvisor.api.security import StreamCaller, authenticate_websocket
 from dockvisor.domain.model import ConsoleKind
 from dockvisor.domain.requirements import Perm
 from dockvisor.errors import DockvisorError
-from dockvisor.services.consoles import ConsoleSession, consoles_of
+from dockvisor.services.consoles import ConsoleSession
 from dockvisor.services.runtime import ControlPlane
 
 __all__ = ["ConsoleTicketOut", "ConsoleTicketRequest", "console_router"]
@@ -57,7 +57,7 @@ class ConsoleTicketOut(BaseModel):
 
 def console_router(cp: ControlPlane) -> APIRouter:
     api = APIRouter(route_class=DeclaredRoute)
-    consoles = consoles_of(cp.ops, cp.stopping)
+    consoles = cp.consoles
 
     @api.post(
         "/vms/{vm_id}/console-tickets",

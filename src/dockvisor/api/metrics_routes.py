@@ -11,6 +11,7 @@ from fastapi import Path as PathParam
 
 from dockvisor.api import schemas as s
 from dockvisor.api.declared import DeclaredRoute, declare
+from dockvisor.api.docker_routes import needs
 from dockvisor.api.params import Key, P, Who
 from dockvisor.domain.requirements import Perm
 from dockvisor.services.metrics import MAX_MINUTES
@@ -40,13 +41,10 @@ def metrics_router(cp: ControlPlane) -> APIRouter:
         found = metrics.vm_metrics(who, vm_id, minutes=minutes)
         return s.VmMetricsOut(period=found.period, series=s.MetricsSeries(**found.series))
 
-    def docker_view() -> dict[str, Any]:
-        return declare(Perm("/vms/{vm_id}", P.DOCKER_VIEW, note="the VM must be running"))
-
     @api.get(
         "/vms/{vm_id}/docker/usage",
         response_model=list[s.ContainerUsageOut],
-        openapi_extra=docker_view(),
+        openapi_extra=needs("Docker.View"),
     )
     def containers_usage(who: Who, vm_id: Key) -> list[dict[str, Any]]:
         """CPU and memory of each running container of the VM (about a second: the
@@ -56,7 +54,7 @@ def metrics_router(cp: ControlPlane) -> APIRouter:
     @api.get(
         "/vms/{vm_id}/docker/containers/{container}/usage",
         response_model=s.ContainerUsageOut,
-        openapi_extra=docker_view(),
+        openapi_extra=needs("Docker.View"),
     )
     def container_usage(who: Who, vm_id: Key, container: Container) -> dict[str, Any]:
         """CPU and memory of one container now, as `docker stats` shows them."""

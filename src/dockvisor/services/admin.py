@@ -9,12 +9,13 @@ delegation rule of AccessPolicy. Everyone manages their own API tokens.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 
 from dockvisor.domain.acl import AclEntry, SubjectKind, normalize_path
 from dockvisor.domain.effective_access import judge_entries, privilege_origins
@@ -639,8 +640,15 @@ class Administration:
     # -- audit -------------------------------------------------------------------------
 
     def audit_entries(
-        self, who: Principal, limit: int = 100, before: int | None = None
+        self,
+        who: Principal,
+        limit: int = 100,
+        before: int | None = None,
+        *,
+        containing: Mapping[str, str] | None = None,
     ) -> list[AuditRow]:
+        """The newest entries (before id `before`); `containing` keeps those whose
+        actor, action or result contains the text given for it (any case)."""
         self._require_root(who, P.SYS_AUDIT)
         if not 1 <= limit <= 1000:
             raise InvalidInput("limit is between 1 and 1000")
@@ -648,6 +656,15 @@ class Administration:
             query = select(AuditRow).order_by(AuditRow.id.desc()).limit(limit)
             if before is not None:
                 query = query.where(AuditRow.id < before)
+            for column, text in (containing or {}).items():
+                if column not in ("actor", "action", "result"):
+                    raise InvalidInput(f"entries are not filtered by {column!r}")
+                if text:
+                    query = query.where(
+                        func.lower(getattr(AuditRow, column)).contains(
+                            text.lower(), autoescape=True
+                        )
+                    )
             return list(session.scalars(query))
 
     def verify_audit(self, who: Principal) -> ChainReport:

@@ -1,23 +1,18 @@
 """What is free on the hosts a user may use: each host's CPUs and memory (asked of the
-hypervisor at most once a minute) less what its running VMs are given."""
+hypervisor at most once a minute: Hosts.info) less what its running VMs are given."""
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
 
-from dockvisor.errors import DockvisorError
 from dockvisor.services.admin import Administration
 from dockvisor.services.identity import Principal
 from dockvisor.services.runtime import ControlPlane
 from dockvisor.store.models import VmRow
 
 __all__ = ["HostCapacity", "host_capacities"]
-
-_SIZE_TTL = 60.0  # a host's size (CPUs, memory) hardly changes: asked once a minute
 
 
 @dataclass(frozen=True)
@@ -40,27 +35,6 @@ class HostCapacity:
         return None if self.memory is None else self.memory - self.used_memory
 
 
-_sizes: dict[int, tuple[float, int, int, str | None]] = {}
-_sizes_lock = threading.Lock()
-
-
-def _host_size(cp: ControlPlane, host_id: int) -> tuple[int, int, str | None] | None:
-    now = time.monotonic()
-    with _sizes_lock:
-        known = _sizes.get(host_id)
-    if known and now - known[0] < _SIZE_TTL:
-        return known[1], known[2], known[3]
-    if cp.hosts.health(host_id).state == "unreachable":
-        return None
-    try:
-        info = cp.hosts.driver(host_id).host_info()
-    except DockvisorError:
-        return None
-    with _sizes_lock:
-        _sizes[host_id] = (now, info.cpus, info.memory, info.acceleration)
-    return info.cpus, info.memory, info.acceleration
-
-
 def host_capacities(cp: ControlPlane, admin: Administration, who: Principal) -> list[HostCapacity]:
     """The hosts `who` may see (as GET /hosts) with what is free on each."""
     hosts = admin.list_hosts(who)
@@ -77,18 +51,18 @@ def host_capacities(cp: ControlPlane, admin: Administration, who: Principal) -> 
         }
     result = []
     for host in hosts:
-        size = _host_size(cp, host["id"])
+        info = cp.hosts.info(host["id"])
         vcpus, memory = used.get(host["id"], (0, 0))
         result.append(
             HostCapacity(
                 host["id"],
                 host["name"],
                 host["state"],
-                size[0] if size else None,
-                size[1] if size else None,
+                info.cpus if info else None,
+                info.memory if info else None,
                 vcpus,
                 memory,
-                size[2] if size else None,
-            )  # fmt: skip
+                info.acceleration if info else None,
+            )
         )
     return result

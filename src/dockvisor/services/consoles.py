@@ -31,7 +31,6 @@ import secrets
 import socket
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -53,7 +52,6 @@ __all__ = [
     "Consoles",
     "IssuedTicket",
     "TicketRefused",
-    "consoles_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -309,17 +307,3 @@ class Consoles:
             except DockvisorError as exc:
                 console.end("ended:privilege", str(exc))
                 return
-
-
-_OF: weakref.WeakKeyDictionary[Operations, Consoles] = weakref.WeakKeyDictionary()
-_OF_LOCK = threading.Lock()
-
-
-def consoles_of(ops: Operations, stopping: threading.Event) -> Consoles:
-    """The one `Consoles` of a control plane (`consoles_of(cp.ops, cp.stopping)`): the
-    API and the web pages issue and redeem the same tickets."""
-    with _OF_LOCK:
-        consoles = _OF.get(ops)
-        if consoles is None:
-            consoles = _OF[ops] = Consoles(ops, stopping)
-        return consoles

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from contextlib import suppress
@@ -24,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from dockvisor.domain.acl import normalize_path, vm_chain
 from dockvisor.domain.host_uri import check_host_uri
-from dockvisor.domain.model import VM
+from dockvisor.domain.model import VM, HostInfo
 from dockvisor.drivers.base import HypervisorDriver
 from dockvisor.errors import (
     AlreadyExists,
@@ -144,6 +145,7 @@ class Hosts:
         self._test_files = test_files
         self._drivers: dict[int, HypervisorDriver] = {}
         self._health: dict[int, HostHealth] = {}
+        self._infos: dict[int, tuple[float, HostInfo]] = {}  # (when asked, what it said)
         self._lock = threading.Lock()
         self.on_connect: Callable[[int, HypervisorDriver], None] | None = None
 
@@ -197,6 +199,24 @@ class Hosts:
     def health(self, host_id: int) -> HostHealth:
         with self._lock:
             return self._health.get(host_id) or HostHealth("unknown", datetime.now(UTC))
+
+    def info(self, host_id: int, max_age: float = 60.0) -> HostInfo | None:
+        """The host's size and kind, asked at most once in `max_age` seconds (it hardly
+        changes); None if it does not answer (or did not, last time)."""
+        with self._lock:
+            known = self._infos.get(host_id)
+        if known and time.monotonic() - known[0] < max_age:
+            return known[1]
+        if self.health(host_id).state == "unreachable":
+            return None
+        try:
+            info = self.driver(host_id).host_info()
+        except DockvisorError as exc:
+            self.answered(host_id, exc)
+            return None
+        with self._lock:
+            self._infos[host_id] = (time.monotonic(), info)
+        return info
 
     def answered(self, host_id: int, error: BaseException | None = None) -> None:
         """Record how the host answered; log when it stops or starts answering."""

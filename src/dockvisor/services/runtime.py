@@ -28,6 +28,7 @@ from dockvisor.errors import InvalidInput
 from dockvisor.paths import data_dir
 from dockvisor.services.access import AccessPolicy, ensure_builtin_roles
 from dockvisor.services.audit import AuditFiles, AuditLog
+from dockvisor.services.consoles import Consoles
 from dockvisor.services.docker import DockerOperations
 from dockvisor.services.engines import EngineAccess
 from dockvisor.services.events import EventBroker
@@ -177,6 +178,8 @@ class ControlPlane:
         self.engine_gateway_url: str | None = None
         # Set when the server begins to stop: streams and waits end by themselves then.
         self.stopping = threading.Event()
+        # Console tickets and open consoles, the same for the API and the web pages.
+        self.consoles = Consoles(self.ops, self.stopping)
 
     def start(self, *, follow: bool = True) -> None:
         if self.settings.default_host is not None:

@@ -15,9 +15,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse
 
-from dockvisor.api.params import Key, P, Who
+from dockvisor.api.docker_routes import needs
+from dockvisor.api.params import Key, Who
 from dockvisor.domain.container_spec import ContainerSpec, PortBinding
-from dockvisor.domain.requirements import Perm
 from dockvisor.domain.sizes import parse_size
 from dockvisor.errors import DockvisorError, InvalidInput
 from dockvisor.services.identity import Principal
@@ -28,7 +28,7 @@ from dockvisor.web.routing import Actions, Requirements, WebRoute, render
 
 __all__ = ["docker_page_router", "parse_env", "parse_ports"]
 
-DOCKER_VIEW = Perm("/vms/{vm_id}", P.DOCKER_VIEW, note="the VM must be running").openapi()
+DOCKER_VIEW = needs("Docker.View")  # as the API's Docker routes declare it
 RESTART = ("no", "always", "unless-stopped", "on-failure")
 
 

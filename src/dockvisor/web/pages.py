@@ -9,7 +9,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request, Response
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from dockvisor.api.event_stream import follow_events
 from dockvisor.api.params import Key, NumericId, P, Who
@@ -173,21 +172,15 @@ def page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         "/tasks", openapi_extra=AnyUser("their own tasks and those on VMs they view").openapi()
     )
     def tasks_page(who: Who, request: Request) -> HTMLResponse:
-        return render(request, "tasks.html", tasks=_tasks(who))
+        return render(request, "tasks.html", tasks=cp.ops.visible_tasks(who, 100))
 
     @web.get("/ui/tasks/rows", openapi_extra=AnyUser().openapi())
     def task_rows(who: Who, request: Request) -> HTMLResponse:
-        return render(request, "task_rows.html", tasks=_tasks(who))
+        return render(request, "task_rows.html", tasks=cp.ops.visible_tasks(who, 100))
 
     @web.get("/ui/tasks/{task_id}", openapi_extra=AnyUser("a task they may view").openapi())
     def task_progress(who: Who, request: Request, task_id: Key) -> HTMLResponse:
-        return render(request, "task_progress.html", task=_task(who, task_id))
-
-    def _tasks(who: Any) -> list[Any]:
-        return cp.ops.visible_tasks(who, 100)
-
-    def _task(who: Any, task_id: str) -> Any:
-        return cp.ops.visible_task(who, task_id)
+        return render(request, "task_progress.html", task=cp.ops.visible_task(who, task_id))
 
     # -- audit ---------------------------------------------------------------------------
 
@@ -199,16 +192,10 @@ def page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         action: Annotated[str, Query(max_length=64)] = "",
         result: Annotated[str, Query(max_length=64)] = "",
     ) -> HTMLResponse:
-        entries = [
-            e
-            for e in admin.audit_entries(who, 1000)
-            if actor.lower() in e.actor.lower()
-            and action.lower() in e.action.lower()
-            and result.lower() in e.result.lower()
-        ][:300]
+        filters = {"actor": actor, "action": action, "result": result}
+        entries = admin.audit_entries(who, 300, containing=filters)
         report = admin.verify_audit(who)
-        return render(request, "audit.html", entries=entries, report=report,
-                      filters={"actor": actor, "action": action, "result": result})  # fmt: skip
+        return render(request, "audit.html", entries=entries, report=report, filters=filters)
 
     # -- my tokens -----------------------------------------------------------------------
 
@@ -271,7 +258,6 @@ def page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
     async def session_check(who: Who) -> Response:
         """Asked when the event stream ends: a signed-out page goes to sign-in (the
         refusal of this request does that), a signed-in one stays."""
-        await run_in_threadpool(lambda: None)
         return Response(status_code=204)
 
     return web

@@ -13,7 +13,6 @@ an ended session leads to sign-in and back (`?next=`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,7 +94,6 @@ _env = Environment(
 )
 _env.filters["size"] = _size
 _env.filters["ago"] = _ago
-_env.filters["tojson_attr"] = lambda value: json.dumps(value)
 
 
 def render(
@@ -108,7 +106,6 @@ def render(
         request=request,
         who=who,
         csrf=getattr(request.state, "csrf", ""),
-        nav=getattr(request.state, "nav", None),
         **context,
     )
     return HTMLResponse(page, status_code=status, headers=headers)
