@@ -25,10 +25,9 @@ from dockvisor.api.docker_routes import UPLOAD_PATHS, docker_router
 from dockvisor.api.metrics_routes import metrics_router
 from dockvisor.api.params import Who
 from dockvisor.api.problems import ERROR_RESPONSES, install_handlers, problem
-from dockvisor.api.security import SESSION_COOKIE
+from dockvisor.api.security import SESSION_COOKIE, set_session_cookie
 from dockvisor.api.vm_routes import vm_router
 from dockvisor.domain.requirements import AnyUser, Public
-from dockvisor.services import identity
 from dockvisor.services.runtime import ControlPlane
 
 __all__ = ["API_EXTENSIONS", "MAX_BODY", "create_app"]
@@ -83,13 +82,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
 
         client = request.client.host if request.client else "?"
         opened = open_session(cp, body.name, body.password, client)
-        response.set_cookie(
-            SESSION_COOKIE,
-            opened.secret,
-            httponly=True,
-            samesite="strict",
-            max_age=int(identity.SESSION_LIFETIME.total_seconds()),
-        )
+        set_session_cookie(response, opened.secret)
         return s.LoginResponse(user=opened.user, csrf_token=opened.csrf)
 
     @api.post(

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import Request, WebSocket
+from fastapi import Request, Response, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
@@ -40,6 +40,7 @@ __all__ = [
     "client_address_options",
     "csrf_matches",
     "reauthenticate",
+    "set_session_cookie",
 ]
 
 SESSION_COOKIE = "dockvisor_session"
@@ -96,6 +97,18 @@ def authenticate_websocket(cp: ControlPlane, ws: WebSocket) -> Principal:
     if not csrf_matches(ws.query_params.get("csrf"), csrf):
         raise Forbidden("a websocket opened with a session cookie must carry ?csrf=TOKEN")
     return who
+
+
+def set_session_cookie(response: Response, secret: str) -> None:
+    """Give the browser its session: never readable by scripts (HttpOnly), never sent
+    by a request another site starts (SameSite=Strict), for the session's lifetime."""
+    response.set_cookie(
+        SESSION_COOKIE,
+        secret,
+        httponly=True,
+        samesite="strict",
+        max_age=int(identity.SESSION_LIFETIME.total_seconds()),
+    )
 
 
 def csrf_matches(given: str | None, expected: str) -> bool:

@@ -12,10 +12,9 @@ from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
 from dockvisor.api.event_stream import follow_events
 from dockvisor.api.params import Key, NumericId, P, Who
-from dockvisor.api.security import SESSION_COOKIE
+from dockvisor.api.security import SESSION_COOKIE, set_session_cookie
 from dockvisor.domain.requirements import AnyUser, Perm, Public
 from dockvisor.errors import DockvisorError, InvalidInput
-from dockvisor.services import identity
 from dockvisor.services.admin import Administration, token_expiry
 from dockvisor.services.capacity import host_capacities
 from dockvisor.services.events import Event
@@ -93,13 +92,7 @@ def page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
             return render(request, "login.html", status=401 if exc.code != "throttled" else 429,
                           next=safe_next(next), name=name, error=str(exc))  # fmt: skip
         response = RedirectResponse(safe_next(next), status_code=303)
-        response.set_cookie(
-            SESSION_COOKIE,
-            opened.secret,
-            httponly=True,
-            samesite="strict",
-            max_age=int(identity.SESSION_LIFETIME.total_seconds()),
-        )
+        set_session_cookie(response, opened.secret)
         return response
 
     @web.post("/logout", openapi_extra=AnyUser("ends the session the request carries").openapi())
