@@ -45,7 +45,7 @@ from dockvisor.api.docker_routes import ServerGatewayPolicy
 from dockvisor.api.engine_gateway import EngineGateway
 from dockvisor.domain.privileges import Privilege
 from dockvisor.domain.sizes import MiB
-from dockvisor.drivers.libvirt import LibvirtDriver
+from dockvisor.drivers.registry import open_driver
 from dockvisor.engines.docker import API_VERSION, ContainerSpec
 from dockvisor.services import identity
 from dockvisor.services import templates as template_service
@@ -82,7 +82,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=40)
     args = parser.parse_args()
 
-    driver = LibvirtDriver("qemu:///system")
+    driver = open_driver("qemu:///system")
     template_service.build_builtin_template(driver)
     driver.close()
     data = Path(tempfile.mkdtemp(prefix="dockvisor-bench-"))
@@ -210,7 +210,7 @@ def main() -> int:
         uv.should_exit = True
         thread.join(timeout=10)
         cp.stop()
-        driver = LibvirtDriver("qemu:///system")
+        driver = open_driver("qemu:///system")
         with suppress(Exception):
             vm_service.delete_vm(driver, name, force=True)
         driver.close()

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dockvisor.drivers.libvirt import LibvirtDriver
+from dockvisor.drivers.registry import open_driver
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
 from dockvisor.services.runtime import ControlPlane, Settings
@@ -35,7 +35,7 @@ class RealServer:
 
 @contextmanager
 def real_server(factory: pytest.TempPathFactory, label: str) -> Iterator[RealServer]:
-    driver = LibvirtDriver(URI)
+    driver = open_driver(URI)
     template_service.build_builtin_template(driver)
     driver.close()
     data = factory.mktemp(label)
@@ -55,7 +55,7 @@ def real_server(factory: pytest.TempPathFactory, label: str) -> Iterator[RealSer
         uv.should_exit = True
         thread.join(timeout=10)
         cp.stop()
-        driver = LibvirtDriver(URI)
+        driver = open_driver(URI)
         for vm in server.vms:
             with suppress(Exception):  # the session's cleanup (run prefix) catches the rest
                 vm_service.delete_vm(driver, vm, force=True)

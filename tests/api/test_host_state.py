@@ -46,7 +46,7 @@ def test_a_host_that_stops_answering_is_shown_and_logged(
     node.write_text(NODE)
     hosts: list[Unplugged] = []
 
-    def factory(uri: str) -> HypervisorDriver:
+    def factory(uri: str, credentials: object = None) -> HypervisorDriver:
         host = Unplugged(LibvirtDriver(uri))
         hosts.append(host)
         return host  # type: ignore[return-value]

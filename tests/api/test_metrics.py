@@ -140,7 +140,7 @@ def sampled(tmp_path: Path) -> Iterator[tuple[Server, list[Slow]]]:
     node.write_text(NODE)
     hosts: list[Slow] = []
 
-    def factory(uri: str) -> HypervisorDriver:
+    def factory(uri: str, credentials: object = None) -> HypervisorDriver:
         host = Slow(LibvirtDriver(uri))
         hosts.append(host)
         return host

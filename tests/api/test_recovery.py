@@ -59,7 +59,7 @@ def surviving_hypervisor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             opened[uri] = _SurvivingDriver(uri, **kwargs)
         return opened[uri]
 
-    # runtime._libvirt_factory imports LibvirtDriver from this package when it connects.
+    # drivers/registry.py reads LibvirtDriver from this package when it connects.
     monkeypatch.setattr(dockvisor.drivers.libvirt, "LibvirtDriver", open_driver)
     yield
     for driver in opened.values():

@@ -18,7 +18,7 @@ import libvirt
 import pytest
 
 from dockvisor.domain.sizes import GiB, MiB
-from dockvisor.drivers.libvirt import LibvirtDriver
+from dockvisor.drivers.registry import open_driver
 from dockvisor.engines.docker import DockerEngine
 from dockvisor.services.engines import EngineAccess
 
@@ -58,7 +58,7 @@ def dv_error(*args: str, code: int = 1, env: dict[str, str] | None = None) -> st
 def engine_of(name: str) -> DockerEngine:
     """The VM's engine, as dockvisor reaches it: mutual TLS with the data directory's
     client certificate, the engine's certificate checked by its own name."""
-    driver = LibvirtDriver("qemu:///system")
+    driver = open_driver("qemu:///system")
     try:
         endpoint = driver.docker_endpoint(name)
     finally:

@@ -20,6 +20,10 @@ ACCEPTED = [
     "qemu+tls://node2.example/system",
     "xen+ssh://node3/system",
     "test:///default",
+    "xapi://pool1.example",
+    "xapi://192.0.2.10:8443",
+    "https://pool1.example/",
+    "https://[2001:db8::9]:443",
 ]
 
 REFUSED = {
@@ -37,6 +41,13 @@ REFUSED = {
     "test:///default#x": "parameters",
     "test+ssh://h/default": "no transport",
     "vbox:///session": "unknown hypervisor",
+    "https://root:secret@pool1.example": "not in the URI",
+    "xapi://root@pool1.example": "not in the URI",
+    "xapi://pool1.example/jsonrpc": "no path",
+    "xapi+ssh://pool1.example": "without a transport",
+    "xapi://pool1.example?verify=0": "parameters",
+    "xapi://": "DNS name or an address",
+    "xapi://pool1.example:99999": "port",
     "lxc:///": "unknown hypervisor",
     "qemu:///embed?root=/tmp": "parameters",
     "qemu:///embed": "path must be",

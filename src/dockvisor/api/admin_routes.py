@@ -237,7 +237,10 @@ def admin_router(cp: ControlPlane) -> APIRouter:
         openapi_extra=declare(Perm("/", P.SYS_MODIFY)),
     )
     def add_host(who: Who, body: s.HostCreate) -> dict[str, Any]:
-        return admin.add_host(who, body.name, body.uri)
+        return admin.add_host(
+            who, body.name, body.uri, user=body.user, password=body.password,
+            certificate=body.certificate,
+        )  # fmt: skip
 
     @api.get(
         "/pools",

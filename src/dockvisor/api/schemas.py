@@ -148,6 +148,7 @@ class HostOut(BaseModel):
     id: int
     name: str
     uri: str
+    family: str = Field(description="The adapter family: libvirt or xapi")
     state: Literal["connected", "unreachable", "unknown"] = Field(
         description="Whether the host answered the last time dockvisor asked it "
         "(connections, the periodic reconcile, its events)"
@@ -158,6 +159,21 @@ class HostOut(BaseModel):
 class HostCreate(Strict):
     name: str = Field(min_length=1, max_length=64)
     uri: str = Field(min_length=1, max_length=255)
+    user: str | None = Field(
+        None, min_length=1, max_length=255, description="A XAPI pool's user (write-only)"
+    )
+    password: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        description="A XAPI pool's password: stored encrypted, never returned (write-only)",
+    )
+    certificate: str | None = Field(
+        None,
+        max_length=65536,
+        description="The pool's HTTPS certificate (PEM) to trust when no known authority "
+        "signed it (a XenServer's own); write-only",
+    )
 
 
 class PoolOut(BaseModel):

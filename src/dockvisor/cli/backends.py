@@ -54,6 +54,7 @@ class Backend(Protocol):
         full: bool,
         start: bool,
         resource_set: int | None,
+        host: int | None,
         progress: Progress,
     ) -> VM: ...
     def power(
@@ -98,10 +99,13 @@ class LocalBackend:
         full: bool,
         start: bool,
         resource_set: int | None,
+        host: int | None,
         progress: Progress,
     ) -> VM:
         if resource_set is not None:
             raise errors.InvalidInput("--resource-set needs --server (quotas live in the server)")
+        if host is not None:
+            raise errors.InvalidInput("--host needs --server (without it: --hypervisor URI)")
         return vm_service.create_vm_from_template(
             self.driver,
             name=name,
@@ -337,6 +341,7 @@ class RemoteBackend:
         full: bool,
         start: bool,
         resource_set: int | None,
+        host: int | None,
         progress: Progress,
     ) -> VM:
         task = self.api.request(
@@ -352,6 +357,7 @@ class RemoteBackend:
                 "full": full,
                 "start": start,
                 "resource_set_id": resource_set,
+                "host_id": host,
             },
         )
         self.api.follow(task, progress)

@@ -1,4 +1,5 @@
-"""API tokens the CLI keeps for the servers it has logged in to (file mode 0600)."""
+"""API tokens the CLI keeps for the servers it has logged in to (file mode 0600), and a
+XAPI pool's credentials for the CLI used without a server (from the environment)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,28 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["docker_config_dir", "save_token", "token_for"]
+from dockvisor.drivers.registry import HostCredentials, family_of
+from dockvisor.errors import InvalidInput
+
+__all__ = ["docker_config_dir", "host_credentials", "save_token", "token_for"]
+
+
+def host_credentials(uri: str) -> HostCredentials | None:
+    """For a XAPI pool used directly: DOCKVISOR_HOST_USER, DOCKVISOR_HOST_PASSWORD and,
+    optionally, DOCKVISOR_HOST_CERTIFICATE (a PEM file to trust). None for libvirt."""
+    if not family_of(uri).needs_credentials:
+        return None
+    user = os.environ.get("DOCKVISOR_HOST_USER")
+    password = os.environ.get("DOCKVISOR_HOST_PASSWORD")
+    if not user or not password:
+        raise InvalidInput(
+            f"{uri} is a XAPI pool: set DOCKVISOR_HOST_USER and DOCKVISOR_HOST_PASSWORD, "
+            "or go through a server that has it (--server)"
+        )
+    certificate = None
+    if path := os.environ.get("DOCKVISOR_HOST_CERTIFICATE"):
+        certificate = Path(path).read_text()
+    return HostCredentials(user, password, certificate)
 
 
 def _config_home() -> Path:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import click
 
@@ -21,9 +21,11 @@ from dockvisor.cli import credentials, docker_cmds, render
 from dockvisor.cli import metrics as metrics_cli
 from dockvisor.cli import server as server_cli
 from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
+from dockvisor.cli.credentials import host_credentials
 from dockvisor.cli.progress import ProgressBar
 from dockvisor.domain.sizes import format_size, parse_size
 from dockvisor.drivers.base import HypervisorDriver, no_progress
+from dockvisor.drivers.registry import open_driver
 from dockvisor.errors import DockvisorError, InvalidInput, Unauthorized
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
@@ -73,9 +75,7 @@ class Context:
     @property
     def driver(self) -> HypervisorDriver:
         if self._driver is None:
-            from dockvisor.drivers.libvirt import LibvirtDriver
-
-            self._driver = LibvirtDriver(self.uri)
+            self._driver = open_driver(self.uri, host_credentials(self.uri))
         return self._driver
 
     def close(self) -> None:
@@ -116,7 +116,9 @@ def _size(text: str | None, what: str) -> int | None:
     envvar="DOCKVISOR_HYPERVISOR",
     default=DEFAULT_URI,
     show_default=True,
-    help="libvirt URI of the hypervisor (env DOCKVISOR_HYPERVISOR).",
+    help="URI of the hypervisor: libvirt (qemu:///system...) or a XAPI pool "
+    "(xapi://HOST, user and password from DOCKVISOR_HOST_USER and DOCKVISOR_HOST_PASSWORD) "
+    "(env DOCKVISOR_HYPERVISOR).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 @click.option(
@@ -149,13 +151,77 @@ def cli(ctx: click.Context, uri: str, as_json: bool, server: str | None, data: s
 # -- host and image --------------------------------------------------------------------
 
 
-@cli.command("host")
+@cli.group("host", invoke_without_command=True)
+@click.pass_context
+def host(click_ctx: click.Context) -> None:
+    """Show the hypervisor host (size, acceleration, capabilities); with --server, list
+    and add the hosts a dockvisor server manages."""
+    if click_ctx.invoked_subcommand is None:
+        ctx = click_ctx.find_object(Context)
+        assert ctx is not None
+        ctx.local_only("host")
+        info = vm_service.host_info(ctx.driver)
+        ctx.emit(info, lambda: render.host_details(info))
+
+
+def _server_api(ctx: Context, what: str) -> RemoteBackend:
+    if not ctx.server:
+        raise InvalidInput(f"{what} works through a dockvisor server: give --server URL")
+    backend = ctx.backend
+    assert isinstance(backend, RemoteBackend)
+    return backend
+
+
+@host.command("list")
 @pass_ctx
-def host_info(ctx: Context) -> None:
-    """Show the hypervisor host: size, acceleration, capabilities."""
-    ctx.local_only("host")
-    info = vm_service.host_info(ctx.driver)
-    ctx.emit(info, lambda: render.host_details(info))
+def host_list(ctx: Context) -> None:
+    """The hosts the server manages, with whether they answer."""
+    hosts = _server_api(ctx, "host list").api.request("GET", "/hosts")
+    ctx.emit(hosts, lambda: render.table(
+        ["ID", "NAME", "FAMILY", "URI", "STATE"],
+        [[str(h["id"]), h["name"], h["family"], h["uri"], h["state"]] for h in hosts],
+    ))  # fmt: skip
+
+
+@host.command("add")
+@click.argument("name")
+@click.argument("uri")
+@click.option("--user", help="A XAPI pool's user (e.g. root).")
+@click.option(
+    "--password-file",
+    type=click.File("r"),
+    help="Read the pool's password from this file ('-': standard input); else "
+    "DOCKVISOR_HOST_PASSWORD, else it is asked for.",
+)
+@click.option(
+    "--certificate",
+    type=click.File("r"),
+    help="The pool's HTTPS certificate (PEM) to trust, when no known authority signed it.",
+)
+@pass_ctx
+def host_add(ctx: Context, name: str, uri: str, user: str | None,
+             password_file: TextIO | None, certificate: TextIO | None) -> None:  # fmt: skip
+    """Register a hypervisor host with the server: a libvirt URI (qemu:///system,
+    qemu+ssh://HOST/system...) or a XAPI pool (xapi://HOST or https://HOST) with
+    --user; the password is never a command-line argument."""
+    api = _server_api(ctx, "host add").api
+    body: dict[str, Any] = {"name": name, "uri": uri}
+    if user:
+        body["user"] = user
+        body["password"] = _pool_password(password_file)
+    if certificate is not None:
+        body["certificate"] = certificate.read()
+    added = api.request("POST", "/hosts", json=body)
+    ctx.emit(added, f"host {added['name']} added (id {added['id']}, {added['family']}, "
+                    f"{added['state']})")  # fmt: skip
+
+
+def _pool_password(source: TextIO | None) -> str:
+    if source is not None:
+        return source.readline().rstrip("\n")
+    if env := os.environ.get("DOCKVISOR_HOST_PASSWORD"):
+        return env
+    return str(click.prompt("Pool password", hide_input=True))
 
 
 @cli.group()
@@ -263,10 +329,16 @@ def vm() -> None:
     type=int,
     help="With --server: create it within this resource set (your quota).",
 )
+@click.option(
+    "--host",
+    "host_id",
+    type=int,
+    help="With --server: the host (id, see `host list`) to create it on [the first].",
+)
 @pass_ctx
 def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: str,
               max_vcpus: int | None, max_memory: str | None, full: bool,
-              no_start: bool, resource_set: int | None) -> None:  # fmt: skip
+              no_start: bool, resource_set: int | None, host_id: int | None) -> None:  # fmt: skip
     """Create a VM from a template, boot it and wait for its Docker engine."""
     memory_bytes = parse_size(memory, what="memory")
     max_memory_bytes = _size(max_memory, "max memory")
@@ -281,6 +353,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
             full=full,
             start=not no_start,
             resource_set=resource_set,
+            host=host_id,
             progress=bar,
         )
     ctx.emit(created, lambda: render.vm_details(created, _endpoint_or_none(ctx, created.name)))

@@ -55,10 +55,10 @@ def _from_server(backend: RemoteBackend, name: str) -> dict[str, Any]:
 
 
 def _from_host(driver: HypervisorDriver, name: str, seconds: float) -> dict[str, Any]:
-    driver.get_vm(name)  # NotFound for a VM that does not exist
-    before = driver.usage_counters().get(name)
+    vm_id = driver.get_vm(name).uuid  # NotFound for a VM that does not exist
+    before = driver.usage_counters().get(vm_id)
     time.sleep(seconds)
-    after = driver.usage_counters().get(name)
+    after = driver.usage_counters().get(vm_id)
     if before is None or after is None:
         raise BadPowerState(f"VM {name!r} is not running")
     point = point_between(before, after, max_interval=seconds * 10)

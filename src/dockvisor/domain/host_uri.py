@@ -13,6 +13,9 @@ them takes a parameter:
     qemu+ssh://[USER@]HOST[:PORT]/system   (xen+ssh too)     ssh, with the server's keys
     qemu+tls://HOST[:PORT]/system          (xen+tls too)     TLS, libvirt's own PKI
     test:///default                                         libvirt's in-process test host
+    xapi://HOST[:PORT]  https://HOST[:PORT]                 a XenServer / XCP-ng pool (XAPI
+                                                            over HTTPS); its user and password
+                                                            are given apart, never in the URI
 
 `test:///FILE` (a test host described by an XML file) is accepted only for a file inside
 a directory the server was started with for that purpose (tests), never by default.
@@ -30,7 +33,8 @@ __all__ = ["SUPPORTED", "check_host_uri"]
 
 SUPPORTED = (
     "qemu:///system, qemu:///session, xen:///system, qemu+ssh://[USER@]HOST[:PORT]/system, "
-    "qemu+tls://HOST[:PORT]/system (xen+ssh and xen+tls alike), test:///default"
+    "qemu+tls://HOST[:PORT]/system (xen+ssh and xen+tls alike), test:///default, "
+    "xapi://HOST[:PORT] or https://HOST[:PORT] (a XAPI pool)"
 )
 
 _LOCAL_PATHS = {"qemu": ("/system", "/session"), "xen": ("/system",)}
@@ -56,6 +60,15 @@ def check_host_uri(uri: str, *, test_files: PurePosixPath | None = None) -> str:
     scheme, _, transport = parts.scheme.partition("+")
     if scheme == "test":
         return _check_test(uri, parts.netloc, parts.path, transport, test_files)
+    if scheme in ("xapi", "https"):
+        if transport:
+            raise _refuse(uri, "a XAPI pool is reached over HTTPS, without a transport")
+        if "@" in parts.netloc:
+            raise _refuse(uri, "give the pool's user and password apart, not in the URI")
+        if parts.path not in ("", "/"):
+            raise _refuse(uri, "a XAPI pool URI has no path")
+        _check_remote(uri, parts.netloc, "https")
+        return uri
     if scheme not in _LOCAL_PATHS:
         raise _refuse(uri, f"unknown hypervisor {scheme or '(none)'!r}")
     if parts.path not in _LOCAL_PATHS[scheme]:

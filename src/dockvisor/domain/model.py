@@ -65,11 +65,13 @@ class Capability(enum.Flag):
     MEMORY_SNAPSHOTS = enum.auto()  # snapshots of a running VM with its memory
     LINKED_CLONES = enum.auto()  # copy-on-write disks on a template or another disk
     CLONE_RUNNING = enum.auto()  # clone a VM while it runs
-    GUEST_AGENT = enum.auto()  # guest IP addresses and filesystem freeze via an agent
+    GUEST_AGENT = enum.auto()  # an agent in the guest (QEMU's): addresses, filesystem freeze
+    GUEST_ADDRESSES = enum.auto()  # the guest's IP addresses, as its agent or tools report
     LOOPBACK_FORWARD = enum.auto()  # user-mode network with a host-forward on 127.0.0.1
     METRICS = enum.auto()  # counters of running VMs for their graphs (usage_counters)
     SERIAL_CONSOLE = enum.auto()  # a running VM's serial console as a byte stream
     GRAPHICAL_CONSOLE = enum.auto()  # a running VM's screen as a VNC (RFB) byte stream
+    EVENTS = enum.auto()  # tells of VM changes as they happen (watch), whoever made them
 
     def names(self) -> list[str]:
         return [str(c.name).lower().replace("_", "-") for c in Capability if c in self]

@@ -2,8 +2,13 @@
 
 Vocabulary: a *VM* is a guest dockvisor can start and stop; a *template* is what VMs are
 made from (a base disk, optionally a kernel and initrd, and what its guests provide);
-a *snapshot* is a named point a VM can return to. Names are the identifiers callers use;
-native identifiers (libvirt UUIDs, XAPI opaque refs) stay inside the adapters.
+a *snapshot* is a named point a VM can return to.
+
+A VM argument (`name` below) is the VM's id, its `VM.uuid` (the libvirt domain UUID, the
+XAPI VM uuid), which never changes; or its name, the user's handle, where that is
+unambiguous (XAPI allows several VMs of one name: a name shared by several VMs is refused
+with InvalidInput listing their ids). The server keeps ids; a person types names.
+Native handles (libvirt domain objects, XAPI opaque refs) stay inside the adapters.
 
 Every method either does all it says or, on failure, leaves nothing behind and raises
 one of the errors of `dockvisor.errors` (never a backend exception). Optional features
@@ -192,7 +197,7 @@ class HypervisorDriver(Protocol):
         ...
 
     def usage_counters(self) -> dict[str, UsageCounters]:
-        """The counters of every running VM of the host, by VM name, for the VMs' graphs
+        """The counters of every running VM of the host, by VM id, for the VMs' graphs
         (domain/metrics.py): one request to the hypervisor for all of them, not one per
         VM (what only a guest can say, it may ask the guest). A counter that cannot be
         read now is None. Unsupported without METRICS."""
@@ -207,6 +212,12 @@ class HypervisorDriver(Protocol):
         the hypervisor within a second. The caller owns the socket (blocking, or use it
         with an event loop). BadPowerState if the VM is not running, Unsupported if the
         capability is absent or the VM has no such console."""
+        ...
+
+    def watch(self, callback: Callable[[str, str], None]) -> None:
+        """Call `callback(vm_id, what)` from now on whenever a VM changes on the
+        hypervisor, whoever changed it (what: "started", "stopped", "created",
+        "deleted", "changed"...). Unsupported without EVENTS."""
         ...
 
     def close(self) -> None: ...

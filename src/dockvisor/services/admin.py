@@ -23,6 +23,7 @@ from dockvisor.domain.model import Template, TemplateSpec
 from dockvisor.domain.naming import validate_template_name
 from dockvisor.domain.privileges import Privilege
 from dockvisor.domain.quota import Limits
+from dockvisor.drivers.registry import HostCredentials, family_of
 from dockvisor.errors import (
     AlreadyExists,
     Forbidden,
@@ -419,6 +420,7 @@ class Administration:
                 "id": h.id,
                 "name": h.name,
                 "uri": h.uri,
+                "family": family_of(h.uri).name,
                 "state": self.cp.hosts.health(h.id).state,
                 "state_since": self.cp.hosts.health(h.id).since,
             }
@@ -427,12 +429,32 @@ class Administration:
             or any(h.id in s.host_ids for s in allowed_sets)
         ]
 
-    def add_host(self, who: Principal, name: str, uri: str) -> dict[str, Any]:
+    def add_host(
+        self,
+        who: Principal,
+        name: str,
+        uri: str,
+        *,
+        user: str | None = None,
+        password: str | None = None,
+        certificate: str | None = None,
+    ) -> dict[str, Any]:
+        """Register a hypervisor host; a XAPI pool with its user and password (sealed in
+        the store, never shown again) and, optionally, its certificate to trust."""
         with self.cp.ops.audited(who, "host.add", f"host:{name}"):
             self._require_root(who, P.SYS_MODIFY)
+            credentials = None
+            if user is not None or password is not None:
+                if not user or not password:
+                    raise InvalidInput("give both the pool's user and its password")
+                if certificate is not None and "BEGIN CERTIFICATE" not in certificate:
+                    raise InvalidInput("the certificate must be PEM (-----BEGIN CERTIFICATE-----)")
+                credentials = HostCredentials(user, password, certificate or None)
+            elif certificate is not None:
+                raise InvalidInput("a certificate goes with a pool's user and password")
             with self.db.session() as session:
                 try:
-                    row = self.cp.hosts.add(session, name, uri)
+                    row = self.cp.hosts.add(session, name, uri, credentials)
                 except HypervisorUnreachable as exc:  # a host that cannot be reached
                     raise InvalidInput(str(exc)) from None  # is a bad request to add it
                 host_id = row.id
@@ -442,6 +464,7 @@ class Administration:
             "id": host_id,
             "name": name,
             "uri": uri,
+            "family": family_of(uri).name,
             "state": health.state,
             "state_since": health.since,
         }

@@ -57,6 +57,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from dockvisor.errors import DockvisorError
+from dockvisor.paths import create_private_file
 from dockvisor.store.db import Database
 from dockvisor.store.models import AuditRow, utc
 
@@ -180,31 +181,6 @@ def key_id(key: bytes) -> str:
 
 
 # -- the key and head files -------------------------------------------------------------
-
-
-def _create_file(path: Path, content: str) -> bool:
-    """Create `path` with `content`, mode 0600, all at once: it appears complete or not
-    at all (written aside, then hard-linked into place). False if it already existed."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
-    fd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(aside, path)
-        except FileExistsError:
-            return False
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-        return True
-    finally:
-        os.unlink(aside)
 
 
 def _private(path: Path, notes: list[str]) -> None:
@@ -490,7 +466,7 @@ class AuditLog:
                     "writing to one database needs the same key)"
                 )
             key = secrets.token_bytes(KEY_BYTES)
-            if _create_file(self.files.key, key.hex() + "\n"):
+            if create_private_file(self.files.key, key.hex() + "\n"):
                 notes.append(
                     f"made the audit key {self.files.key} (mode 0600): keep a copy apart "
                     "from the database's backups"
@@ -564,7 +540,9 @@ class AuditLog:
         )
 
     def _write_head(self, key: bytes, keyed_from: int) -> bool:
-        return _create_file(self.files.head, f"{_HEAD_MAGIC} key={key_id(key)} from={keyed_from}\n")
+        return create_private_file(
+            self.files.head, f"{_HEAD_MAGIC} key={key_id(key)} from={keyed_from}\n"
+        )
 
     def _seq_of(self, entry_id: int) -> int:
         with self._db.read() as session:

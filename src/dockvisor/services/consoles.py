@@ -40,6 +40,7 @@ from dockvisor.domain.model import ConsoleKind
 from dockvisor.domain.privileges import Privilege
 from dockvisor.errors import BadPowerState, DockvisorError, Forbidden, Unsupported
 from dockvisor.services.identity import Principal
+from dockvisor.services.inventory import vm_ref
 from dockvisor.services.operations import Operations
 from dockvisor.store.models import VmRow
 
@@ -238,7 +239,7 @@ class Consoles:
 
     def _open(self, who: Principal, vm_id: str, kind: ConsoleKind) -> socket.socket:
         row = self._usable_row(who, vm_id, kind)
-        return self.ops.hosts.driver(row.host_id).open_console(row.name, kind)
+        return self.ops.hosts.driver(row.host_id).open_console(vm_ref(row), kind)
 
     def refused(self, actor: str, vm_id: str, exc: DockvisorError, client: str = "") -> None:
         """Audit a console refused before its caller was known (blocking)."""

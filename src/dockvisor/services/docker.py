@@ -45,7 +45,7 @@ from dockvisor.errors import (
 from dockvisor.services.engines import EngineAccess
 from dockvisor.services.events import Event, EventBroker
 from dockvisor.services.identity import Principal
-from dockvisor.services.inventory import chain_of
+from dockvisor.services.inventory import chain_of, vm_ref
 from dockvisor.services.operations import Operations
 from dockvisor.store.models import VmRow
 
@@ -365,7 +365,7 @@ class DockerOperations:
         if cached is not None and cached[0] == key:
             return cached[1]
         try:
-            endpoint = self.ops.hosts.driver(row.host_id).docker_endpoint(row.name)
+            endpoint = self.ops.hosts.driver(row.host_id).docker_endpoint(vm_ref(row))
         except BadPowerState as exc:
             raise EngineUnavailable(f"VM {row.name}: {exc}") from None
         with self._lock:

@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from dockvisor.domain.acl import normalize_path, vm_chain
 from dockvisor.domain.host_uri import check_host_uri
-from dockvisor.domain.model import VM, HostInfo
+from dockvisor.domain.model import VM, Capability, HostInfo
 from dockvisor.drivers.base import HypervisorDriver
+from dockvisor.drivers.registry import HostCredentials, family_of
 from dockvisor.errors import (
     AlreadyExists,
     DockvisorError,
@@ -35,11 +36,13 @@ from dockvisor.errors import (
     NotFound,
 )
 from dockvisor.services.events import Event, EventBroker
+from dockvisor.services.host_secrets import CredentialVault
 from dockvisor.store.db import Database
 from dockvisor.store.models import AclEntryRow, HostRow, PoolRow, ResourceSetRow, VmRow
 
 __all__ = [
     "VM_FIELDS",
+    "DriverFactory",
     "HostHealth",
     "Hosts",
     "Inventory",
@@ -48,9 +51,10 @@ __all__ = [
     "chain_of",
     "chain_of_path",
     "vm_data",
+    "vm_ref",
 ]
 
-DriverFactory = Callable[[str], HypervisorDriver]
+DriverFactory = Callable[[str, HostCredentials | None], HypervisorDriver]
 log = logging.getLogger(__name__)
 
 
@@ -97,6 +101,31 @@ def chain_of_path(session: Session, path: str) -> tuple[str, ...]:
     return ("/", path)
 
 
+def vm_ref(row: VmRow) -> str:
+    """How a service names the row's VM to its driver: the hypervisor's id once known
+    (names need not be unique on the hypervisor), else the name it is being made with."""
+    return row.hv_uuid or row.name
+
+
+def _row_for(rows: list[VmRow], vm_id: str, name: str) -> VmRow | None:
+    """The row of the VM with hypervisor id `vm_id`; failing that, a row of that name
+    that has no id yet (being created)."""
+    for row in rows:
+        if row.hv_uuid == vm_id:
+            return row
+    return next((r for r in rows if r.hv_uuid is None and r.name == name), None)
+
+
+def _follow_name(row: VmRow, vm: VM, rows: list[VmRow]) -> bool:
+    """Give the row the VM's name if the VM was renamed on the hypervisor and no other
+    row has that name; True if it changed."""
+    base = row.name.split("~", 1)[0] if row.name.endswith(f"~{vm.uuid[:8]}") else row.name
+    if base == vm.name or any(r.name == vm.name for r in rows if r is not row):
+        return False
+    row.name = vm.name
+    return True
+
+
 def vm_data(row: VmRow) -> dict[str, Any]:
     """A VM row as the API and events show it."""
     return {field: getattr(row, field) for field in VM_FIELDS}
@@ -138,10 +167,16 @@ class Hosts:
     """The hypervisor hosts this server manages, each with one open driver."""
 
     def __init__(
-        self, db: Database, factory: DriverFactory, *, test_files: Path | None = None
+        self,
+        db: Database,
+        factory: DriverFactory,
+        vault: CredentialVault,
+        *,
+        test_files: Path | None = None,
     ) -> None:
         self._db = db
         self._factory = factory
+        self._vault = vault
         self._test_files = test_files
         self._drivers: dict[int, HypervisorDriver] = {}
         self._health: dict[int, HostHealth] = {}
@@ -149,7 +184,11 @@ class Hosts:
         self._lock = threading.Lock()
         self.on_connect: Callable[[int, HypervisorDriver], None] | None = None
 
-    def add(self, session: Session, name: str, uri: str) -> HostRow:
+    def add(
+        self, session: Session, name: str, uri: str, credentials: HostCredentials | None = None
+    ) -> HostRow:
+        """Connect to the host and record it (its credentials sealed); InvalidInput for a
+        URI of another shape or credentials its family does not take (or lacks)."""
         if session.scalar(select(HostRow).where(HostRow.name == name)) is not None:
             raise AlreadyExists(f"a host named {name!r} already exists")
         if session.scalar(select(HostRow).where(HostRow.uri == uri)) is not None:
@@ -158,16 +197,26 @@ class Hosts:
             raise InvalidInput("a host name has 1 to 64 characters")
         test_files = PurePosixPath(self._test_files.resolve()) if self._test_files else None
         check_host_uri(uri, test_files=test_files)
+        family = family_of(uri)
+        if family.needs_credentials and credentials is None:
+            raise InvalidInput(f"{uri} is a {family.name} host: give its user and password")
+        if not family.needs_credentials and credentials is not None:
+            raise InvalidInput(f"{uri} is a {family.name} host: it takes no user or password")
         try:
-            driver = self._factory(uri)
+            driver = self._factory(uri, credentials)
+        except InvalidInput:
+            raise
         except DockvisorError as exc:
-            # The hypervisor's own words stay in the log: they can quote what it read.
             log.warning("host.connect-failed", extra={"uri": uri, "error": str(exc)})
+            if family.plain_errors:
+                raise HypervisorUnreachable(str(exc)) from None
+            # libvirt's own words stay in the log: they can quote what it read.
             raise HypervisorUnreachable(
                 f"cannot connect to {uri}: it refused, did not answer or failed to start "
                 "(the server's log has the hypervisor's message)"
             ) from None
-        row = HostRow(name=name, uri=uri)
+        sealed = self._vault.seal(credentials) if credentials is not None else None
+        row = HostRow(name=name, uri=uri, credentials=sealed)
         session.add(row)
         session.flush()
         with self._lock:
@@ -184,9 +233,10 @@ class Hosts:
             row = session.get(HostRow, host_id)
             if row is None:
                 raise NotFound(f"no host {host_id}")
-            uri = row.uri
+            uri, sealed, name = row.uri, row.credentials, row.name
         try:
-            driver = self._factory(uri)
+            credentials = self._vault.open(sealed, name) if sealed else None
+            driver = self._factory(uri, credentials)
         except DockvisorError as exc:
             self.answered(host_id, exc)
             raise
@@ -255,11 +305,10 @@ class Inventory:
     # -- events ----------------------------------------------------------------------
 
     def _watch(self, host_id: int, driver: HypervisorDriver) -> None:
-        watch = getattr(driver, "watch", None)
-        if watch is None:
-            return
+        if Capability.EVENTS not in driver.capabilities:
+            return  # the periodic reconcile alone keeps the rows in step
         try:
-            watch(lambda name, _what: self._events.put((host_id, name)))
+            driver.watch(lambda vm_id, _what: self._events.put((host_id, vm_id)))
         except DockvisorError as exc:  # the periodic reconcile covers it, later
             log.warning("host.no-events", extra={"host": host_id, "error": str(exc)})
 
@@ -280,15 +329,15 @@ class Inventory:
 
     def _follow(self) -> None:
         while (item := self._events.get()) is not None:
-            host_id, name = item
+            host_id, vm_ref = item
             try:  # one bad event must not end the follower; it is logged
-                self.refresh_vm(host_id, name)
+                self.refresh_vm(host_id, vm_ref)
             except DockvisorError as exc:
                 self._hosts.answered(host_id, exc)
-                log.warning("vm.refresh-failed", extra={"host": host_id, "vm": name,
+                log.warning("vm.refresh-failed", extra={"host": host_id, "vm": vm_ref,
                                                         "error": str(exc)})  # fmt: skip
             except Exception:
-                log.exception("vm.refresh-failed", extra={"host": host_id, "vm": name})
+                log.exception("vm.refresh-failed", extra={"host": host_id, "vm": vm_ref})
 
     def _periodic(self, every: float) -> None:
         while not self._stop.wait(every):
@@ -313,18 +362,22 @@ class Inventory:
 
     # -- reading the hypervisor ------------------------------------------------------
 
-    def refresh_vm(self, host_id: int, name: str, *, always: bool = False) -> VmRow | None:
+    def refresh_vm(self, host_id: int, vm_ref: str, *, always: bool = False) -> VmRow | None:
         """Bring one VM's row up to date (or remove it if the VM is gone), and say so
         once committed; with `always`, say "updated" even if the row did not change
-        (a task ended on it: what it reserved was written when it began)."""
+        (a task ended on it: what it reserved was written when it began).
+
+        `vm_ref` is the VM's id on the hypervisor (its stable UUID), or its name for a
+        VM whose id the row does not know yet."""
         driver = self._hosts.driver(host_id)
         try:
-            vm: VM | None = driver.get_vm(name)
+            vm: VM | None = driver.get_vm(vm_ref)
         except NotFound:
             vm = None
         events: list[Event] = []
         with self._db.session() as session:
-            row = session.scalar(select(VmRow).where(VmRow.host_id == host_id, VmRow.name == name))
+            rows = list(session.scalars(select(VmRow).where(VmRow.host_id == host_id)))
+            row = _row_for(rows, vm.uuid if vm else vm_ref, vm.name if vm else vm_ref)
             if row is not None and row.state == "creating":
                 return row  # its create task owns it until it ends
             if vm is None:
@@ -333,20 +386,31 @@ class Inventory:
             else:
                 action = "updated"
                 if row is None:
-                    row = VmRow(
-                        id=str(uuid.uuid4()),
-                        host_id=host_id,
-                        name=name,
-                        state="",
-                        updated=datetime.now(UTC),
-                    )
-                    session.add(row)
+                    if any(r.state == "creating" and r.name == vm.name for r in rows):
+                        return None  # being made: its create task adopts it
+                    row = self._new_row(session, host_id, vm, rows)
                     action = "created"
-                if apply_vm(row, vm) or action == "created" or always:
+                renamed = _follow_name(row, vm, rows)
+                if apply_vm(row, vm) or renamed or action == "created" or always:
                     session.flush()
                     events.append(self.event(row, action))
         self.announce(events)
         return row if vm is not None else None
+
+    @staticmethod
+    def _new_row(session: Session, host_id: int, vm: VM, rows: list[VmRow]) -> VmRow:
+        """A row for a VM found on the hypervisor. Its name is the VM's, unless another
+        VM of the host has it already (XAPI names are not unique): then the name is
+        followed by the start of its id, so each row keeps a handle of its own."""
+        taken = {r.name for r in rows}
+        name = vm.name if vm.name not in taken else f"{vm.name[:54]}~{vm.uuid[:8]}"
+        row = VmRow(
+            id=str(uuid.uuid4()), host_id=host_id, name=name, state="", updated=datetime.now(UTC)
+        )
+        apply_vm(row, vm)
+        session.add(row)
+        rows.append(row)
+        return row
 
     def _forget(self, session: Session, row: VmRow) -> Event:
         session.execute(delete(AclEntryRow).where(AclEntryRow.path == f"/vms/{row.id}"))
@@ -355,11 +419,13 @@ class Inventory:
 
     def reconcile(self, host_id: int | None = None) -> ReconcileReport:
         """Make the rows match the hypervisors: add VMs created behind our back, drop the
-        ones deleted behind it, update sizes and states."""
+        ones deleted behind it, update sizes, states and names. Rows and VMs are matched
+        by the hypervisor's id, so a VM renamed behind our back keeps its row (and its
+        grants), and two VMs sharing a name (XAPI allows it) keep a row each."""
         report = ReconcileReport()
         for hid in [host_id] if host_id is not None else self._hosts.ids():
             try:
-                vms = {vm.name: vm for vm in self._hosts.driver(hid).list_vms()}
+                vms = {vm.uuid: vm for vm in self._hosts.driver(hid).list_vms()}
             except DockvisorError as exc:
                 self._hosts.answered(hid, exc)
                 report.unreachable.append(str(hid))
@@ -367,31 +433,26 @@ class Inventory:
             self._hosts.answered(hid)
             events: list[Event] = []
             with self._db.session() as session:
-                rows = {
-                    r.name: r for r in session.scalars(select(VmRow).where(VmRow.host_id == hid))
-                }
-                for name, row in rows.items():
-                    if row.state == "creating":
-                        continue
-                    if name not in vms:
+                rows = list(session.scalars(select(VmRow).where(VmRow.host_id == hid)))
+                creating = {r.name for r in rows if r.state == "creating"}
+                matched: set[str] = set()
+                for row in [r for r in rows if r.state != "creating"]:
+                    vm = vms.get(row.hv_uuid or "")
+                    if vm is None:
                         events.append(self._forget(session, row))
-                        report.removed.append(name)
-                    elif apply_vm(row, vms[name]):
+                        rows.remove(row)
+                        report.removed.append(row.name)
+                        continue
+                    matched.add(vm.uuid)
+                    renamed = _follow_name(row, vm, rows)
+                    if apply_vm(row, vm) or renamed:
                         events.append(self.event(row, "updated"))
-                        report.updated.append(name)
-                for name, vm in vms.items():
-                    if name not in rows:
-                        row = VmRow(
-                            id=str(uuid.uuid4()),
-                            host_id=hid,
-                            name=name,
-                            state="",
-                            updated=datetime.now(UTC),
-                        )
-                        apply_vm(row, vm)
-                        session.add(row)
+                        report.updated.append(row.name)
+                for vm in vms.values():
+                    if vm.uuid not in matched and vm.name not in creating:
+                        row = self._new_row(session, hid, vm, rows)
                         session.flush()
                         events.append(self.event(row, "created"))
-                        report.added.append(name)
+                        report.added.append(row.name)
             self.announce(events)
         return report

@@ -115,17 +115,18 @@ class Metrics:
         sampled."""
         with self._round:
             with self._ops.db.read() as session:
-                rows = session.execute(select(VmRow.id, VmRow.host_id, VmRow.name)).all()
+                rows = session.execute(select(VmRow.id, VmRow.host_id, VmRow.hv_uuid)).all()
             by_host: dict[int, dict[str, str]] = defaultdict(dict)
-            for vm_id, host_id, name in rows:
-                by_host[host_id][name] = vm_id
+            for vm_id, host_id, hv_uuid in rows:
+                if hv_uuid:
+                    by_host[host_id][hv_uuid] = vm_id
             sampled = 0
             for host_id, vms in sorted(by_host.items()):
                 counters = self._read(host_id)
                 with self._lock:
-                    for name, reading in counters.items():
-                        if name in vms:
-                            self._history(vms[name]).add(reading)
+                    for hv_uuid, reading in counters.items():
+                        if hv_uuid in vms:
+                            self._history(vms[hv_uuid]).add(reading)
                             sampled += 1
             self._forget(known={vm_id for vm_id, _, _ in rows})
             return sampled

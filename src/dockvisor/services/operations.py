@@ -21,18 +21,21 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dockvisor.domain.acl import vm_chain
-from dockvisor.domain.model import VM, DockerEndpoint, PowerState, Snapshot
+from dockvisor.domain.model import VM, Capability, DockerEndpoint, PowerState, Snapshot
 from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
 from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege
 from dockvisor.domain.quota import Resources
 from dockvisor.domain.sizes import format_size
 from dockvisor.domain.sizing import check_resize, plan_size
+from dockvisor.drivers.base import HypervisorDriver
 from dockvisor.errors import (
     AlreadyExists,
     DockvisorError,
     Forbidden,
+    HypervisorUnreachable,
     InvalidInput,
     NotFound,
+    Unsupported,
 )
 from dockvisor.services import quotas
 from dockvisor.services import vms as vm_service
@@ -47,6 +50,7 @@ from dockvisor.services.inventory import (
     apply_vm,
     chain_of,
     vm_data,
+    vm_ref,
 )
 from dockvisor.services.tasks import TaskContext, TaskInfo, TaskRunner
 from dockvisor.store.db import Database
@@ -136,7 +140,14 @@ class Operations:
     ) -> TaskInfo:
         """Run `work` as a task holding the VM's lock (and `locks`). `undo` gives back
         what the request reserved: if the task fails, or if it cannot even start (the VM
-        is busy)."""
+        is busy). A host that stopped answering during the task is marked unreachable."""
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, HypervisorUnreachable):
+                self.hosts.answered(row.host_id, exc)
+            if undo is not None:
+                undo()
+
         try:
             return self.tasks.submit(
                 kind=kind,
@@ -146,17 +157,25 @@ class Operations:
                 requester=who,
                 locks=[f"vm:{row.id}", *(locks or [])],
                 work=work,
-                on_failure=(lambda _exc: undo()) if undo else None,
+                on_failure=failed,
             )
         except BaseException:
             if undo is not None:
                 undo()
             raise
 
+    def _able(self, row: VmRow, capability: Capability, what: str) -> HypervisorDriver:
+        """The driver of the VM's host, if that host can do `what`; Unsupported naming
+        the host otherwise (said before any task starts)."""
+        driver = self.hosts.driver(row.host_id)
+        if capability not in driver.capabilities:
+            raise Unsupported(f"host {row.host_id} ({driver.uri}) cannot {what}")
+        return driver
+
     def _refresh(self, row: VmRow) -> None:
         """The row as the hypervisor has it now, announced even if unchanged: what a
         task reserved was written when it began, and pages wait for its end."""
-        self.inventory.refresh_vm(row.host_id, row.name, always=True)
+        self.inventory.refresh_vm(row.host_id, vm_ref(row), always=True)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -201,11 +220,11 @@ class Operations:
 
     def list_snapshots(self, who: Principal, vm_id: str) -> list[Snapshot]:
         row = self.vm_row(who, vm_id)
-        return self.hosts.driver(row.host_id).list_snapshots(row.name)
+        return self.hosts.driver(row.host_id).list_snapshots(vm_ref(row))
 
     def docker_endpoint(self, who: Principal, vm_id: str) -> DockerEndpoint:
         row = self.vm_row(who, vm_id, P.DOCKER_VIEW)
-        return self.hosts.driver(row.host_id).docker_endpoint(row.name)
+        return self.hosts.driver(row.host_id).docker_endpoint(vm_ref(row))
 
     # -- create and clone --------------------------------------------------------------
 
@@ -397,6 +416,8 @@ class Operations:
         with self.audited(who, "vm.clone", f"vm:{vm_id}"):
             validate_vm_name(name)
             source = self.vm_row(who, vm_id, P.VM_CLONE)
+            if source.state != PowerState.STOPPED.value:
+                self._able(source, Capability.CLONE_RUNNING, "clone a running VM")
             if source.resource_set_id is None:
                 self.access.require(who, P.VM_ALLOCATE, ("/", f"/hosts/{source.host_id}"))
             row = VmRow(
@@ -423,7 +444,7 @@ class Operations:
             def work(ctx: TaskContext) -> dict[str, Any]:
                 vm = vm_service.clone_vm(
                     driver,
-                    source.name,
+                    vm_ref(source),
                     name,
                     full=full,
                     start=start,
@@ -454,11 +475,13 @@ class Operations:
             driver = self.hosts.driver(row.host_id)
             steps: dict[str, Callable[[TaskContext], object]] = {
                 "start": lambda ctx: vm_service.start_vm(
-                    driver, row.name, progress=ctx.progress, engines=self.engines
+                    driver, vm_ref(row), progress=ctx.progress, engines=self.engines
                 ),
-                "stop": lambda ctx: vm_service.stop_vm(driver, row.name),
-                "kill": lambda ctx: vm_service.kill_vm(driver, row.name),
-                "reboot": lambda ctx: vm_service.reboot_vm(driver, row.name, engines=self.engines),
+                "stop": lambda ctx: vm_service.stop_vm(driver, vm_ref(row)),
+                "kill": lambda ctx: vm_service.kill_vm(driver, vm_ref(row)),
+                "reboot": lambda ctx: vm_service.reboot_vm(
+                    driver, vm_ref(row), engines=self.engines
+                ),
             }
 
             def work(ctx: TaskContext) -> dict[str, Any]:
@@ -476,7 +499,7 @@ class Operations:
             driver = self.hosts.driver(row.host_id)
 
             def work(ctx: TaskContext) -> dict[str, Any]:
-                vm_service.delete_vm(driver, row.name, force=force)
+                vm_service.delete_vm(driver, vm_ref(row), force=force)
                 self._drop(row.id)
                 self.inventory.publish(row, "deleted")
                 return {"vm": row.id}
@@ -498,7 +521,7 @@ class Operations:
             undo = self._reserve_size(row, vcpus, memory)  # the growth, before doing it
 
             def work(ctx: TaskContext) -> dict[str, Any]:
-                result = vm_service.resize_vm(driver, row.name, vcpus=vcpus, memory=memory)
+                result = vm_service.resize_vm(driver, vm_ref(row), vcpus=vcpus, memory=memory)
                 self._refresh(row)
                 return {
                     "vm": row.id,
@@ -539,7 +562,7 @@ class Operations:
         with self.audited(who, "vm.snapshot", f"vm:{vm_id}"):
             validate_snapshot_name(name)
             row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
-            driver = self.hosts.driver(row.host_id)
+            driver = self._able(row, Capability.SNAPSHOTS, "take snapshots")
             with self.db.session() as session:  # a snapshot's disk counts if the set says so
                 locked = session.get(VmRow, row.id)
                 assert locked is not None
@@ -550,7 +573,7 @@ class Operations:
                 locked.snapshots += 1
 
             def work(ctx: TaskContext) -> dict[str, Any]:
-                snap = vm_service.snapshot_vm(driver, row.name, name, description=description)
+                snap = vm_service.snapshot_vm(driver, vm_ref(row), name, description=description)
                 if clean:
                     with self.db.session() as session:
                         locked = session.get(VmRow, row.id)
@@ -564,11 +587,12 @@ class Operations:
     def revert_vm(self, who: Principal, vm_id: str, snapshot: str) -> TaskInfo:
         with self.audited(who, "vm.revert", f"vm:{vm_id}"):
             row = self.vm_row(who, vm_id, P.VM_SNAPSHOT_ROLLBACK)
-            driver = self.hosts.driver(row.host_id)
-            snaps = {s.name: s for s in driver.list_snapshots(row.name)}
+            driver = self._able(row, Capability.SNAPSHOTS, "revert to snapshots")
+            snaps = {s.name: s for s in driver.list_snapshots(vm_ref(row))}
             if snapshot not in snaps:
                 raise NotFound(f"VM {row.name!r} has no snapshot {snapshot!r}")
-            if snaps[snapshot].with_memory and row.state != PowerState.RUNNING.value:
+            will_run = snaps[snapshot].power_state is PowerState.RUNNING
+            if will_run and row.state != PowerState.RUNNING.value:
                 # Reverting would power the VM on: that takes the power privilege too
                 # (as Proxmox's rollback with "start").
                 self.access.require(who, P.VM_POWER_MGMT, chain_of(row))
@@ -577,7 +601,7 @@ class Operations:
             def work(ctx: TaskContext) -> dict[str, Any]:
                 try:
                     vm_service.revert_to_snapshot(
-                        driver, row.name, snapshot, progress=ctx.progress, engines=self.engines
+                        driver, vm_ref(row), snapshot, progress=ctx.progress, engines=self.engines
                     )
                 finally:
                     self._refresh(row)
@@ -619,12 +643,12 @@ class Operations:
         with self.audited(who, "vm.snapshot.delete", f"vm:{vm_id}"):
             row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
             driver = self.hosts.driver(row.host_id)
-            if snapshot not in {s.name for s in driver.list_snapshots(row.name)}:
+            if snapshot not in {s.name for s in driver.list_snapshots(vm_ref(row))}:
                 raise NotFound(f"VM {row.name!r} has no snapshot {snapshot!r}")
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 try:
-                    vm_service.delete_snapshot(driver, row.name, snapshot)
+                    vm_service.delete_snapshot(driver, vm_ref(row), snapshot)
                     with self.db.session() as session:  # a deleted snapshot is clean no more
                         locked = session.get(VmRow, row.id)
                         if locked is not None and locked.clean_snapshot == snapshot:
@@ -642,7 +666,7 @@ class Operations:
             row = self.vm_row(who, vm_id, P.VM_SNAPSHOT)
             if snapshot is not None:
                 driver = self.hosts.driver(row.host_id)
-                if snapshot not in {s.name for s in driver.list_snapshots(row.name)}:
+                if snapshot not in {s.name for s in driver.list_snapshots(vm_ref(row))}:
                     raise NotFound(f"VM {row.name!r} has no snapshot {snapshot!r}")
             with self.db.session() as session:
                 locked = session.get(VmRow, row.id)
@@ -657,7 +681,7 @@ class Operations:
     def live_vm(self, who: Principal, vm_id: str) -> VM:
         """The VM as its hypervisor has it now, with what waits for its next boot."""
         row = self.vm_row(who, vm_id)
-        return vm_service.get_vm(self.hosts.driver(row.host_id), row.name)
+        return vm_service.get_vm(self.hosts.driver(row.host_id), vm_ref(row))
 
     # -- after a restart ---------------------------------------------------------------
 
@@ -669,7 +693,7 @@ class Operations:
             rows = list(session.scalars(select(VmRow).where(VmRow.state == "creating")))
         for row in rows:
             try:
-                vm = self.hosts.driver(row.host_id).get_vm(row.name)
+                vm = self.hosts.driver(row.host_id).get_vm(vm_ref(row))
             except NotFound:
                 self._drop(row.id)
                 continue

@@ -17,13 +17,13 @@ import ipaddress
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
 
-from dockvisor.drivers.base import HypervisorDriver
+from dockvisor.drivers.registry import open_driver
 from dockvisor.errors import InvalidInput
 from dockvisor.paths import data_dir
 from dockvisor.services.access import AccessPolicy, ensure_builtin_roles
@@ -33,8 +33,9 @@ from dockvisor.services.docker import DockerOperations
 from dockvisor.services.engines import EngineAccess
 from dockvisor.services.events import EventBroker
 from dockvisor.services.guard import Guard
+from dockvisor.services.host_secrets import CredentialVault
 from dockvisor.services.identity import RecentTokens
-from dockvisor.services.inventory import Hosts, Inventory
+from dockvisor.services.inventory import DriverFactory, Hosts, Inventory
 from dockvisor.services.login import LoginThrottle
 from dockvisor.services.metrics import Metrics
 from dockvisor.services.operations import Operations
@@ -134,20 +135,12 @@ def tell(notes: Iterable[str]) -> None:
         print(f"dockvisor: {note}", file=sys.stderr, flush=True)
 
 
-def _libvirt_factory(uri: str) -> HypervisorDriver:
-    from dockvisor.drivers.libvirt import LibvirtDriver
-    from dockvisor.drivers.libvirt.events import start_event_loop
-
-    start_event_loop()
-    return LibvirtDriver(uri)
-
-
 class ControlPlane:
     def __init__(
         self,
         settings: Settings,
         *,
-        driver_factory: Callable[[str], HypervisorDriver] = _libvirt_factory,
+        driver_factory: DriverFactory = open_driver,
     ) -> None:
         notices = prepare_data_dir(settings.data_dir)
         self.settings = settings
@@ -164,7 +157,12 @@ class ControlPlane:
         self.recent_tokens = RecentTokens(settings.acl_ttl)
         self.access.on_invalidate.append(self.recent_tokens.clear)
         self.tasks = TaskRunner(self.db, self.broker, self.audit)
-        self.hosts = Hosts(self.db, driver_factory, test_files=settings.test_host_files)
+        self.hosts = Hosts(
+            self.db,
+            driver_factory,
+            CredentialVault(settings.data_dir / "host-credentials.key"),
+            test_files=settings.test_host_files,
+        )
         self.inventory = Inventory(self.db, self.hosts, self.broker)
         self.engines = EngineAccess.at(settings.data_dir)
         self.ops = Operations(

@@ -55,7 +55,7 @@ DOCKER_TIMEOUT = float(os.environ.get("DOCKVISOR_DOCKER_TIMEOUT", "150"))
 
 def _docker_reachable(driver: HypervisorDriver, vm: VM) -> bool:
     """Whether to wait for this VM's engine: it has one, and the hypervisor can say where."""
-    reach = Capability.LOOPBACK_FORWARD | Capability.GUEST_AGENT
+    reach = Capability.LOOPBACK_FORWARD | Capability.GUEST_ADDRESSES
     return vm.docker_ready and bool(driver.capabilities & reach)
 
 
@@ -98,7 +98,7 @@ def wait_for_docker(
             console = driver.console_log(name, lines=5).strip()
             lines = " | ".join(console.splitlines())
             tail = f"; guest console ends with: {lines}" if console else ""
-            raise GuestTimeout(f"VM {name!r}: {exc}{tail}") from None
+            raise GuestTimeout(f"VM {driver.get_vm(name).name!r}: {exc}{tail}") from None
     progress("Docker is up", 1.0)
     return endpoint
 
@@ -210,7 +210,7 @@ def reboot_vm(
         deadline = time.monotonic() + 60
         while engine.ping():
             if time.monotonic() > deadline:
-                raise GuestTimeout(f"VM {name!r} did not reboot within 60 s")
+                raise GuestTimeout(f"VM {vm.name!r} did not reboot within 60 s")
             time.sleep(0.25)
     wait_for_docker(driver, name, progress=_scaled(progress, 0.1, 1.0), engines=engines)
     return driver.get_vm(name)
@@ -223,7 +223,8 @@ def delete_vm(driver: HypervisorDriver, name: str, *, force: bool = False) -> No
     if vm.power_state is not PowerState.STOPPED:
         if not force:
             raise BadPowerState(
-                f"VM {name!r} is {vm.power_state}; stop it first (dockvisor vm stop {name}) "
+                f"VM {vm.name!r} is {vm.power_state}; stop it first "
+                f"(dockvisor vm stop {vm.name}) "
                 "or delete it with --force"
             )
         driver.force_off(name)

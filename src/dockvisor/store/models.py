@@ -140,6 +140,8 @@ class HostRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     uri: Mapped[str] = mapped_column(String(255), unique=True)
+    # A pool's user and password, sealed (services/host_secrets.py); None for libvirt.
+    credentials: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
 
 class PoolRow(Base):

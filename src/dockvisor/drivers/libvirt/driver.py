@@ -10,6 +10,8 @@ reverting to a memory snapshot (see snapshots.py) and cloning (see disk_copy.py)
 
 from __future__ import annotations
 
+import functools
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, TypeVar, cast
 from urllib.parse import urlparse
 from xml.sax.saxutils import escape
 
@@ -40,6 +43,7 @@ from dockvisor.domain.model import (
 from dockvisor.domain.sizes import KiB, MiB
 from dockvisor.domain.sizing import vcpu_ceiling
 from dockvisor.drivers.base import Progress, no_progress
+from dockvisor.drivers.disk_images import local_disk_format, local_disk_size
 from dockvisor.drivers.libvirt.acceleration import detect_acceleration
 from dockvisor.drivers.libvirt.consoles import log_tail, open_console
 from dockvisor.drivers.libvirt.disk_copy import mirror_and_cut
@@ -61,8 +65,6 @@ from dockvisor.drivers.libvirt.snapshots import (
 from dockvisor.drivers.libvirt.starts import StartPreparation
 from dockvisor.drivers.libvirt.storage import (
     StoragePool,
-    local_disk_format,
-    local_disk_size,
     unique_volume_name,
 )
 from dockvisor.drivers.libvirt.usage import UsageReading
@@ -95,6 +97,21 @@ _STATES = {
 # Silence libvirt's default handler, which prints every error to stderr; errors reach
 # us as exceptions and are reported once, translated.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _by_id(method: _Method) -> _Method:
+    """The method's VM argument may be the VM's id (its libvirt UUID, what the server
+    keeps) or its name (what a user types): the method itself sees the name."""
+
+    @functools.wraps(method)
+    def by_name(self: LibvirtDriver, vm: str, *args: Any, **kwargs: Any) -> Any:
+        return method(self, self._name_of(vm), *args, **kwargs)
+
+    return cast(_Method, by_name)
 
 
 class LibvirtDriver(UsageReading):
@@ -146,11 +163,19 @@ class LibvirtDriver(UsageReading):
         c = Capability
         if self._type == "TEST":
             return (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
-                    | c.LINKED_CLONES | c.CLONE_RUNNING | c.METRICS)  # fmt: skip
-        if self._type == "XEN":  # libxl: no snapshots, no block copy, no agent
-            return c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES | c.METRICS
+                    | c.LINKED_CLONES | c.CLONE_RUNNING | c.METRICS | c.EVENTS)  # fmt: skip
+        if self._type == "XEN":
+            # libvirt's libxl driver (src/libxl/libxl_driver.c, libvirt 11.5): its driver
+            # table has no domainSnapshot*, no connectGetAllDomainStats, no
+            # domainOpenGraphicsFD, no guest agent and no block copy; addresses come from
+            # libvirt's DHCP leases only; libxl_conf.c refuses interface type 'user' (so
+            # no host-forward). It has live vCPUs and balloon (setVcpusFlags,
+            # setMemoryFlags with LIVE), openConsole on PTY consoles, and qcow2 backing
+            # files through the qdisk backend.
+            return c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES | c.SERIAL_CONSOLE | c.EVENTS
         caps = (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS | c.METRICS
-                | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT | c.SERIAL_CONSOLE)  # fmt: skip
+                | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT | c.GUEST_ADDRESSES
+                | c.SERIAL_CONSOLE | c.EVENTS)  # fmt: skip
         return caps | c.LOOPBACK_FORWARD | c.GRAPHICAL_CONSOLE if self._local else caps
 
     def _require(self, capability: Capability, what: str) -> None:
@@ -196,6 +221,16 @@ class LibvirtDriver(UsageReading):
     def _domains(self) -> list[libvirt.virDomain]:
         with libvirt_errors(f"listing domains on {self.uri}"):
             return list(self._conn.listAllDomains(0))
+
+    def _name_of(self, vm: str) -> str:
+        if not _UUID.match(vm):
+            return vm
+        try:
+            return str(self._conn.lookupByUUIDString(vm).name())
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                raise NotFound(f"no VM with id {vm} on {self.uri}") from exc
+            raise HypervisorError(f"looking up {vm}: {exc.get_error_message()}") from exc
 
     def _lookup(self, name: str, kind: str = "VM") -> libvirt.virDomain:
         try:
@@ -272,6 +307,7 @@ class LibvirtDriver(UsageReading):
                     vms.append(self._to_vm(dom, state))
         return sorted(vms, key=lambda vm: vm.name)
 
+    @_by_id
     def get_vm(self, name: str) -> VM:
         dom, state = self._vm_domain(name)
         return self._to_vm(dom, state)
@@ -482,6 +518,7 @@ class LibvirtDriver(UsageReading):
         drive = guest.drive if guest else None
         return self._storage.add_config_drive(vm, drive, made, send_content=self._type != "TEST")
 
+    @_by_id
     def start_vm(self, name: str) -> VM:
         dom, _ = self._vm_domain(name)
         if dom.isActive():
@@ -502,6 +539,7 @@ class LibvirtDriver(UsageReading):
             time.sleep(0.2)
         return not dom.isActive()
 
+    @_by_id
     def shutdown_vm(self, name: str, *, timeout: float = 60.0) -> VM:
         dom, _ = self._vm_domain(name)
         self._require_running(dom, "shut down")
@@ -520,6 +558,7 @@ class LibvirtDriver(UsageReading):
             )
         return self.get_vm(name)
 
+    @_by_id
     def force_off(self, name: str) -> VM:
         dom, _ = self._vm_domain(name)
         self._require_running(dom, "power off")
@@ -527,6 +566,7 @@ class LibvirtDriver(UsageReading):
             dom.destroy()
         return self.get_vm(name)
 
+    @_by_id
     def reboot_vm(self, name: str) -> VM:
         dom, _ = self._vm_domain(name)
         self._require_running(dom, "reboot")
@@ -539,6 +579,7 @@ class LibvirtDriver(UsageReading):
                 dom.reboot(0)
         return self.get_vm(name)
 
+    @_by_id
     def delete_vm(self, name: str) -> None:
         dom, state = self._vm_domain(name)
         if dom.isActive():
@@ -575,6 +616,7 @@ class LibvirtDriver(UsageReading):
                 vol.delete(0)
         self._starts.forget(name)
 
+    @_by_id
     def set_resources(
         self, name: str, *, vcpus: int | None = None, memory: int | None = None
     ) -> ResizeResult:
@@ -604,6 +646,7 @@ class LibvirtDriver(UsageReading):
             where = f" (VM {owners[0]!r} has one of that name)" if owners else ""
             raise NotFound(f"VM {dom.name()!r} has no snapshot {snapshot!r}{where}") from exc
 
+    @_by_id
     def create_snapshot(self, name: str, snapshot: str, description: str = "") -> Snapshot:
         self._require(Capability.SNAPSHOTS, "snapshots")
         dom, _ = self._vm_domain(name)
@@ -619,12 +662,14 @@ class LibvirtDriver(UsageReading):
             raise translate(exc, f"snapshotting VM {name}") from exc
         return snapshot_record(name, snap, current=True)
 
+    @_by_id
     def list_snapshots(self, name: str) -> list[Snapshot]:
         dom, _ = self._vm_domain(name)
         with libvirt_errors(f"listing snapshots of {name}"):
             snaps = [snapshot_record(name, s) for s in dom.listAllSnapshots(0)]
         return sorted(snaps, key=lambda s: (s.created, s.name))
 
+    @_by_id
     def revert_to_snapshot(self, name: str, snapshot: str) -> VM:
         self._require(Capability.SNAPSHOTS, "snapshots")
         dom, _ = self._vm_domain(name)
@@ -637,6 +682,7 @@ class LibvirtDriver(UsageReading):
                 dom.revertToSnapshot(snap, libvirt.VIR_DOMAIN_SNAPSHOT_REVERT_FORCE)
         return self.get_vm(name)
 
+    @_by_id
     def delete_snapshot(self, name: str, snapshot: str) -> None:
         self._require(Capability.SNAPSHOTS, "snapshots")
         dom, _ = self._vm_domain(name)
@@ -646,6 +692,7 @@ class LibvirtDriver(UsageReading):
 
     # -- clones ----------------------------------------------------------------------
 
+    @_by_id
     def clone_vm(
         self,
         name: str,
@@ -729,6 +776,7 @@ class LibvirtDriver(UsageReading):
 
     # -- guest access ----------------------------------------------------------------
 
+    @_by_id
     def guest_addresses(self, name: str) -> list[str]:
         dom, _ = self._vm_domain(name)
         self._require(Capability.GUEST_AGENT, "asking a guest agent for addresses")
@@ -743,6 +791,7 @@ class LibvirtDriver(UsageReading):
                     addresses.append(ip)
         return addresses
 
+    @_by_id
     def docker_endpoint(self, name: str) -> DockerEndpoint:
         dom, state = self._vm_domain(name)
         config = state.config
@@ -750,7 +799,7 @@ class LibvirtDriver(UsageReading):
             raise Unsupported(
                 f"VM {name!r} has no Docker engine (its template is not Docker-ready)"
             )
-        if not self.capabilities & (Capability.LOOPBACK_FORWARD | Capability.GUEST_AGENT):
+        if not self.capabilities & (Capability.LOOPBACK_FORWARD | Capability.GUEST_ADDRESSES):
             raise Unsupported(f"{self.uri} gives no way to locate a guest's Docker engine")
         self._require_running(dom, "reach the Docker engine of")
         tls, server_name = config.engine_name is not None, config.engine_name
@@ -761,10 +810,12 @@ class LibvirtDriver(UsageReading):
             raise GuestTimeout(f"the guest agent of {name!r} reports no IP address yet")
         return DockerEndpoint(addresses[0], config.docker_guest_port, tls, server_name)
 
+    @_by_id
     def console_log(self, name: str, lines: int = 20) -> str:
         _, state = self._vm_domain(name)
         return log_tail(state.console_log, lines) if self._local else ""
 
+    @_by_id
     def open_console(self, name: str, kind: ConsoleKind) -> socket.socket:
         self._require(kind.capability, f"the {kind} console")  # the screen: on this machine only
         dom, state = self._vm_domain(name)
@@ -773,13 +824,13 @@ class LibvirtDriver(UsageReading):
     # -- events ----------------------------------------------------------------------
 
     def watch(self, callback: Callable[[str, str], None]) -> None:
-        """Call `callback(vm_name, what)` on each domain lifecycle event (what: "started",
+        """Call `callback(vm_id, what)` on each domain lifecycle event (what: "started",
         "stopped", "defined", "undefined"...). Needs `start_event_loop()` to have run
         before this driver connected."""
 
         def relay(_conn: object, dom: libvirt.virDomain, event: int, _detail: int,
                   _opaque: object) -> None:  # fmt: skip
-            callback(dom.name(), EVENT_NAMES.get(event, "changed"))
+            callback(dom.UUIDString(), EVENT_NAMES.get(event, "changed"))
 
         with libvirt_errors(f"watching {self.uri}"):
             self._conn.domainEventRegisterAny(

@@ -24,8 +24,6 @@ from dockvisor.errors import NotFound
 __all__ = [
     "DEFAULT_POOL",
     "StoragePool",
-    "local_disk_format",
-    "local_disk_size",
     "unique_volume_name",
 ]
 
@@ -198,18 +196,3 @@ class StoragePool:
     def names(self) -> list[str]:
         with libvirt_errors("listing volumes"):
             return [v.name() for v in self.pool.listAllVolumes(0)]
-
-
-def local_disk_format(path: str) -> str:
-    """ "qcow2" or "raw", from the magic of a disk image file on this machine."""
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
-
-
-def local_disk_size(path: str) -> int:
-    """The virtual size of a disk image file on this machine."""
-    with open(path, "rb") as f:
-        head = f.read(32)
-    if head[:4] == b"QFI\xfb":
-        return int.from_bytes(head[24:32], "big")
-    return os.path.getsize(path)

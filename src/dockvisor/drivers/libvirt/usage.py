@@ -152,14 +152,14 @@ class GuestCards:
         self._quiet: dict[str, float] = {}  # by domain UUID: not asked before this time
 
     def read(self, domains: list[libvirt.virDomain]) -> dict[str, tuple[int, int]]:
-        """(received, sent) bytes by domain name, for those whose agent answered."""
+        """(received, sent) bytes by domain UUID, for those whose agent answered."""
         now = time.monotonic()
         asked = [d for d in domains if self._quiet.get(d.UUIDString(), 0.0) <= now]
         if not asked:
             return {}
         with ThreadPoolExecutor(min(len(asked), _AGENTS_AT_ONCE), "guest-agents") as pool:
             answers = list(pool.map(self._ask, asked))
-        return {d.name(): a for d, a in zip(asked, answers, strict=True) if a is not None}
+        return {d.UUIDString(): a for d, a in zip(asked, answers, strict=True) if a is not None}
 
     def keep_only(self, uuids: set[str]) -> None:
         """Forget the domains not in `uuids` (stopped or gone)."""
@@ -212,7 +212,7 @@ class UsageReading:
                 counters = counters_from_stats(record, now)
                 if counters is None:
                     continue
-                found[dom.name()] = counters
+                found[dom.UUIDString()] = counters
                 if counters.net_rx is None and record.get("state.state") == _RUNNING:
                     no_card.append(dom)
         if Capability.GUEST_AGENT in self.capabilities:
