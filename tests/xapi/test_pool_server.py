@@ -21,7 +21,7 @@ import pytest
 import XenAPI
 
 from dockvisor.domain.sizes import GiB, MiB
-from tests.api.conftest import Server, assert_problem, make_control_plane, serve
+from tests.api.conftest import Server, _server, assert_problem
 from tests.api.test_delegation import granted
 from tests.xapi_sim import XapiSimulator
 
@@ -41,17 +41,9 @@ def sim() -> Iterator[XapiSimulator]:
 
 @pytest.fixture
 def server(tmp_path: Path, sim: XapiSimulator) -> Iterator[Server]:
-    cp = make_control_plane(tmp_path, f"sqlite:///{tmp_path / 'dockvisor.db'}")
-    cp.inventory.start(reconcile_every=3600)  # events only: the reconcile does not help
-    uv, thread, base = serve(cp)
-    srv = Server(cp, base)
-    srv.add_user("admin", role="Admin")
-    try:
+    for srv in _server(tmp_path, f"sqlite:///{tmp_path / 'dockvisor.db'}"):
+        srv.cp.inventory.start(reconcile_every=3600)  # events only: no reconcile helps
         yield srv
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        cp.stop()
 
 
 def pool_uri(sim: XapiSimulator) -> str:
@@ -88,6 +80,16 @@ def pool_with_template(server: Server, sim: XapiSimulator, tmp_path: Path) -> in
     )
     assert made.status_code == 201, made.text
     return host_id
+
+
+def create(server: Server, host_id: int, name: str, **size: Any) -> dict[str, Any]:
+    """A VM made on the pool by the admin through the API: its ended task."""
+    admin = server.client("admin")
+    body = {"name": name, "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB,
+            "host_id": host_id, **size}  # fmt: skip
+    made = admin.post("/vms", json=body)
+    assert made.status_code == 202, made.text
+    return server.wait(admin, made.json())
 
 
 def vms_named(sim: XapiSimulator, name: str) -> list[dict[str, Any]]:
@@ -181,13 +183,8 @@ def test_create_delegate_snapshot_revert_clone_resize_on_a_pool(
     host_id = pool_with_template(server, sim, tmp_path)
     admin = server.client("admin")
     dev = server.add_user("dev")
-    made = admin.post(
-        "/vms",
-        json={"name": "web", "template": TEMPLATE, "vcpus": 2, "memory": 1 * GiB,
-              "max_vcpus": 4, "max_memory": 2 * GiB, "host_id": host_id},
-    )  # fmt: skip
-    assert made.status_code == 202, made.text
-    task = server.wait(admin, made.json())
+    task = create(server, host_id, "web", vcpus=2, memory=1 * GiB, max_vcpus=4,
+                  max_memory=2 * GiB)  # fmt: skip
     assert task["state"] == "succeeded", task
     vm_id = str(task["object_id"])
     (record,) = vms_named(sim, "web")
@@ -234,12 +231,7 @@ def test_a_resize_beyond_the_room_waits_for_the_next_boot(
 ) -> None:
     host_id = pool_with_template(server, sim, tmp_path)
     admin = server.client("admin")
-    made = admin.post(
-        "/vms",
-        json={"name": "grow", "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB,
-              "max_vcpus": 2, "max_memory": 1 * GiB, "host_id": host_id},
-    )  # fmt: skip
-    vm_id = str(server.wait(admin, made.json())["object_id"])
+    vm_id = str(create(server, host_id, "grow", max_vcpus=2, max_memory=1 * GiB)["object_id"])
     response = admin.patch(f"/vms/{vm_id}", json={"memory": 2 * GiB})
     assert server.wait(admin, response.json())["state"] == "succeeded"
     shown = admin.get(f"/vms/{vm_id}").json()
@@ -290,12 +282,7 @@ def test_an_expired_session_is_renewed_without_the_user_noticing(
 ) -> None:
     host_id = pool_with_template(server, sim, tmp_path)
     admin = server.client("admin")
-    made = admin.post(
-        "/vms",
-        json={"name": "s1", "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB,
-              "host_id": host_id, "start": False},
-    )  # fmt: skip
-    vm_id = str(server.wait(admin, made.json())["object_id"])
+    vm_id = str(create(server, host_id, "s1", start=False)["object_id"])
     logins = len([c for c in sim.calls if c[0] == "session.login_with_password"])
     sim.expire_sessions()
     snap = admin.post(f"/vms/{vm_id}/snapshots", json={"name": "after-expiry"})
@@ -313,12 +300,7 @@ def test_an_operation_xapi_refuses_fails_its_task_with_xapis_code(
     admin = server.client("admin")
     disks = {r["uuid"] for r in sim.objects("VDI").values()}
     sim.fail_next("VM.provision", "SR_BACKEND_FAILURE_44", "", "There is insufficient space", "")
-    made = admin.post(
-        "/vms",
-        json={"name": "full", "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB,
-              "host_id": host_id},
-    )  # fmt: skip
-    task = server.wait(admin, made.json())
+    task = create(server, host_id, "full")
     assert task["state"] == "failed"
     assert "SR_BACKEND_FAILURE_44" in str(task["error"]) and pool_uri(sim) in str(task["error"])
     assert (
