@@ -38,6 +38,7 @@ __all__ = [
     "NotFound",
     "OutOfCapacity",
     "Throttled",
+    "Cancelled",
     "Unauthorized",
     "Unsupported",
 ]
@@ -99,6 +100,12 @@ class Forbidden(DockvisorError):
 
 class Busy(DockvisorError):
     code = "busy"
+
+
+class Cancelled(DockvisorError):
+    """A task stopped because someone asked it to (its work undoes what it made)."""
+
+    code = "cancelled"
 
 
 class Throttled(DockvisorError):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -123,6 +122,9 @@ def test_a_pool_is_added_with_credentials_that_never_come_back(
     added = add_pool(admin, sim)
     assert added.status_code == 201, added.text
     assert added.json()["family"] == "xapi" and added.json()["state"] == "connected"
+    can = set(added.json()["capabilities"])
+    assert {"snapshots", "memory-snapshots", "live-vcpus", "events", "guest-addresses"} <= can
+    assert not can & {"metrics", "serial-console", "graphical-console", "loopback-forward"}
     listed = admin.get("/hosts").json()
     assert [h["family"] for h in listed] == ["libvirt", "xapi"]
     audit = admin.get("/audit", params={"limit": 500}).text
@@ -314,6 +316,7 @@ def test_a_pool_that_vanishes_mid_task_fails_the_task_and_leaves_no_row(
 ) -> None:
     host_id = pool_with_template(server, sim, tmp_path)
     admin = server.client("admin")
+    disks = {r["uuid"] for r in sim.objects("VDI").values()}
     sim.task_seconds = 3.0
     made = admin.post(
         "/vms",
@@ -329,7 +332,18 @@ def test_a_pool_that_vanishes_mid_task_fails_the_task_and_leaves_no_row(
     assert "lost" not in [v["name"] for v in admin.get("/vms").json()]
     hosts = {h["id"]: h["state"] for h in admin.get("/hosts").json()}
     assert hosts[host_id] == "unreachable"
-    shutil.rmtree(tmp_path / "template-images", ignore_errors=True)
+    # The pool comes back and its task runs on: what it made is undone, since the
+    # user was told the create failed.
+    sim.come_back()
+    wait_for(
+        lambda: (
+            vms_named(sim, "lost") == []
+            and {r["uuid"] for r in sim.objects("VDI").values()} == disks
+            and any(c[0] == "task.destroy" for c in sim.calls[-20:])
+        ),
+        15.0,
+    )
+    assert "lost" not in [v["name"] for v in admin.get("/vms").json()]
 
 
 # -- the CLI -----------------------------------------------------------------------------
@@ -382,3 +396,29 @@ def test_the_cli_adds_a_pool_and_works_on_it(
     refused = dv(server, "vm", "create", "x", "--template", "nope", "--vcpus", "1",
                  "--memory", "512MiB", "--host", "2")  # fmt: skip
     assert refused.returncode != 0 and "template" in refused.stderr
+
+
+def test_cancelling_a_task_cancels_the_pools_task_and_leaves_nothing(
+    server: Server, sim: XapiSimulator, tmp_path: Path
+) -> None:
+    host_id = pool_with_template(server, sim, tmp_path)
+    admin = server.client("admin")
+    disks = {r["uuid"] for r in sim.objects("VDI").values()}
+    sim.task_seconds = 5.0
+    made = admin.post(
+        "/vms", json={"name": "halfway", "template": TEMPLATE, "vcpus": 1,
+                      "memory": 512 * MiB, "host_id": host_id},
+    )  # fmt: skip
+    assert made.status_code == 202, made.text
+    task_id = made.json()["id"]
+    wait_for(lambda: any(c[0] == "Async.VM.clone" for c in sim.calls), 5.0)
+    asked = admin.post(f"/tasks/{task_id}/cancel")
+    assert asked.status_code == 202, asked.text
+    task = server.wait(admin, made.json())
+    assert (task["state"], task["error_code"]) == ("failed", "cancelled"), task
+    assert any(c[0] == "task.cancel" for c in sim.calls)
+    assert vms_named(sim, "halfway") == []
+    assert {r["uuid"] for r in sim.objects("VDI").values()} == disks
+    assert "halfway" not in [v["name"] for v in admin.get("/vms").json()]
+    again = admin.post(f"/tasks/{task_id}/cancel")
+    assert_problem(again, 409, "bad-power-state")

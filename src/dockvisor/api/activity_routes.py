@@ -63,6 +63,20 @@ def activity_router(cp: ControlPlane) -> APIRouter:
     def get_task(who: Who, task_id: Key) -> s.TaskOut:
         return s.TaskOut(**ops.visible_task(who, task_id).__dict__)
 
+    @api.post(
+        "/tasks/{task_id}/cancel",
+        name="task.cancel",
+        status_code=202,
+        response_model=s.TaskOut,
+        openapi_extra=declare(
+            AnyUser("their own task; any task they can see with Sys.Modify on / (else 403)")
+        ),
+    )
+    def cancel_task(who: Who, task_id: Key) -> s.TaskOut:
+        """Ask a running task to stop. It stops at its next progress report and undoes
+        what it made, then ends failed with the code `cancelled` (wait for it)."""
+        return s.TaskOut(**ops.cancel_task(who, task_id).__dict__)
+
     @api.get(
         "/tasks/{task_id}/wait",
         response_model=s.TaskOut,

@@ -25,6 +25,7 @@ STATUS: dict[type[errors.DockvisorError], int] = {
     errors.AlreadyExists: 409,
     errors.BadPowerState: 409,
     errors.Busy: 409,
+    errors.Cancelled: 409,
     errors.OutOfCapacity: 409,
     errors.Throttled: 429,
     errors.ImageBuildError: 500,

@@ -154,6 +154,12 @@ class HostOut(BaseModel):
         "(connections, the periodic reconcile, its events)"
     )
     state_since: datetime
+    capabilities: list[str] | None = Field(
+        default=None,
+        description="What the host can do (live-vcpus, snapshots, memory-snapshots, "
+        "clone-running, guest-addresses, metrics, serial-console, events...); null while "
+        "it does not answer. An action it lacks is refused up front, naming the host.",
+    )
 
 
 class HostCreate(Strict):

@@ -416,14 +416,7 @@ class Administration:
             hosts = list(session.scalars(select(HostRow).order_by(HostRow.id)))
         allowed_sets = self._sets_for(who)
         return [
-            {
-                "id": h.id,
-                "name": h.name,
-                "uri": h.uri,
-                "family": family_of(h.uri).name,
-                "state": self.cp.hosts.health(h.id).state,
-                "state_since": self.cp.hosts.health(h.id).since,
-            }
+            self._host_view(h.id, h.name, h.uri)
             for h in hosts
             if self.access.privileges(who, ("/", f"/hosts/{h.id}"))
             or any(h.id in s.host_ids for s in allowed_sets)
@@ -459,7 +452,13 @@ class Administration:
                     raise InvalidInput(str(exc)) from None  # is a bad request to add it
                 host_id = row.id
         self.cp.inventory.reconcile(host_id)
+        return self._host_view(host_id, name, uri)
+
+    def _host_view(self, host_id: int, name: str, uri: str) -> dict[str, Any]:
+        """A host as the API shows it: what it is, whether it answers, what it can do
+        (never its credentials)."""
         health = self.cp.hosts.health(host_id)
+        info = self.cp.hosts.info(host_id) if health.state != "unreachable" else None
         return {
             "id": host_id,
             "name": name,
@@ -467,6 +466,7 @@ class Administration:
             "family": family_of(uri).name,
             "state": health.state,
             "state_since": health.since,
+            "capabilities": info.capabilities.names() if info else None,
         }
 
     def list_pools(self, who: Principal) -> list[dict[str, Any]]:

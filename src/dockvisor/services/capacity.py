@@ -25,6 +25,7 @@ class HostCapacity:
     used_vcpus: int  # by its running VMs
     used_memory: int
     acceleration: str | None
+    hypervisor: str | None = None  # "QEMU 7.2.0", "XCP-ng 8.3.0"...
 
     @property
     def free_vcpus(self) -> int | None:
@@ -63,6 +64,7 @@ def host_capacities(cp: ControlPlane, admin: Administration, who: Principal) -> 
                 vcpus,
                 memory,
                 info.acceleration if info else None,
+                f"{info.hypervisor} {info.version}".strip() if info else None,
             )
         )
     return result

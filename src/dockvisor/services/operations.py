@@ -203,6 +203,16 @@ class Operations:
             raise NotFound(f"no task {task_id}")
         return task
 
+    def cancel_task(self, who: Principal, task_id: str) -> TaskInfo:
+        """Ask a running task to stop: its requester may, and whoever holds Sys.Modify
+        on /. The work stops at its next progress report and undoes what it made (on a
+        XAPI pool, the pool's task is cancelled). NotFound for a task `who` cannot see."""
+        with self.audited(who, "task.cancel", f"task:{task_id}"):
+            task = self.visible_task(who, task_id)
+            if task.requester_id != who.user_id:
+                self.access.require(who, P.SYS_MODIFY, ("/",))
+            return self.tasks.request_cancel(task_id)
+
     def visible_tasks(self, who: Principal, limit: int) -> list[TaskInfo]:
         """The newest tasks `who` may see (as `visible_task`), newest first."""
         return [

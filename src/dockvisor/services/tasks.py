@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from dockvisor.errors import Busy, DockvisorError, NotFound
+from dockvisor.errors import BadPowerState, Busy, Cancelled, DockvisorError, NotFound
 from dockvisor.services.audit import AuditLog
 from dockvisor.services.events import Event, EventBroker
 from dockvisor.services.identity import Principal
@@ -88,6 +88,8 @@ class TaskContext:
         self._last = (0.0, "")
 
     def progress(self, step: str, fraction: float) -> None:
+        """Record the work's progress; Cancelled if someone asked the task to stop (the
+        work then undoes what it made, as for any failure)."""
         at = time.monotonic()
         if step == self._last[1] and at - self._last[0] < 0.5:
             return  # at most two writes a second for one step
@@ -95,6 +97,8 @@ class TaskContext:
         with self._runner.db.session() as session:
             row = session.get(TaskRow, self.task.id)
             if row is not None:
+                if row.cancel_requested:
+                    raise Cancelled(f"task {self.task.id} ({self.task.kind}) was cancelled")
                 row.step, row.progress = step[:255], max(row.progress, min(1.0, fraction))
                 fraction = row.progress
         self._runner.publish(self.task, "progress", self._chain, step=step, progress=fraction)
@@ -204,6 +208,18 @@ class TaskRunner:
             self._finish(task, chain, "failed", error=message, error_code=code)
         else:
             self._finish(task, chain, "succeeded", result=result)
+
+    def request_cancel(self, task_id: str) -> TaskInfo:
+        """Ask a running task to stop (it notices at its next progress report, in
+        whichever process runs it); BadPowerState if it has ended."""
+        with self.db.session() as session:
+            row = session.get(TaskRow, task_id)
+            if row is None:
+                raise NotFound(f"no task {task_id}")
+            if row.state not in ("pending", "running"):
+                raise BadPowerState(f"task {task_id} has already {row.state}")
+            row.cancel_requested = True
+            return TaskInfo.of(row)
 
     def _update(self, task_id: str, **values: Any) -> None:
         with self.db.session() as session:

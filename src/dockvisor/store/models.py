@@ -224,6 +224,8 @@ class TaskRow(Base):
     started: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     instance: Mapped[str] = mapped_column(String(36))  # the server process that ran it
+    # Someone asked it to stop: its work raises Cancelled at its next progress report.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class LockRow(Base):

@@ -119,7 +119,9 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
             live = ops.live_vm(who, vm_id)
         except DockvisorError:
             live = None  # the host does not answer: the page shows what is known
-        return {"vm": vm_data(row), "can": can, "live": live}
+        info = ops.hosts.info(row.host_id)
+        host_can = set(info.capabilities.names()) if info else set()
+        return {"vm": vm_data(row), "can": can, "live": live, "host_can": host_can}
 
     @web.get("/vms/{vm_id}", openapi_extra=VIEW)
     def vm_page(who: Who, request: Request, vm_id: Key) -> HTMLResponse:

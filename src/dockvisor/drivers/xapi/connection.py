@@ -79,6 +79,8 @@ class PoolConnection:
         self._lock = threading.RLock()
         self.url = https_url(uri)
         self.master_url = self.url
+        # Tasks the pool was running when it stopped answering (drivers/xapi/tasks.py).
+        self.lost_tasks: list[str] = []
         self._session = self._login()
 
     # -- logging in ------------------------------------------------------------------

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import logging
 import os
 import re
 import socket
@@ -70,7 +71,7 @@ from dockvisor.drivers.registry import HostCredentials
 from dockvisor.drivers.xapi.connection import PoolConnection
 from dockvisor.drivers.xapi.errors import describe
 from dockvisor.drivers.xapi.events import NULL, PoolEvents, Record
-from dockvisor.drivers.xapi.tasks import run_task
+from dockvisor.drivers.xapi.tasks import cancel_task, decode_result, run_task
 from dockvisor.errors import (
     AlreadyExists,
     BadPowerState,
@@ -84,6 +85,8 @@ from dockvisor.errors import (
 )
 
 __all__ = ["XapiDriver"]
+
+log = logging.getLogger(__name__)
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
 _POWER = {
@@ -139,9 +142,47 @@ class XapiDriver:
         self._default_sr = str(pool.get("default_SR", NULL))
         self.capabilities = self._detect_capabilities(pool)
         self._host: tuple[float, HostInfo] | None = None
+        self._events.on_sync.append(self.settle_lost_tasks)
 
     def _call(self, doing: str, method: str, *args: Any) -> Any:
         return self._conn.call(doing, method, *args)
+
+    def settle_lost_tasks(self) -> None:
+        """Settle the tasks the pool was running when it stopped answering (their
+        dockvisor tasks failed): cancel those still running, undo what finished ones
+        made (a clone, a copy, a snapshot), forget them. Called when the pool answers
+        again; what cannot be settled yet waits for the next time."""
+        doing = "settling a task interrupted when the pool stopped answering"
+        while self._conn.lost_tasks:
+            task = self._conn.lost_tasks[0]
+            try:
+                record = self._call(doing, "task.get_record", task)
+            except NotFound:  # the pool restarted: its tasks, and their work, are gone
+                self._conn.lost_tasks.pop(0)
+                continue
+            except DockvisorError:
+                return
+            if record["status"] == "pending":
+                cancel_task(self._conn, task)
+                try:
+                    record = self._call(doing, "task.get_record", task)
+                except DockvisorError:
+                    return
+                if record["status"] == "pending":
+                    return  # not cancellable, still running: looked at again next time
+            made = (
+                decode_result(str(record.get("result", "")))
+                if record["status"] == "success"
+                else None
+            )
+            if isinstance(made, str) and made.startswith("OpaqueRef:") and made != NULL:
+                with contextlib.suppress(NotFound):
+                    self._call(doing, "VM.get_uuid", made)  # only a VM it made
+                    log.warning("xapi.undo-lost-task", extra={"pool": self.uri, "vm": made})
+                    self._destroy_all(made, [])
+            with contextlib.suppress(DockvisorError):
+                self._call(doing, "task.destroy", task)
+            self._conn.lost_tasks.pop(0)
 
     def _one_pool(self) -> tuple[str, Record]:
         pools = self._call("reading the pool", "pool.get_all_records")

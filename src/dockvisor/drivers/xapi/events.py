@@ -46,6 +46,9 @@ class PoolEvents:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.refetches = 0  # full fetches after the first (EVENTS_LOST), for tests
+        # Called (on the follower's thread) each time the cache is in step again after
+        # a (re)connection: the pool answers again.
+        self.on_sync: list[Callable[[], None]] = []
 
     # -- following -------------------------------------------------------------------
 
@@ -71,9 +74,13 @@ class PoolEvents:
                 reply = conn.call("following the pool's events", "event_from", CLASSES, token, WAIT)
                 if self._stop.is_set():
                     break
-                self._apply(reply.get("events", []), full=not token)
+                full = not token
+                self._apply(reply.get("events", []), full=full)
                 token = str(reply["token"])
                 self.synced.set()
+                if full:
+                    for hook in self.on_sync:
+                        hook()
             except DockvisorError as exc:
                 if getattr(exc, "xapi_code", "") == "EVENTS_LOST":
                     log.info("xapi.events-lost", extra={"pool": self._conn.uri})

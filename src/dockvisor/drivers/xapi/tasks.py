@@ -6,6 +6,11 @@ The task's progress becomes dockvisor's, scaled into the caller's share. If the 
 progress callback raises (dockvisor's task is being cancelled, the server stops), the
 XAPI task is cancelled (`task.cancel`) and its end awaited before the error goes on:
 XAPI undoes what a cancelled operation made. A task is destroyed once read.
+
+If the pool stops answering while a task runs, the dockvisor task fails at once, and the
+XAPI task is remembered on the connection (`lost_tasks`): when the pool answers again
+the driver cancels it, or undoes what it made if it finished meanwhile, so nothing the
+user was told had failed stays in the pool.
 """
 
 from __future__ import annotations
@@ -18,9 +23,9 @@ from typing import Any
 from dockvisor.drivers.base import Progress, no_progress
 from dockvisor.drivers.xapi.connection import PoolConnection
 from dockvisor.drivers.xapi.errors import translate
-from dockvisor.errors import DockvisorError, HypervisorError
+from dockvisor.errors import DockvisorError, HypervisorError, HypervisorUnreachable
 
-__all__ = ["decode_result", "run_task"]
+__all__ = ["cancel_task", "decode_result", "run_task"]
 
 POLL = 0.1  # seconds between two reads of a running task
 CANCEL_WAIT = 30.0  # seconds a cancelled task is given to end
@@ -47,7 +52,7 @@ def run_task(
     XAPI's code) if the task fails."""
     task = conn.call(doing, f"Async.{method}", *args)
     low, high = share
-    ended = False
+    ended = lost = False
     try:
         while True:
             record = conn.call(doing, "task.get_record", task)
@@ -61,16 +66,22 @@ def run_task(
                 raise HypervisorError(f"pool {conn.uri}: {doing}: the XAPI task was cancelled")
             progress(doing, low + (high - low) * float(record.get("progress", 0.0)))
             time.sleep(POLL)
+    except HypervisorUnreachable:
+        if not ended:  # the pool went away with the task running: settled when it is back
+            lost = True
+            conn.lost_tasks.append(task)
+        raise
     except BaseException:
-        if not ended:  # the caller gave up (or lost the pool): XAPI undoes the work
-            _cancel(conn, task)
+        if not ended:  # the caller gave up: XAPI undoes the work
+            cancel_task(conn, task)
         raise
     finally:
-        with suppress(DockvisorError):
-            conn.call("forgetting a finished task", "task.destroy", task)
+        if not lost:
+            with suppress(DockvisorError):
+                conn.call("forgetting a finished task", "task.destroy", task)
 
 
-def _cancel(conn: PoolConnection, task: str) -> None:
+def cancel_task(conn: PoolConnection, task: str) -> None:
     """Ask XAPI to cancel the task and wait (a while) for it to end."""
     with suppress(DockvisorError):
         conn.call("cancelling a task", "task.cancel", task)

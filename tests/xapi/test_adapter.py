@@ -1,0 +1,90 @@
+"""What the XAPI adapter does that the contract does not spell out: names XAPI shares,
+tasks interrupted by a pool that went away, its event cache."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import XenAPI
+
+from dockvisor.domain.model import TemplateSpec, VMSpec
+from dockvisor.domain.sizes import MiB
+from dockvisor.drivers.registry import HostCredentials, open_driver
+from dockvisor.drivers.xapi import XapiDriver
+from dockvisor.errors import InvalidInput
+from tests.xapi_sim import XapiSimulator
+
+PASSWORD = "adapter-pw"
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[tuple[XapiSimulator, XapiDriver]]:
+    sim = XapiSimulator(users={"root": PASSWORD}, members=0).start()
+    sim.task_seconds = 0.05
+    uri = sim.url.replace("https://", "xapi://").rstrip("/")
+    driver = open_driver(uri, HostCredentials("root", PASSWORD, sim.certificate_pem))
+    assert isinstance(driver, XapiDriver)
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    driver.register_template(TemplateSpec(name="t", disk=str(disk), docker_port=None))
+    try:
+        yield sim, driver
+    finally:
+        driver.close()
+        sim.stop()
+
+
+def names(sim: XapiSimulator) -> list[str]:
+    return sorted(str(r["name_label"]) for r in sim.objects("VM").values())
+
+
+def test_a_name_two_pool_vms_share_is_refused_and_each_id_works(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    first = driver.create_vm(VMSpec("twin", "t", 1, 512 * MiB, 1, 512 * MiB))
+    session = XenAPI.Session(sim.url, ignore_ssl=True)
+    session.xenapi.login_with_password("root", PASSWORD, "2.0", "other")
+    ref = session.xenapi.VM.clone(session.xenapi.VM.get_by_uuid(first.uuid), "twin")
+    session.xenapi.VM.set_is_a_template(ref, False)
+    second = session.xenapi.VM.get_uuid(ref)
+    session.xenapi.session.logout()
+    with pytest.raises(InvalidInput, match=f"2 VMs are named 'twin'.*{first.uuid}"):
+        driver.get_vm("twin")
+    assert driver.get_vm(first.uuid).uuid == first.uuid
+    assert driver.get_vm(second).uuid == second
+    assert [v.name for v in driver.list_vms()].count("twin") == 2
+
+
+def test_a_task_that_finished_while_the_pool_was_away_is_undone(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    vdis = {r["uuid"] for r in sim.objects("VDI").values()}
+    conn = driver._conn
+    template = driver._template_ref("t")
+    task = conn.call("test", "Async.VM.clone", template, "orphan")
+    deadline = time.monotonic() + 5
+    while conn.call("test", "task.get_status", task) == "pending":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert "orphan" in names(sim)
+    conn.lost_tasks.append(task)  # as run_task records it when the pool stops answering
+    driver.settle_lost_tasks()
+    assert "orphan" not in names(sim) and conn.lost_tasks == []
+    assert {r["uuid"] for r in sim.objects("VDI").values()} == vdis
+
+
+def test_int64_values_travel_as_strings(pool: tuple[XapiSimulator, XapiDriver]) -> None:
+    sim, driver = pool
+    driver.create_vm(VMSpec("sized", "t", 2, 768 * MiB, 4, 1024 * MiB))
+    sent = {c[0]: list(c[1]) for c in sim.calls}
+    assert sent["VM.set_VCPUs_max"][1:] == ["4"]
+    assert sent["VM.set_VCPUs_at_startup"][1:] == ["2"]
+    static_min = sent["VM.set_memory_limits"][1]
+    assert isinstance(static_min, str)
+    assert sent["VM.set_memory_limits"][2:] == [str(1024 * MiB), str(768 * MiB), str(768 * MiB)]
