@@ -286,11 +286,18 @@ def test_live_resize_within_the_maximum(env: Env, running_vm: str) -> None:
     assert back.memory == 512 * MiB
 
 
-def test_fewer_vcpus_for_a_running_vm_wait_for_the_next_boot(env: Env, running_vm: str) -> None:
+def test_fewer_vcpus_for_a_running_vm(env: Env, running_vm: str) -> None:
+    """Live where the adapter declares LIVE_VCPU_REMOVAL, else at the next boot."""
     vm = env.driver.get_vm(running_vm)
     if vm.vcpus == 1:
         vm = env.driver.set_resources(running_vm, vcpus=2).vm
     result = env.driver.set_resources(running_vm, vcpus=vm.vcpus - 1)
+    if Capability.LIVE_VCPU_REMOVAL in env.driver.capabilities:
+        assert result.applied == {"vcpus": vm.vcpus - 1} and result.pending == {}
+        assert result.vm.vcpus == vm.vcpus - 1 and not result.vm.has_pending_changes
+        env.driver.set_resources(running_vm, vcpus=vm.vcpus)
+        assert env.driver.get_vm(running_vm).vcpus == vm.vcpus
+        return
     assert result.pending == {"vcpus": vm.vcpus - 1} and "next boot" in result.reasons[0]
     assert result.vm.vcpus == vm.vcpus and result.vm.pending_vcpus == vm.vcpus - 1
     env.driver.set_resources(running_vm, vcpus=vm.vcpus)  # back to no pending change

@@ -88,3 +88,43 @@ def test_int64_values_travel_as_strings(pool: tuple[XapiSimulator, XapiDriver]) 
     static_min = sent["VM.set_memory_limits"][1]
     assert isinstance(static_min, str)
     assert sent["VM.set_memory_limits"][2:] == [str(1024 * MiB), str(768 * MiB), str(768 * MiB)]
+
+
+def test_a_refused_live_change_waits_for_the_next_boot_with_xapis_reason(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    vm = driver.create_vm(VMSpec("licensed", "t", 1, 512 * MiB, 4, 1024 * MiB))
+    driver.start_vm(vm.uuid)
+    sim.features["Live_set_vcpus"] = False  # the licence changed since dockvisor connected
+    result = driver.set_resources(vm.uuid, vcpus=2)
+    assert result.pending == {"vcpus": 2} and "LICENCE_RESTRICTION" in result.reasons[0]
+    assert result.vm.pending_vcpus == 2 and result.vm.vcpus == 1
+    driver.reboot_vm(vm.uuid)  # static sizes are applied while it is halted
+    after = driver.get_vm(vm.uuid)
+    assert after.vcpus == 2 and not after.has_pending_changes
+
+
+def test_without_checkpoints_a_running_vms_snapshot_is_of_its_disks_and_reverts_booted(
+    tmp_path: Path,
+) -> None:
+    sim = XapiSimulator(users={"root": PASSWORD}, members=0).start()
+    sim.task_seconds = 0.05
+    sim.features["Checkpoint"] = False
+    try:
+        uri = sim.url.replace("https://", "xapi://").rstrip("/")
+        driver = open_driver(uri, HostCredentials("root", PASSWORD, sim.certificate_pem))
+        assert "memory-snapshots" not in driver.capabilities.names()
+        disk = tmp_path / "disk.qcow2"
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8M"], check=True)
+        driver.register_template(TemplateSpec(name="t", disk=str(disk), docker_port=None))
+        vm = driver.create_vm(VMSpec("cold", "t", 1, 512 * MiB, 1, 512 * MiB))
+        driver.start_vm(vm.uuid)
+        snap = driver.create_snapshot(vm.uuid, "disks-only")
+        assert not snap.with_memory and snap.power_state.value == "running"
+        assert not any(c[0].endswith("VM.checkpoint") for c in sim.calls)
+        reverted = driver.revert_to_snapshot(vm.uuid, "disks-only")
+        assert reverted.power_state.value == "running"  # booted again from those disks
+        driver.close()
+    finally:
+        sim.stop()

@@ -59,7 +59,8 @@ class Capability(enum.Flag):
     """What a hypervisor adapter can do; callers check before they ask."""
 
     NONE = 0
-    LIVE_VCPUS = enum.auto()  # add or remove vCPUs of a running VM
+    LIVE_VCPUS = enum.auto()  # add vCPUs to a running VM
+    LIVE_VCPU_REMOVAL = enum.auto()  # and take them away from it (else: at the next boot)
     LIVE_MEMORY = enum.auto()  # change the memory of a running VM (balloon)
     SNAPSHOTS = enum.auto()  # disk snapshots, revert, delete
     MEMORY_SNAPSHOTS = enum.auto()  # snapshots of a running VM with its memory

@@ -145,7 +145,7 @@ class HypervisorDriver(Protocol):
         self, name: str, *, vcpus: int | None = None, memory: int | None = None
     ) -> ResizeResult:
         """Change vCPUs and/or memory. Within the maximums of a running VM the change is
-        live (vCPUs are only ever added live; fewer vCPUs wait for the next boot); beyond
+        live (fewer vCPUs only with LIVE_VCPU_REMOVAL, else at the next boot); beyond
         them (or where the guest refuses) it is stored for the next boot and reported as
         pending. A stopped VM simply gets the new size."""
         ...

@@ -195,9 +195,14 @@ class XapiDriver:
         """What this pool lets dockvisor do. `pool.restrictions` (filled from the
         licence: restrict_checkpoint, restrict_dmc...) turns features off."""
         c = Capability
-        caps = c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.LINKED_CLONES | c.CLONE_RUNNING
+        # Live vCPUs both ways: VM.set_VCPUs_number_live takes any 0 < n <= VCPUs_max
+        # (xapi_vm.ml); the guest's tools unplug the others.
+        caps = c.LIVE_VCPUS | c.LIVE_VCPU_REMOVAL | c.LIVE_MEMORY | c.SNAPSHOTS
+        caps |= c.LINKED_CLONES | c.CLONE_RUNNING
         caps |= c.EVENTS | c.GUEST_ADDRESSES
         restrictions = pool.get("restrictions") or {}
+        if str(restrictions.get("restrict_set_vcpus_number_live", "false")).lower() == "true":
+            caps &= ~(c.LIVE_VCPUS | c.LIVE_VCPU_REMOVAL)
         if str(restrictions.get("restrict_checkpoint", "false")).lower() != "true":
             caps |= c.MEMORY_SNAPSHOTS
         if str(restrictions.get("restrict_dmc", "false")).lower() == "true":
@@ -855,7 +860,7 @@ class XapiDriver:
         self, doing: str, ref: str, now: VM, vcpus: int, result: ResizeResult
     ) -> None:
         why = None
-        if vcpus < now.vcpus:
+        if vcpus < now.vcpus and Capability.LIVE_VCPU_REMOVAL not in self.capabilities:
             why = "vCPUs are added to a running VM, not removed"
         elif vcpus > now.max_vcpus:
             why = f"{vcpus} vCPUs is above the {now.max_vcpus} this VM was booted with room for"
