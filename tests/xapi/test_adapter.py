@@ -128,3 +128,19 @@ def test_without_checkpoints_a_running_vms_snapshot_is_of_its_disks_and_reverts_
         driver.close()
     finally:
         sim.stop()
+
+
+def test_a_guest_cannot_point_dockvisor_at_the_host_itself(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    vm = driver.create_vm(VMSpec("liar", "t", 1, 512 * MiB, 1, 512 * MiB))
+    driver.start_vm(vm.uuid)
+    sim.set_guest_networks(
+        vm.uuid,
+        {"0/ip": "127.0.0.1", "0/ipv4/0": "169.254.0.2", "0/ipv6/0": "::1",
+         "1/ipv4/0": "0.0.0.0", "1/ipv6/0": "fe80::1", "2/ip": "not-an-address"},
+    )  # fmt: skip
+    assert driver.guest_addresses(vm.uuid) == []
+    sim.set_guest_networks(vm.uuid, {"0/ip": "192.0.2.9", "0/ipv6/0": "2001:db8::9"})
+    assert driver.guest_addresses(vm.uuid) == ["192.0.2.9", "2001:db8::9"]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import logging
 import os
 import re
@@ -1079,25 +1080,34 @@ class XapiDriver:
         return vm
 
     def guest_addresses(self, name: str) -> list[str]:
+        """What the guest's Xen tools report (`VM_guest_metrics.networks`: `N/ip`,
+        `N/ipv4/M`, `N/ipv6/M`), IPv4 first. The guest chooses what it reports: an
+        address that cannot be its own (loopback: the host itself; link-local,
+        multicast, unspecified) is never returned, and the engine's certificate name
+        still pins which VM dockvisor talks to."""
         ref = self._vm_ref(name)
         metrics = self._live("VM_guest_metrics", self._call(
             "reading a VM", "VM.get_guest_metrics", ref
         ))  # fmt: skip
         networks = (metrics or {}).get("networks") or {}
-        ordered = sorted(
-            (k, v) for k, v in networks.items() if re.match(r"^\d+/(ip|ipv4/\d+|ipv6/\d+)$", k)
+        reported = sorted(
+            (k, str(v)) for k, v in networks.items() if re.match(r"^\d+/(ip|ipv4/\d+|ipv6/\d+)$", k)
         )
         found: list[str] = []
-        for _key, value in sorted(ordered, key=lambda kv: "ipv6" in kv[0]):
-            address = str(value)
-            if (
-                address
-                and address not in found
-                and not address.startswith(("127.", "::1", "fe80:"))
-            ):
-                found.append(address)
-        loopback = [str(v) for k, v in ordered if str(v).startswith("127.")]
-        return found or loopback[:1]
+        for _key, text in sorted(reported, key=lambda kv: "ipv6" in kv[0]):
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                continue
+            unusable = (
+                address.is_loopback
+                or address.is_link_local
+                or address.is_multicast
+                or address.is_unspecified
+            )
+            if not unusable and str(address) not in found:
+                found.append(str(address))
+        return found
 
     def docker_endpoint(self, name: str) -> DockerEndpoint:
         ref = self._vm_ref(name)
