@@ -33,7 +33,7 @@ __all__ = ["PoolConnection", "https_url"]
 
 ORIGINATOR = "dockvisor"
 API_VERSION = "2.0"
-CALL_TIMEOUT = 60.0
+CALL_TIMEOUT = 20.0  # seconds: long work runs as tasks, so no call should take longer
 
 
 def https_url(uri: str) -> str:
