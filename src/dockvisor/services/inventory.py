@@ -246,6 +246,12 @@ class Hosts:
             self.on_connect(host_id, driver)
         return existing
 
+    def name(self, host_id: int) -> str:
+        """The host's name as the admin gave it ("" if there is no such host)."""
+        with self._db.read() as session:
+            row = session.get(HostRow, host_id)
+            return row.name if row is not None else ""
+
     def health(self, host_id: int) -> HostHealth:
         with self._lock:
             return self._health.get(host_id) or HostHealth("unknown", datetime.now(UTC))

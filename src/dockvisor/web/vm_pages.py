@@ -121,7 +121,16 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
             live = None  # the host does not answer: the page shows what is known
         info = ops.hosts.info(row.host_id)
         host_can = set(info.capabilities.names()) if info else set()
-        return {"vm": vm_data(row), "can": can, "live": live, "host_can": host_can}
+        host = ops.hosts.name(row.host_id)
+        if info is not None:
+            host = f"{host} ({info.hypervisor} {info.version})"
+        return {
+            "vm": vm_data(row),
+            "can": can,
+            "live": live,
+            "host_can": host_can,
+            "host": host,
+        }
 
     @web.get("/vms/{vm_id}", openapi_extra=VIEW)
     def vm_page(who: Who, request: Request, vm_id: Key) -> HTMLResponse:
