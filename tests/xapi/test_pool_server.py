@@ -174,6 +174,10 @@ def test_a_pool_member_leads_to_the_master(server: Server, sim: XapiSimulator) -
     assert len(logins) >= 2  # refused by the member (HOST_IS_SLAVE), then the master
     driver = server.cp.hosts.driver(int(added.json()["id"]))
     assert driver.host_info().cpus >= 16  # the whole pool: every host's CPUs
+    # The same pool through its master's address is not a second host.
+    again = add_pool(server.client("admin"), sim, name="pool1-again")
+    detail = assert_problem(again, 409, "already-exists")["detail"]
+    assert "'pool1'" in detail and "xapi-pool:" in detail
 
 
 # -- the workflow ----------------------------------------------------------------------
@@ -393,6 +397,11 @@ def test_the_cli_adds_a_pool_and_works_on_it(
     assert {"cli-vm", "cli-vm-2"} <= {r["name_label"] for r in sim.objects("VM").values()}
     shown = dv(server, "--json", "vm", "show", "cli-vm")
     assert '"vcpus": 1' in shown.stdout  # back to the snapshot's size
+    tasks = dv(server, "task", "list")
+    assert tasks.returncode == 0 and "vm.clone" in tasks.stdout and "succeeded" in tasks.stdout
+    ended = tasks.stdout.splitlines()[1].split()[0]
+    late = dv(server, "task", "cancel", ended)
+    assert late.returncode != 0 and "has already succeeded" in late.stderr
     refused = dv(server, "vm", "create", "x", "--template", "nope", "--vcpus", "1",
                  "--memory", "512MiB", "--host", "2")  # fmt: skip
     assert refused.returncode != 0 and "template" in refused.stderr

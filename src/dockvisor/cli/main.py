@@ -216,6 +216,35 @@ def host_add(ctx: Context, name: str, uri: str, user: str | None,
                     f"{added['state']})")  # fmt: skip
 
 
+@cli.group()
+def task() -> None:
+    """The tasks of a dockvisor server (--server): list them, stop one."""
+
+
+@task.command("list")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@pass_ctx
+def task_list(ctx: Context, limit: int) -> None:
+    """Your tasks, and those on VMs you can view, newest first."""
+    tasks = _server_api(ctx, "task list").api.request("GET", "/tasks", params={"limit": limit})
+    ctx.emit(tasks, lambda: render.table(
+        ["ID", "KIND", "OBJECT", "STATE", "PROGRESS", "BY"],
+        [[t["id"], t["kind"], f"{t['object_type']}:{t['object_id']}", t["state"],
+          f"{t['progress']:.0%}", t["requester"]] for t in tasks],
+    ))  # fmt: skip
+
+
+@task.command("cancel")
+@click.argument("task_id")
+@pass_ctx
+def task_cancel(ctx: Context, task_id: str) -> None:
+    """Ask a running task to stop: it stops at its next progress report, undoes what it
+    made (on a XAPI pool, the pool's own task is cancelled) and ends failed, cancelled."""
+    api = _server_api(ctx, "task cancel").api
+    asked = api.request("POST", f"/tasks/{task_id}/cancel")
+    ctx.emit(asked, f"asked task {asked['id']} ({asked['kind']}) to stop")
+
+
 def _pool_password(source: TextIO | None) -> str:
     if source is not None:
         return source.readline().rstrip("\n")

@@ -89,6 +89,9 @@ class HostInfo:
     max_vcpus_per_vm: int  # the most vCPUs one VM may have here (current or maximum)
     acceleration: str | None  # "kvm", "tcg" (software emulation), or None if not QEMU
     capabilities: Capability
+    # What the hypervisor is, whichever address reaches it (a XAPI pool's uuid: its
+    # master and members are one pool); None where the adapter cannot tell.
+    identity: str | None = None
 
 
 @dataclass(frozen=True)

@@ -140,6 +140,7 @@ class XapiDriver:
         self._conn = PoolConnection(uri, credentials)
         self._events = PoolEvents(self._conn)
         self._pool_ref, pool = self._one_pool()
+        self._pool_uuid = str(pool.get("uuid", self._pool_ref))
         self._default_sr = str(pool.get("default_SR", NULL))
         self.capabilities = self._detect_capabilities(pool)
         self._host: tuple[float, HostInfo] | None = None
@@ -242,6 +243,7 @@ class XapiDriver:
             max_vcpus_per_vm=vcpu_ceiling(largest, _MAX_VCPUS_PER_VM),
             acceleration=None,
             capabilities=self.capabilities,
+            identity=f"xapi-pool:{self._pool_uuid}",
         )
         self._host = (time.monotonic(), info)
         return info
