@@ -50,3 +50,9 @@ def test_a_trailing_newline_does_not_sneak_into_a_name():
         validate_template_name("base\n")
     with pytest.raises(InvalidInput):
         validate_snapshot_name("snap\n")
+
+
+def test_a_name_shaped_like_a_vm_id_is_refused() -> None:
+    with pytest.raises(InvalidInput, match="shaped like a VM id"):
+        validate_vm_name("0b1f2c3d-4e5f-6a7b-8c9d-0e1f2a3b4c5d")
+    assert validate_vm_name("0b1f2c3d-4e5f") == "0b1f2c3d-4e5f"

@@ -17,12 +17,20 @@ _DNS_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SNAPSHOT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
+_ID_SHAPED = re.compile(r"[0-9a-f]{8}-(?:[0-9a-f]{4}-){3}[0-9a-f]{12}")
+
+
 def validate_vm_name(name: str, *, what: str = "VM name") -> str:
     """Return `name` if it is a valid VM name, else raise InvalidInput saying why."""
     if not _DNS_LABEL.fullmatch(name):
         raise InvalidInput(
             f"{what} {name!r} is not valid: use 1-63 lower-case letters, digits and "
             "hyphens, starting and ending with a letter or digit"
+        )
+    if _ID_SHAPED.fullmatch(name):
+        raise InvalidInput(
+            f"{what} {name!r} is shaped like a VM id (a UUID): choose another, it would "
+            "be taken for one"
         )
     return name
 
