@@ -102,8 +102,9 @@ class PoolEvents:
         changed: dict[str, str] = {}  # vm uuid -> what
         with self._lock:
             before = dict(self._records["vm"]) if full else {}
-            if full:
+            if full:  # the whole picture: what is not in it is gone
                 self._records = {cls: {} for cls in CLASSES}
+                self._destroyed.clear()
             for event in events:
                 cls, ref, op = str(event["class"]).lower(), str(event["ref"]), event["operation"]
                 if cls not in self._records:
