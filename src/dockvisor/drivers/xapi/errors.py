@@ -85,7 +85,8 @@ def xapi_errors(pool: str, doing: str) -> Iterator[None]:
     except ssl.SSLCertVerificationError as exc:
         raise errors.HypervisorUnreachable(
             f"pool {pool}: its HTTPS certificate is not trusted ({exc.verify_message}); "
-            "give the pool's certificate (PEM) when adding the host"
+            "give the pool's certificate (PEM) to trust it: `host add --certificate FILE`, or "
+            "DOCKVISOR_HOST_CERTIFICATE for the CLI without a server"
         ) from None
     except (OSError, http.client.HTTPException, xmlrpc.client.ProtocolError) as exc:
         raise errors.HypervisorUnreachable(
