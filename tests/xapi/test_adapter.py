@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,21 +22,37 @@ from tests.xapi_sim import XapiSimulator
 PASSWORD = "adapter-pw"
 
 
+@contextmanager
+def pooled(
+    folder: Path, *, features_off: tuple[str, ...] = ()
+) -> Iterator[tuple[XapiSimulator, XapiDriver]]:
+    """A simulated pool (with `features_off` switched off before dockvisor connects) and
+    the adapter connected to it, with a template "t"; both stopped at the end."""
+    sim = XapiSimulator(users={"root": PASSWORD}, members=0).start()
+    try:
+        sim.task_seconds = 0.05
+        for feature in features_off:
+            sim.features[feature] = False
+        uri = sim.url.replace("https://", "xapi://").rstrip("/")
+        driver = open_driver(uri, HostCredentials("root", PASSWORD, sim.certificate_pem))
+        assert isinstance(driver, XapiDriver)
+        try:
+            disk = folder / "disk.qcow2"
+            subprocess.run(
+                ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True
+            )
+            driver.register_template(TemplateSpec(name="t", disk=str(disk), docker_port=None))
+            yield sim, driver
+        finally:
+            driver.close()
+    finally:
+        sim.stop()
+
+
 @pytest.fixture
 def pool(tmp_path: Path) -> Iterator[tuple[XapiSimulator, XapiDriver]]:
-    sim = XapiSimulator(users={"root": PASSWORD}, members=0).start()
-    sim.task_seconds = 0.05
-    uri = sim.url.replace("https://", "xapi://").rstrip("/")
-    driver = open_driver(uri, HostCredentials("root", PASSWORD, sim.certificate_pem))
-    assert isinstance(driver, XapiDriver)
-    disk = tmp_path / "disk.qcow2"
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
-    driver.register_template(TemplateSpec(name="t", disk=str(disk), docker_port=None))
-    try:
-        yield sim, driver
-    finally:
-        driver.close()
-        sim.stop()
+    with pooled(tmp_path) as made:
+        yield made
 
 
 def names(sim: XapiSimulator) -> list[str]:
@@ -108,16 +125,8 @@ def test_a_refused_live_change_waits_for_the_next_boot_with_xapis_reason(
 def test_without_checkpoints_a_running_vms_snapshot_is_of_its_disks_and_reverts_booted(
     tmp_path: Path,
 ) -> None:
-    sim = XapiSimulator(users={"root": PASSWORD}, members=0).start()
-    sim.task_seconds = 0.05
-    sim.features["Checkpoint"] = False
-    try:
-        uri = sim.url.replace("https://", "xapi://").rstrip("/")
-        driver = open_driver(uri, HostCredentials("root", PASSWORD, sim.certificate_pem))
+    with pooled(tmp_path, features_off=("Checkpoint",)) as (sim, driver):
         assert "memory-snapshots" not in driver.capabilities.names()
-        disk = tmp_path / "disk.qcow2"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "8M"], check=True)
-        driver.register_template(TemplateSpec(name="t", disk=str(disk), docker_port=None))
         vm = driver.create_vm(VMSpec("cold", "t", 1, 512 * MiB, 1, 512 * MiB))
         driver.start_vm(vm.uuid)
         snap = driver.create_snapshot(vm.uuid, "disks-only")
@@ -125,9 +134,6 @@ def test_without_checkpoints_a_running_vms_snapshot_is_of_its_disks_and_reverts_
         assert not any(c[0].endswith("VM.checkpoint") for c in sim.calls)
         reverted = driver.revert_to_snapshot(vm.uuid, "disks-only")
         assert reverted.power_state.value == "running"  # booted again from those disks
-        driver.close()
-    finally:
-        sim.stop()
 
 
 def test_a_guest_cannot_point_dockvisor_at_the_host_itself(

@@ -81,14 +81,18 @@ def pool_with_template(server: Server, sim: XapiSimulator, tmp_path: Path) -> in
     return host_id
 
 
-def create(server: Server, host_id: int, name: str, **size: Any) -> dict[str, Any]:
-    """A VM made on the pool by the admin through the API: its ended task."""
-    admin = server.client("admin")
+def start_create(server: Server, host_id: int, name: str, **size: Any) -> dict[str, Any]:
+    """A VM being made on the pool by the admin through the API: its task, just begun."""
     body = {"name": name, "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB,
             "host_id": host_id, **size}  # fmt: skip
-    made = admin.post("/vms", json=body)
+    made = server.client("admin").post("/vms", json=body)
     assert made.status_code == 202, made.text
-    return server.wait(admin, made.json())
+    return dict(made.json())
+
+
+def create(server: Server, host_id: int, name: str, **size: Any) -> dict[str, Any]:
+    """A VM made on the pool by the admin through the API: its ended task."""
+    return server.wait(server.client("admin"), start_create(server, host_id, name, **size))
 
 
 def vms_named(sim: XapiSimulator, name: str) -> list[dict[str, Any]]:
@@ -322,15 +326,10 @@ def test_a_pool_that_vanishes_mid_task_fails_the_task_and_leaves_no_row(
     admin = server.client("admin")
     disks = {r["uuid"] for r in sim.objects("VDI").values()}
     sim.task_seconds = 3.0
-    made = admin.post(
-        "/vms",
-        json={"name": "lost", "template": TEMPLATE, "vcpus": 1, "memory": 512 * MiB,
-              "host_id": host_id},
-    )  # fmt: skip
-    assert made.status_code == 202, made.text
+    made = start_create(server, host_id, "lost")
     time.sleep(0.5)
     sim.vanish()
-    task = server.wait(admin, made.json())
+    task = server.wait(admin, made)
     assert task["state"] == "failed"
     assert "does not answer" in str(task["error"]) and pool_uri(sim) in str(task["error"])
     assert "lost" not in [v["name"] for v in admin.get("/vms").json()]
@@ -414,16 +413,12 @@ def test_cancelling_a_task_cancels_the_pools_task_and_leaves_nothing(
     admin = server.client("admin")
     disks = {r["uuid"] for r in sim.objects("VDI").values()}
     sim.task_seconds = 5.0
-    made = admin.post(
-        "/vms", json={"name": "halfway", "template": TEMPLATE, "vcpus": 1,
-                      "memory": 512 * MiB, "host_id": host_id},
-    )  # fmt: skip
-    assert made.status_code == 202, made.text
-    task_id = made.json()["id"]
+    made = start_create(server, host_id, "halfway")
+    task_id = made["id"]
     wait_for(lambda: any(c[0] == "Async.VM.clone" for c in sim.calls), 5.0)
     asked = admin.post(f"/tasks/{task_id}/cancel")
     assert asked.status_code == 202, asked.text
-    task = server.wait(admin, made.json())
+    task = server.wait(admin, made)
     assert (task["state"], task["error_code"]) == ("failed", "cancelled"), task
     assert any(c[0] == "task.cancel" for c in sim.calls)
     assert vms_named(sim, "halfway") == []

@@ -215,11 +215,15 @@ class Hosts:
                 f"cannot connect to {uri}: it refused, did not answer or failed to start "
                 "(the server's log has the hypervisor's message)"
             ) from None
-        self._refuse_twice(session, name, driver)
-        sealed = self._vault.seal(credentials) if credentials is not None else None
-        row = HostRow(name=name, uri=uri, credentials=sealed)
-        session.add(row)
-        session.flush()
+        try:
+            self._refuse_twice(session, name, driver)
+            sealed = self._vault.seal(credentials) if credentials is not None else None
+            row = HostRow(name=name, uri=uri, credentials=sealed)
+            session.add(row)
+            session.flush()
+        except BaseException:
+            driver.close()  # no connection (nor event follower) is left for a host not added
+            raise
         with self._lock:
             self._drivers[row.id] = driver
         if self.on_connect:
@@ -228,7 +232,7 @@ class Hosts:
 
     def _refuse_twice(self, session: Session, name: str, driver: HypervisorDriver) -> None:
         """AlreadyExists if the hypervisor `driver` reaches is a host already (a pool's
-        member added after its master: one pool, two addresses). Closes `driver`."""
+        member added after its master: one pool, two addresses)."""
         try:
             identity = driver.host_info().identity
         except DockvisorError:
@@ -238,7 +242,6 @@ class Hosts:
         for other_id, other_name in session.execute(select(HostRow.id, HostRow.name)).all():
             info = self.info(other_id)
             if info is not None and info.identity == identity:
-                driver.close()
                 raise AlreadyExists(
                     f"{driver.uri} is the hypervisor host {other_name!r} already is "
                     f"({identity}); {name!r} is not added"

@@ -293,19 +293,6 @@ class XapiDriver:
         self._events.remember("vm", ref, record)
         return record
 
-    def _lookup(self, cls: str) -> Callable[[str], Record | None]:
-        """Read records of `cls` live (for one VM: always current)."""
-
-        def read(ref: str) -> Record | None:
-            if not ref or ref == NULL:
-                return None
-            try:
-                return dict(self._call(f"reading a {cls}", f"{cls}.get_record", ref))
-            except NotFound:
-                return None
-
-        return read
-
     def _to_vm(self, record: Record, read: Callable[[str, str], Record | None]) -> VM:
         oc = record.get("other_config") or {}
         power = _POWER.get(str(record["power_state"]), PowerState.UNKNOWN)
@@ -348,7 +335,13 @@ class XapiDriver:
         )
 
     def _live(self, cls: str, ref: str) -> Record | None:
-        return self._lookup(cls)(ref)
+        """A record of `cls` read from the pool now (None for a null or gone ref)."""
+        if not ref or ref == NULL:
+            return None
+        try:
+            return dict(self._call(f"reading a {cls}", f"{cls}.get_record", ref))
+        except NotFound:
+            return None
 
     def list_vms(self) -> list[VM]:
         """From the event-fed cache when it is in step (one dict read), else live."""
