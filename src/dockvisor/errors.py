@@ -11,6 +11,7 @@
     ├── HypervisorError             the hypervisor failed an operation for another reason
     ├── GuestTimeout                the guest did not reach a state in time
     ├── ImageBuildError             the Docker-ready guest image could not be built
+    ├── CatalogError                a template catalog failed to answer or gave bad data
     ├── Unauthorized                no valid credentials (log in, or a valid API token)
     ├── Forbidden                   valid credentials, but not the privilege needed
     ├── Busy                        another task holds the object; try again later
@@ -32,6 +33,7 @@ __all__ = [
     "HypervisorError",
     "HypervisorUnreachable",
     "Busy",
+    "CatalogError",
     "Forbidden",
     "ImageBuildError",
     "InvalidInput",
@@ -88,6 +90,14 @@ class GuestTimeout(DockvisorError):
 
 class ImageBuildError(DockvisorError):
     code = "image-build-failed"
+
+
+class CatalogError(DockvisorError):
+    """A template catalog did not answer, or what it gave cannot be trusted (malformed
+    index, bad signature, wrong size or checksum). The message names the catalog and the
+    file; nothing was registered."""
+
+    code = "catalog-error"
 
 
 class Unauthorized(DockvisorError):

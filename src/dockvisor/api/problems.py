@@ -30,6 +30,7 @@ STATUS: dict[type[errors.DockvisorError], int] = {
     errors.Throttled: 429,
     errors.ImageBuildError: 500,
     errors.HypervisorError: 502,
+    errors.CatalogError: 502,
     errors.HypervisorUnreachable: 503,
     errors.EngineUnavailable: 503,
     errors.GuestTimeout: 504,

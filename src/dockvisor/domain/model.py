@@ -21,6 +21,8 @@ __all__ = [
     "ResizeResult",
     "Snapshot",
     "Template",
+    "TemplateOrigin",
+    "TemplateSizes",
     "TemplateSpec",
     "VM",
     "VMSpec",
@@ -73,6 +75,8 @@ class Capability(enum.Flag):
     SERIAL_CONSOLE = enum.auto()  # a running VM's serial console as a byte stream
     GRAPHICAL_CONSOLE = enum.auto()  # a running VM's screen as a VNC (RFB) byte stream
     EVENTS = enum.auto()  # tells of VM changes as they happen (watch), whoever made them
+    DISK_GROWTH = enum.auto()  # grow a stopped VM's disk (grow_disk)
+    LIVE_DISK_GROWTH = enum.auto()  # grow a running VM's disk, seen by the guest at once
 
     def names(self) -> list[str]:
         return [str(c.name).lower().replace("_", "-") for c in Capability if c in self]
@@ -92,6 +96,9 @@ class HostInfo:
     # What the hypervisor is, whichever address reaches it (a XAPI pool's uuid: its
     # master and members are one pool); None where the adapter cannot tell.
     identity: str | None = None
+    # Bytes the storage that new VM disks go to has free (libvirt pool, XAPI default SR);
+    # None where the adapter cannot tell.
+    storage_free: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +113,8 @@ class VMSpec:
     max_memory: int
     disk_mode: DiskMode = DiskMode.LINKED
     guest: GuestConfig | None = None
+    # The root disk's size in bytes (at least the template's); None: the template's.
+    disk_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +161,28 @@ class VM:
 
 
 @dataclass(frozen=True)
+class TemplateSizes:
+    """What a template's publisher says its VMs need (min_*) and suit (default_*).
+    Zero or None: not said (the template's disk size is always its minimum disk)."""
+
+    min_vcpus: int = 1
+    min_memory: int = 0
+    default_vcpus: int | None = None
+    default_memory: int | None = None
+    default_disk: int | None = None
+
+
+@dataclass(frozen=True)
+class TemplateOrigin:
+    """Where a template pulled from a catalog came from."""
+
+    catalog: str  # the catalog's name where it was pulled
+    product: str  # the template's name in the catalog
+    version: str
+    sha256: str  # of the disk file as published (checked when pulled)
+
+
+@dataclass(frozen=True)
 class Template:
     name: str
     description: str
@@ -161,6 +192,9 @@ class Template:
     boots_kernel: bool  # boots a kernel + initrd given with the template (else the disk's own)
     created: datetime | None = None
     image_key: str | None = None  # the built-in template: key of the guest image it holds
+    sizes: TemplateSizes = field(default_factory=TemplateSizes)
+    origin: TemplateOrigin | None = None
+    docker_port: int | None = None  # the guest port its dockerd listens on (if Docker-ready)
 
 
 @dataclass(frozen=True)
@@ -176,6 +210,8 @@ class TemplateSpec:
     docker_port: int | None = 2376  # the guest port dockerd listens on; None: no Docker
     builtin: bool = False
     image_key: str | None = None
+    sizes: TemplateSizes = field(default_factory=TemplateSizes)
+    origin: TemplateOrigin | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +227,7 @@ class Snapshot:
     # The size reverting to it gives the VM back (None: the hypervisor does not say).
     vcpus: int | None = None
     memory: int | None = None
+    disk_size: int | None = None  # the root disk's, which a revert returns to
 
 
 @dataclass(frozen=True)

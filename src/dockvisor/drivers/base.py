@@ -114,9 +114,10 @@ class HypervisorDriver(Protocol):
 
     def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
         """Define a stopped VM of exactly spec's size from spec's template, with its own
-        disk (an overlay on the template's base, or a full copy), room to grow to spec's
-        maximums, and spec.guest's config drive attached read-only. On failure the domain
-        and disks are removed."""
+        disk (an overlay on the template's base, or a full copy) of spec.disk_size bytes
+        (the template's if None; InvalidInput if below it, OutOfCapacity if the storage
+        cannot hold it), room to grow to spec's maximums, and spec.guest's config drive
+        attached read-only. On failure the domain and disks are removed."""
         ...
 
     def start_vm(self, name: str) -> VM:
@@ -148,6 +149,17 @@ class HypervisorDriver(Protocol):
         live (fewer vCPUs only with LIVE_VCPU_REMOVAL, else at the next boot); beyond
         them (or where the guest refuses) it is stored for the next boot and reported as
         pending. A stopped VM simply gets the new size."""
+        ...
+
+    def grow_disk(self, name: str, size: int) -> VM:
+        """Grow the VM's root disk to `size` bytes: live if it runs (LIVE_DISK_GROWTH;
+        the guest sees the new size at once and a Docker-ready guest grows its
+        filesystem), else on the stopped disk (DISK_GROWTH). InvalidInput if `size` is
+        below the disk's size (shrinking is refused), OutOfCapacity if the storage cannot
+        hold it; Unsupported if the capability is absent (a running VM on a host without
+        LIVE_DISK_GROWTH must be stopped first). The same size changes nothing. The VM's
+        snapshots keep the size they were taken at: reverting to one returns the disk
+        to that size (Snapshot.disk_size)."""
         ...
 
     # -- snapshots -------------------------------------------------------------------

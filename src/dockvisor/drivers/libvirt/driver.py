@@ -617,6 +617,10 @@ class LibvirtDriver(UsageReading):
         self._starts.forget(name)
 
     @_by_id
+    def grow_disk(self, name: str, size: int) -> VM:
+        raise Unsupported("not yet")
+
+    @_by_id
     def set_resources(
         self, name: str, *, vcpus: int | None = None, memory: int | None = None
     ) -> ResizeResult:

@@ -822,6 +822,9 @@ class XapiDriver:
             self._destroy_vm_and_disks(str(snap), doing)
         self._destroy_vm_and_disks(ref, doing)
 
+    def grow_disk(self, name: str, size: int) -> VM:
+        raise Unsupported(f"{self.uri}: growing disks is not implemented for XAPI yet")
+
     def set_resources(
         self, name: str, *, vcpus: int | None = None, memory: int | None = None
     ) -> ResizeResult:
