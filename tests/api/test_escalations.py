@@ -380,3 +380,16 @@ def test_a_template_is_made_only_from_files_in_the_template_directory(
     assert "outside" not in [t["name"] for t in admin.get("/templates").json()]
     made = admin.post("/templates", json={**body, "name": "mine", "disk": str(disk)})
     assert made.status_code == 201, made.text
+    # A qcow2 image in that directory may still name another file of the host for its
+    # data (a backing file, an external data file): QEMU would open it for the guest.
+    for name, options in (("backed", ["-b", "/etc/shadow", "-F", "raw"]),
+                          ("external", ["-o", f"data_file={tmp_path / 'data.raw'}"])):  # fmt: skip
+        hostile = images / f"{name}.qcow2"
+        size = [] if name == "backed" else ["64M"]
+        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", *options, str(hostile),
+                        *size], check=True)  # fmt: skip
+        problem = assert_problem(admin.post("/templates", json={**body, "name": name,
+                                                                "disk": str(hostile)}),
+                                 400, "invalid-input")  # fmt: skip
+        assert "refused" in problem["detail"] and name + ".qcow2" in problem["detail"]
+    assert {"backed", "external"}.isdisjoint(t["name"] for t in admin.get("/templates").json())

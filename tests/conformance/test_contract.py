@@ -24,6 +24,8 @@ from dockvisor.domain.model import (
     DiskMode,
     DockerEndpoint,
     PowerState,
+    TemplateOrigin,
+    TemplateSizes,
     TemplateSpec,
     VMSpec,
 )
@@ -170,6 +172,38 @@ def test_register_and_remove_a_template(env: Env, tmp_path: Path) -> None:
         assert env.driver.get_vm(vm).disk_size == 64 * MiB
         env.driver.delete_vm(vm)
     assert name not in [t.name for t in env.driver.list_templates()]
+    assert env.harness.disks() == before
+
+
+def test_a_newer_catalog_version_replaces_its_template_and_spares_its_vms(
+    env: Env, tmp_path: Path
+) -> None:
+    name = env.name()
+    disk = small_disk(tmp_path)
+    before = env.harness.disks()
+
+    def version(v: str, catalog: str = "acme") -> TemplateSpec:
+        origin = TemplateOrigin(catalog, "tiny", v, "0" * 64)
+        sizes = TemplateSizes(min_memory=256 * MiB, default_disk=128 * MiB)
+        return TemplateSpec(name=name, disk=str(disk), docker_port=None, sizes=sizes,
+                            origin=origin)  # fmt: skip
+
+    first = env.driver.register_template(version("1"))
+    assert first.origin == TemplateOrigin("acme", "tiny", "1", "0" * 64)
+    assert first.sizes.min_memory == 256 * MiB and first.sizes.default_disk == 128 * MiB
+    vm = env.name()
+    env.driver.create_vm(env.spec(vm, template=name))
+    with pytest.raises(AlreadyExists):  # another catalog's template of that name
+        env.driver.register_template(version("2", catalog="other"))
+    with pytest.raises(AlreadyExists):  # a plain template
+        env.driver.register_template(TemplateSpec(name=name, disk=str(disk), docker_port=None))
+
+    second = env.driver.register_template(version("2"))
+    assert second.origin is not None and second.origin.version == "2"
+    assert [t.name for t in env.driver.list_templates()].count(name) == 1
+    assert env.driver.get_vm(vm).template == name, "the VM made from version 1 is still there"
+    env.driver.delete_vm(vm)
+    env.driver.remove_template(name)
     assert env.harness.disks() == before
 
 

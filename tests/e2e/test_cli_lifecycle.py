@@ -225,7 +225,7 @@ def test_template_from_an_admins_own_disk_image(unique_name: str, tmp_path: Path
     added = dv("template", "add", template, "--disk", str(image / "disk.qcow2"),
                "--kernel", str(image / "vmlinuz"), "--initrd", str(image / "initrd.img"),
                "--cmdline", "console=ttyS0 root=/dev/vda rw", "--description", "mine")  # fmt: skip
-    assert added["docker_ready"] and not added["builtin"] and added["disk_size"] == 8 * GiB
+    assert added["docker_ready"] and not added["builtin"] and added["disk_size"] == 2 * GiB
     assert template in [t["name"] for t in dv("template", "list")]
     assert "already exists" in dv_error("template", "add", template, "--disk",
                                         str(image / "disk.qcow2"))  # fmt: skip

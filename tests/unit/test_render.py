@@ -30,8 +30,9 @@ def test_vm_as_data():
 
 def test_snapshot_as_data():
     snap = Snapshot(
-        "before", "web", CREATED, PowerState.STOPPED, with_memory=False, vcpus=2, memory=GiB
-    )
+        "before", "web", CREATED, PowerState.STOPPED, with_memory=False, vcpus=2, memory=GiB,
+        disk_size=4 * GiB,
+    )  # fmt: skip
     assert to_data(snap) == {
         "name": "before",
         "vm": "web",
@@ -43,6 +44,7 @@ def test_snapshot_as_data():
         "current": False,
         "vcpus": 2,
         "memory": GiB,
+        "disk_size": 4 * GiB,
     }
 
 

@@ -19,6 +19,7 @@ from tests.api.conftest import Server, _server, create_vm
 # Each web action and the API route whose declaration it must carry.
 SAME_AS = {
     ("POST", "/ui/vms"): "vm.create",
+    ("POST", "/ui/templates/pull"): "template.pull",
     ("POST", "/ui/vms/{vm_id}/power"): "vm.power",
     ("POST", "/ui/vms/{vm_id}/resize"): "vm.resize",
     ("POST", "/ui/vms/{vm_id}/snapshots"): "vm.snapshot",

@@ -1,38 +1,55 @@
 """What the XAPI adapter does that the contract does not spell out: names XAPI shares,
-tasks interrupted by a pool that went away, its event cache."""
+tasks interrupted by a pool that went away, its event cache, what its storage managers
+allow and hold (disks.py)."""
 
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import XenAPI
 
-from dockvisor.domain.model import TemplateSpec, VMSpec
-from dockvisor.domain.sizes import MiB
+from dockvisor.domain.model import (
+    Capability,
+    PowerState,
+    TemplateOrigin,
+    TemplateSizes,
+    TemplateSpec,
+    VMSpec,
+)
+from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.drivers.registry import HostCredentials, open_driver
 from dockvisor.drivers.xapi import XapiDriver
-from dockvisor.errors import InvalidInput
+from dockvisor.errors import BadPowerState, InvalidInput, OutOfCapacity, Unsupported
 from tests.xapi_sim import XapiSimulator
+from tests.xapi_sim.sm import DRIVERS
 
 PASSWORD = "adapter-pw"
 
 
 @contextmanager
 def pooled(
-    folder: Path, *, features_off: tuple[str, ...] = ()
+    folder: Path,
+    *,
+    features_off: tuple[str, ...] = (),
+    sr_type: str = "lvm",
+    setup: Callable[[XapiSimulator], None] | None = None,
 ) -> Iterator[tuple[XapiSimulator, XapiDriver]]:
-    """A simulated pool (with `features_off` switched off before dockvisor connects) and
-    the adapter connected to it, with a template "t"; both stopped at the end."""
-    sim = XapiSimulator(users={"root": PASSWORD}, members=0).start()
+    """A simulated pool (with `features_off` switched off and `setup` done before
+    dockvisor connects; its default SR of `sr_type`) and the adapter connected to it,
+    with a template "t"; both stopped at the end."""
+    sim = XapiSimulator(users={"root": PASSWORD}, members=0, sr_type=sr_type).start()
     try:
         sim.task_seconds = 0.05
         for feature in features_off:
             sim.features[feature] = False
+        if setup is not None:
+            setup(sim)
         uri = sim.url.replace("https://", "xapi://").rstrip("/")
         driver = open_driver(uri, HostCredentials("root", PASSWORD, sim.certificate_pem))
         assert isinstance(driver, XapiDriver)
@@ -150,3 +167,173 @@ def test_a_guest_cannot_point_dockvisor_at_the_host_itself(
     assert driver.guest_addresses(vm.uuid) == []
     sim.set_guest_networks(vm.uuid, {"0/ip": "192.0.2.9", "0/ipv6/0": "2001:db8::9"})
     assert driver.guest_addresses(vm.uuid) == ["192.0.2.9", "2001:db8::9"]
+
+
+# -- disks -----------------------------------------------------------------------------
+
+LVHD = DRIVERS["lvm"][1]  # what LVHDSR declares
+
+
+def small(name: str, **changes: object) -> VMSpec:
+    values: dict[str, object] = {
+        "name": name,
+        "template": "t",
+        "vcpus": 1,
+        "memory": 512 * MiB,
+        "max_vcpus": 1,
+        "max_memory": 512 * MiB,
+    }
+    values.update(changes)
+    return VMSpec(**values)  # type: ignore[arg-type]
+
+
+def resizes(sim: XapiSimulator) -> list[str]:
+    return [c[0] for c in sim.calls if "VDI.resize" in c[0]]
+
+
+def test_a_stock_pool_grows_stopped_disks_only_and_says_so(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    assert Capability.DISK_GROWTH in driver.capabilities  # LVHD declares VDI_RESIZE
+    assert Capability.LIVE_DISK_GROWTH not in driver.capabilities  # ...not VDI_RESIZE_ONLINE
+    vm = driver.create_vm(small("grow"))
+    sr = sim.record("SR", sim.default_sr)
+    free = sr["physical_size"] - sr["physical_utilisation"]
+    assert driver.host_info().storage_free == free
+    driver.start_vm(vm.uuid)
+    with pytest.raises(Unsupported, match="VDI_RESIZE_ONLINE.*stop it first"):
+        driver.grow_disk(vm.uuid, 2 * GiB)
+    assert resizes(sim) == []
+    driver.force_off(vm.uuid)
+    assert driver.grow_disk(vm.uuid, 2 * GiB).disk_size == 2 * GiB
+    assert resizes(sim) == ["Async.VDI.resize"]
+    assert driver.host_info().storage_free == free - (2 * GiB - 64 * MiB)  # thick: taken
+    assert [v.disk_size for v in driver.list_vms() if v.uuid == vm.uuid] == [2 * GiB]
+
+
+def test_where_the_storage_manager_resizes_online_a_running_vms_disk_grows_live(
+    tmp_path: Path,
+) -> None:
+    online = [*LVHD, "VDI_RESIZE_ONLINE"]
+    with pooled(tmp_path, setup=lambda sim: sim.set_sm_features("lvm", online)) as (
+        sim,
+        driver,
+    ):
+        assert Capability.LIVE_DISK_GROWTH in driver.capabilities
+        vm = driver.create_vm(small("live"))
+        driver.start_vm(vm.uuid)
+        grown = driver.grow_disk(vm.uuid, 3 * GiB)
+        assert grown.disk_size == 3 * GiB and grown.power_state is PowerState.RUNNING
+        assert resizes(sim) == ["Async.VDI.resize_online"]
+
+
+def test_without_vdi_resize_disks_do_not_grow_and_nothing_is_made(tmp_path: Path) -> None:
+    fixed = [f for f in LVHD if f != "VDI_RESIZE"]
+    with pooled(tmp_path, setup=lambda sim: sim.set_sm_features("lvm", fixed)) as (
+        sim,
+        driver,
+    ):
+        assert Capability.DISK_GROWTH not in driver.capabilities
+        before = names(sim), set(sim.objects("VDI"))
+        with pytest.raises(Unsupported, match="lacks VDI_RESIZE"):
+            driver.create_vm(small("big", disk_size=GiB))
+        assert (names(sim), set(sim.objects("VDI"))) == before
+        vm = driver.create_vm(small("fixed"))
+        with pytest.raises(Unsupported, match="lacks VDI_RESIZE"):
+            driver.grow_disk(vm.uuid, GiB)
+
+
+def test_a_thin_sr_would_take_any_size_dockvisor_asks_for_what_it_holds(
+    tmp_path: Path,
+) -> None:
+    with pooled(tmp_path, sr_type="ext") as (sim, driver):
+        sim.sr_size = 10 * GiB
+        free = driver.host_info().storage_free
+        assert free is not None and 9 * GiB < free < 10 * GiB  # the template's 64 MiB written
+        vm = driver.create_vm(small("thin", disk_size=4 * GiB))
+        assert vm.disk_size == 4 * GiB
+        after = driver.host_info().storage_free
+        assert after is not None and free - after < 64 * MiB  # a CoW child, nothing written
+        with pytest.raises(OutOfCapacity, match="Local storage"):
+            driver.grow_disk(vm.uuid, 20 * GiB)  # the SM would let it through (FileVDI)
+        assert resizes(sim) == ["Async.VDI.resize"]  # the one of create_vm only
+        with pytest.raises(OutOfCapacity):
+            driver.create_vm(small("huge", disk_size=11 * GiB))
+
+
+def test_a_refused_resize_after_the_clone_leaves_nothing(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    before = names(sim), set(sim.objects("VDI"))
+    sim.fail_next("VDI.resize", "SR_BACKEND_FAILURE_44", "", "There is insufficient space", "")
+    with pytest.raises(OutOfCapacity, match="SR_BACKEND_FAILURE_44"):
+        driver.create_vm(small("full", disk_size=GiB))
+    sim.fail_next("VDI.resize", "SR_BACKEND_FAILURE_79", "", "VDI Invalid size", "")
+    with pytest.raises(InvalidInput, match="SR_BACKEND_FAILURE_79"):
+        driver.create_vm(small("odd", disk_size=GiB))
+    assert (names(sim), set(sim.objects("VDI"))) == before
+
+
+def test_a_suspended_vms_disk_is_not_grown(pool: tuple[XapiSimulator, XapiDriver]) -> None:
+    sim, driver = pool
+    vm = driver.create_vm(small("sleepy"))
+    driver.start_vm(vm.uuid)
+    sim.set_guest_networks(vm.uuid, {"0/ip": "192.0.2.5"})  # its tools report: it can suspend
+    session = XenAPI.Session(sim.url, ignore_ssl=True)
+    session.xenapi.login_with_password("root", PASSWORD, "2.0", "other")
+    session.xenapi.VM.suspend(session.xenapi.VM.get_by_uuid(vm.uuid))
+    session.xenapi.session.logout()
+    with pytest.raises(BadPowerState, match="suspended"):
+        driver.grow_disk(vm.uuid, 2 * GiB)
+    assert resizes(sim) == []
+
+
+def test_a_disk_another_client_grows_is_seen_as_a_change_of_its_vm(
+    pool: tuple[XapiSimulator, XapiDriver],
+) -> None:
+    sim, driver = pool
+    vm = driver.create_vm(small("watched"))
+    seen: list[tuple[str, str]] = []
+    changed = threading.Event()
+
+    def heard(uuid: str, what: str) -> None:
+        seen.append((uuid, what))
+        if uuid == vm.uuid:
+            changed.set()
+
+    driver.watch(heard)
+    assert driver._events.synced.wait(5)
+    changed.clear()
+    session = XenAPI.Session(sim.url, ignore_ssl=True)
+    session.xenapi.login_with_password("root", PASSWORD, "2.0", "other")
+    x = session.xenapi
+    vdi = x.VBD.get_VDI(x.VM.get_VBDs(x.VM.get_by_uuid(vm.uuid))[0])
+    x.VDI.resize(vdi, str(GiB))
+    session.xenapi.session.logout()
+    assert changed.wait(5), seen
+    assert [v.disk_size for v in driver.list_vms() if v.uuid == vm.uuid] == [GiB]
+
+
+def test_a_templates_sizes_origin_and_docker_port_are_kept(
+    pool: tuple[XapiSimulator, XapiDriver], tmp_path: Path
+) -> None:
+    sim, driver = pool
+    disk = tmp_path / "d.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "64M"], check=True)
+    sizes = TemplateSizes(min_vcpus=2, min_memory=1 * GiB, default_vcpus=2,
+                          default_memory=2 * GiB, default_disk=1 * GiB)  # fmt: skip
+    origin = TemplateOrigin("hub", "alpine-docker", "3.20.1", "ab" * 32)
+    spec = TemplateSpec(name="pulled", disk=str(disk), docker_port=2376, sizes=sizes,
+                        origin=origin)  # fmt: skip
+    added = driver.register_template(spec)
+    assert (added.sizes, added.origin, added.docker_port) == (sizes, origin, 2376)
+    listed = next(t for t in driver.list_templates() if t.name == "pulled")
+    assert (listed.sizes, listed.origin, listed.docker_port) == (sizes, origin, 2376)
+    plain = driver.get_template("t")
+    assert (plain.sizes, plain.origin, plain.docker_port) == (TemplateSizes(), None, None)
+    vm = driver.create_vm(small("from-pulled", template="pulled"))
+    assert vm.disk_size == GiB  # the template's default disk, no size given
+    other_config = sim.record("VM", driver._vm_ref(vm.uuid))["other_config"]
+    assert "dockvisor-sizes" not in other_config and "dockvisor-origin" not in other_config

@@ -14,6 +14,7 @@ import pytest
 import XenAPI
 
 from tests.xapi_sim import XapiSimulator
+from tests.xapi_sim.sm import DRIVERS
 
 GIB = 1024**3
 MIB = 1024**2
@@ -675,6 +676,118 @@ def test_sr_full_and_vdi_rules(sim: XapiSimulator, x: Any) -> None:
     assert (len(sim.objects("VM")), len(sim.objects("VDI"))) == (vms, vdis)
     assert failure(x.VDI.resize, vdi, str(GIB // 2))[0] == "SR_BACKEND_FAILURE_79"
     assert x.VDI.get_virtual_size(new_disk(x, 1)) == str(2 * MIB)  # VHD 2 MiB blocks
+
+
+LVHD = DRIVERS["lvm"][1]  # what LVHDSR declares
+
+
+def root_vdi(x: Any, vm: str) -> str:
+    return str(x.VBD.get_VDI(x.VM.get_VBDs(vm)[0]))
+
+
+def test_storage_managers_say_what_each_sr_can_do(sim: XapiSimulator, x: Any) -> None:
+    managers = {r["type"]: r for r in x.SM.get_all_records().values()}
+    assert set(managers) >= {"lvm", "ext", "iso"}
+    lvm = managers["lvm"]
+    assert lvm["name_label"] == "Local VHD on LVM"
+    assert lvm["features"]["VDI_RESIZE"] == "1" and lvm["features"]["VDI_RESET_ON_BOOT"] == "2"
+    assert "VDI_RESIZE_ONLINE" not in lvm["features"]  # LVHD resizes offline only
+    assert "ATOMIC_PAUSE" not in lvm["features"]  # not a feature xapi knows: dropped
+    assert sorted(lvm["capabilities"]) == sorted(lvm["features"])
+    assert "THIN_PROVISIONING" in managers["ext"]["features"]
+    sr = default_sr(x)
+    assert x.SR.get_type(sr) == "lvm"
+    ops = x.SR.get_allowed_operations(sr)
+    assert {"vdi_create", "vdi_resize", "vdi_snapshot"} <= set(ops)
+    assert not {"destroy", "forget", "vdi_revert"} & set(ops)  # a PBD is plugged; no feature
+    tools = x.SR.get_by_name_label("XCP-ng Tools")[0]
+    assert "vdi_create" not in x.SR.get_allowed_operations(tools)
+    sim.set_sm_features("lvm", [f for f in LVHD if f != "VDI_RESIZE"])
+    assert "vdi_resize" not in x.SR.get_allowed_operations(sr)
+    vdi = new_disk(x, GIB)
+    assert "resize" not in x.VDI.get_allowed_operations(vdi)
+    assert failure(x.VDI.resize, vdi, str(2 * GIB)) == ["SR_OPERATION_NOT_SUPPORTED", sr]
+
+
+def test_vdi_resize_on_a_thick_sr(sim: XapiSimulator, x: Any) -> None:
+    sr = default_sr(x)
+    sim.sr_size = 4 * GIB
+    vm = new_vm(x)
+    vdi = root_vdi(x, vm)
+    assert "resize" in x.VDI.get_allowed_operations(vdi)
+    x.VDI.resize(vdi, str(2 * GIB + 1))  # up to the next 2 MiB VHD block
+    assert x.VDI.get_virtual_size(vdi) == str(2 * GIB + 2 * MIB)
+    assert x.VDI.get_physical_utilisation(vdi) == str(2 * GIB + 2 * MIB)  # thick: all of it
+    assert x.SR.get_physical_utilisation(sr) == str(2 * GIB + 2 * MIB)
+    x.VDI.resize(vdi, str(2 * GIB + 2 * MIB))  # the same size: nothing changes
+    assert x.VDI.get_virtual_size(vdi) == str(2 * GIB + 2 * MIB)
+    # A smaller size is refused before it is rounded (LVHDVDI.resize), even within a block.
+    assert failure(x.VDI.resize, vdi, str(2 * GIB + 1)) == [
+        "SR_BACKEND_FAILURE_79", "", "VDI Invalid size [opterr=shrinking not allowed]", ""
+    ]  # fmt: skip
+    assert failure(x.VDI.resize, vdi, str(5 * GIB)) == [
+        "SR_BACKEND_FAILURE_44", "", "There is insufficient space", ""
+    ]  # fmt: skip
+    assert failure(x.VDI.resize, vdi, str(3000 * GIB))[:2] == ["SR_BACKEND_FAILURE_79", ""]
+    assert x.VDI.get_virtual_size(vdi) == str(2 * GIB + 2 * MIB)
+    assert x.SR.get_physical_utilisation(sr) == str(2 * GIB + 2 * MIB)
+    task = x.Async.VDI.resize(vdi, str(3 * GIB))
+    wait_for(lambda: x.task.get_status(task) != "pending")
+    assert x.task.get_status(task) == "success" and x.VDI.get_virtual_size(vdi) == str(3 * GIB)
+
+
+def test_a_running_vms_disk_grows_only_online_and_only_where_the_sm_says(
+    sim: XapiSimulator, x: Any
+) -> None:
+    sr = default_sr(x)
+    vm = running_vm(x)
+    vdi = root_vdi(x, vm)
+    assert "resize" not in x.VDI.get_allowed_operations(vdi)
+    assert failure(x.VDI.resize, vdi, str(2 * GIB)) == ["VDI_IN_USE", vdi, "resize"]
+    assert failure(x.VDI.resize_online, vdi, str(2 * GIB)) == ["SR_OPERATION_NOT_SUPPORTED", sr]
+    sim.set_sm_features("lvm", [*LVHD, "VDI_RESIZE_ONLINE"])  # as the old raw LVMSR did
+    assert "resize_online" in x.VDI.get_allowed_operations(vdi)
+    x.VDI.resize_online(vdi, str(2 * GIB))
+    assert x.VDI.get_virtual_size(vdi) == str(2 * GIB)
+    assert x.VM.get_power_state(vm) == "Running"
+    x.VM.hard_shutdown(vm)
+    x.VDI.resize_online(vdi, str(3 * GIB))  # not in use: online is allowed too
+    assert x.VDI.get_virtual_size(vdi) == str(3 * GIB)
+
+
+def test_a_revert_gives_back_the_snapshots_disk_size(sim: XapiSimulator, x: Any) -> None:
+    vm = new_vm(x)
+    snap = x.VM.snapshot(vm, "before")
+    x.VDI.resize(root_vdi(x, vm), str(4 * GIB))
+    assert x.VDI.get_virtual_size(root_vdi(x, vm)) == str(4 * GIB)
+    assert x.VDI.get_virtual_size(root_vdi(x, snap)) == str(GIB)
+    x.VM.revert(snap)
+    assert x.VDI.get_virtual_size(root_vdi(x, vm)) == str(GIB)
+
+
+def test_a_thin_sr_takes_space_as_disks_are_written() -> None:
+    with XapiSimulator(sr_type="ext", sr_size=4 * GIB, task_seconds=0.02).start() as sim:
+        session = connect(sim)
+        x = session.xenapi
+        sr = default_sr(x)
+        assert x.SR.get_type(sr) == "ext"
+        vdi = new_disk(x, 2 * GIB)
+        assert x.VDI.get_physical_utilisation(vdi) == "0"
+        body = b"x" * (3 * MIB)
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", sim.port, context=ssl._create_unverified_context(), timeout=5
+        )
+        conn.request("PUT", f"/import_raw_vdi?session_id={session.handle}&vdi={vdi}", body=body)
+        assert conn.getresponse().status == 200
+        assert x.VDI.get_physical_utilisation(vdi) == str(3 * MIB)
+        assert x.SR.get_physical_utilisation(sr) == str(3 * MIB)
+        # FileVDI.resize checks no space: a thin disk may promise more than the SR has.
+        x.VDI.resize(vdi, str(10 * GIB))
+        assert x.VDI.get_virtual_size(vdi) == str(10 * GIB)
+        assert x.VDI.get_physical_utilisation(vdi) == str(3 * MIB)
+        copy = x.VDI.copy(vdi, sr)
+        assert x.VDI.get_physical_utilisation(copy) == str(3 * MIB)  # what it holds
+        assert x.SR.get_physical_utilisation(sr) == str(6 * MIB)
 
 
 def test_vbd_and_vif_rules(x: Any) -> None:

@@ -2,14 +2,15 @@
 
 One pool ("sim-pool") whose master is host 0 (address 127.0.0.1) plus `members`
 hosts (address ::1); each host has host_metrics, a control domain (dom0, Running,
-domid 0) and a console. Storage: "Local storage", an lvm SR on the master (the
-pool's default, suspend and crash-dump SR), and the "XCP-ng Tools" ISO SR. One
-network, "Pool-wide network associated with eth0". Two default templates as XCP-ng
-ships them in spirit: "Other install media" (no disks: `<provision/>`) and
-"Debian Bookworm 12", whose provision spec asks for a 10 GiB disk with sr="" as the
-real templates do (clients rewrite sr to an SR uuid before VM.provision, or
-provisioning fails with UUID_INVALID ["sr"; ""]). Field values are plausible, not
-copied from a live host.
+domid 0) and a console. Storage: the SM records of the drivers sm.py models, "Local
+storage", an SR on the master (the pool's default, suspend and crash-dump SR) of type
+lvm (thick LVHD, what XCP-ng installs by default) or ext (thin VHD files), and the
+"XCP-ng Tools" ISO SR. One network, "Pool-wide network associated with eth0". Two
+default templates as XCP-ng ships them in spirit: "Other install media" (no disks:
+`<provision/>`) and "Debian Bookworm 12", whose provision spec asks for a 10 GiB disk
+with sr="" as the real templates do (clients rewrite sr to an SR uuid before
+VM.provision, or provisioning fails with UUID_INVALID ["sr"; ""]). Field values are
+plausible, not copied from a live host.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from .engine import Engine
 from .lifecycle import update_allowed_operations
 from .memory import GIB, MIB, refresh_host_metrics, set_overhead
+from .sm import register_drivers
 from .storage import new_vdi, refresh_sr
 from .vm_power import _console
 from .wire import NULL_REF, now
@@ -200,8 +202,17 @@ def _template(engine: Engine, name: str, description: str, other: dict[str, str]
     )
 
 
-def build_pool(engine: Engine, members: int, sr_size: int, host_memory: int) -> None:
+LOCAL_SM_CONFIG = {
+    "lvm": {"allocation": "thick", "use_vhd": "true", "devserial": "scsi-sim"},
+    "ext": {"devserial": "scsi-sim"},
+}
+
+
+def build_pool(
+    engine: Engine, members: int, sr_size: int, host_memory: int, sr_type: str = "lvm"
+) -> None:
     store = engine.store
+    register_drivers(store)
     hosts = [_host(engine, 0, "127.0.0.1", host_memory)]
     hosts += [_host(engine, i + 1, "::1", host_memory) for i in range(members)]
     master = hosts[0]
@@ -209,12 +220,11 @@ def build_pool(engine: Engine, members: int, sr_size: int, host_memory: int) -> 
         "SR",
         {
             "name_label": "Local storage",
-            "type": "lvm",
+            "type": sr_type,
             "content_type": "user",
             "physical_size": sr_size,
-            "sm_config": {"allocation": "thick", "use_vhd": "true", "devserial": "scsi-sim"},
+            "sm_config": dict(LOCAL_SM_CONFIG[sr_type]),
             "other_config": {"i18n-key": "local-storage"},
-            "allowed_operations": ["vdi_create", "vdi_destroy", "vdi_clone", "vdi_snapshot"],
         },
     )
     tools = store.create(
@@ -231,6 +241,7 @@ def build_pool(engine: Engine, members: int, sr_size: int, host_memory: int) -> 
     store.create("PBD", {"host": master, "SR": local, "currently_attached": True})
     for host in hosts:
         store.create("PBD", {"host": host, "SR": tools, "currently_attached": True})
+    refresh_sr(store, local)
     new_vdi(
         store,
         {

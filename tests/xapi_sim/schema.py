@@ -300,6 +300,21 @@ CLASSES: dict[str, dict[str, str]] = {
         "clustered": "b",
         "is_tools_sr": "b",
     },
+    # datamodel.ml, class SM (host_pending_features is internal_only: not on the wire).
+    "SM": {
+        **_NAMES,
+        "type": "s",
+        "vendor": "s",
+        "copyright": "s",
+        "version": "s",
+        "required_api_version": "s",
+        "configuration": "m",
+        "capabilities": "ss",
+        "features": "m",
+        "other_config": "m",
+        "driver_filename": "s",
+        "required_cluster_stack": "ss",
+    },
     "PBD": {
         "uuid": "s",
         "host": "r",
@@ -590,6 +605,7 @@ WRITABLE: dict[str, set[str]] = {
     "network": {"name_label", "name_description", "MTU", "other_config", "tags"},
     "SR": {"name_label", "name_description", "other_config", "tags", "sm_config"},
     "PBD": {"other_config"},
+    "SM": {"other_config"},
     "pool": {
         "name_label",
         "name_description",

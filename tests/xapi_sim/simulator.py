@@ -13,6 +13,7 @@ from . import (
     events,
     query,
     sessions,
+    sm,
     storage,
     tasks,
     vm_copies,
@@ -57,13 +58,15 @@ class XapiSimulator:
     members: how many pool members besides the master (0: no member listener).
     tls: serve HTTPS with a self-signed certificate (certificate_pem), else HTTP.
     sr_size: physical size in bytes of the default SR "Local storage".
+    sr_type: that SR's type, "lvm" (thick LVHD) or "ext" (thin VHD files); see storage.py.
     host_memory: memory_total of each host in bytes.
     task_seconds / guest_boot_seconds / auth_failure_delay: see the properties.
 
     Back doors for tests (none of them is part of XAPI): expire_sessions,
     set_guest_networks, vanish/come_back, lose_events, fail_next, features, sr_size,
-    objects/record (the hypervisor's own view), calls, imported_bytes. Each module of
-    this package cites the xapi source its rules come from and says what is modelled.
+    set_sm_features, objects/record (the hypervisor's own view), calls, imported_bytes.
+    Each module of this package cites the xapi source its rules come from and says what
+    is modelled.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class XapiSimulator:
         tls: bool = True,
         *,
         sr_size: int = 400 * GIB,
+        sr_type: str = "lvm",
         host_memory: int = 32 * GIB,
         task_seconds: float = 0.3,
         guest_boot_seconds: float | None = 0.2,
@@ -94,7 +98,7 @@ class XapiSimulator:
         self._started = False
         self._stopped = False
         with self.engine.store.lock:
-            build_pool(self.engine, members, sr_size, host_memory)
+            build_pool(self.engine, members, sr_size, host_memory, sr_type)
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> XapiSimulator:
@@ -208,6 +212,23 @@ class XapiSimulator:
             refresh_sr(self.engine.store, self.default_sr)
 
     # -- back doors ---------------------------------------------------------------
+    def set_sm_features(self, sr_type: str, declared: list[str]) -> None:
+        """The storage driver of `sr_type` declares these capabilities from now on, as
+        in its DRIVER_INFO ("VDI_RESIZE", "VDI_RESET_ON_BOOT/2"...): e.g. add
+        VDI_RESIZE_ONLINE, which no driver of xapi-project/sm declares today."""
+        store = self.engine.store
+        with store.lock:
+            sm.set_features(store, sr_type, declared)
+            for vdi, record in list(store.all("VDI").items()):
+                if store.get("SR", record["SR"])["type"] == sr_type:
+                    storage.update_vdi_operations(store, vdi)
+
+    def sm_features(self, sr_type: str) -> list[str]:
+        """What the driver of `sr_type` declares now (names, without versions)."""
+        with self.engine.store.lock:
+            ref = sm.sm_of(self.engine.store, sr_type)
+            return sorted(self.engine.store.get("SM", ref)["features"]) if ref else []
+
     @property
     def default_sr(self) -> str:
         with self.engine.store.lock:

@@ -2,12 +2,22 @@
 
 VDI.create/destroy follow ocaml/xapi/xapi_vdi.ml (create: cbt_metadata refused with
 VDI_INCOMPATIBLE_TYPE; destroy: VDI_IN_USE [vdi; "destroy"] while a VBD is attached,
-then its VBDs are destroyed and suspend_VDI references cleared). Space and size
-rules are those of an SM LVHD ("lvm") SR, modelled: sizes round up to the 2 MiB VHD
-block, a new or copied disk takes its full size (thick), a CoW clone or snapshot
-takes COW_BYTES (real thick LVHD inflates leaves; not modelled); no space gives
-SR_BACKEND_FAILURE_44 (see errors.sr_no_space); shrinking gives
-SR_BACKEND_FAILURE_79 as LVHDSR's resize does (VDISize, opterr "shrinking not allowed").
+then its VBDs are destroyed and suspend_VDI references cleared). Sizes follow the SM's
+VHD rules (xapi-project/sm libs/sm/vhdutil.py validate_and_round_vhd_size: at least
+2 MiB, rounded up to the 2 MiB VHD block, at most 2040 GiB, else VDISize, error 79).
+No space gives SR_BACKEND_FAILURE_44 (see errors.sr_no_space).
+
+Space, by how the SR allocates (sm.is_thin):
+- thick (LVHDSR, "lvm" as XCP-ng installs its local storage): a new or copied disk
+  takes its full size; a CoW clone or snapshot takes COW_BYTES (real thick LVHD
+  inflates leaves; not modelled); growing a disk takes the bytes it grows by, checked
+  first (LVHDVDI.resize: _ensureSpaceAvailable(lvSizeNew - lvSizeOld), SRNoSpace).
+- thin (EXTSR/FileSR VHD files, LVHD with allocation=thin): a new disk takes nothing
+  until written (its VHD metadata is not modelled), an upload takes what it writes, a
+  copy what its source holds; growing a disk takes nothing and is not checked
+  (FileVDI.resize and thin LVHDVDI.resize make no space check).
+
+VDI.resize and VDI.resize_online: see resize_vdi below.
 """
 
 from __future__ import annotations
@@ -17,12 +27,14 @@ from typing import Any
 from .engine import Call
 from .errors import XapiError, sr_no_space
 from .registry import CTORS, REQUIRED, Ctor, api
+from .sm import VDI_OPERATION_FEATURE, features_of_sr, is_thin, update_sr_operations
 from .store import Store
 from .tasks import Plan
 from .wire import EPOCH, NULL_REF, now
 
 MIB = 1024 * 1024
 VHD_BLOCK = 2 * MIB
+MAX_VHD_SIZE = 2040 * 1024 * MIB
 COW_BYTES = 8 * MIB
 
 CTORS["VDI"] = Ctor(
@@ -43,7 +55,20 @@ CTORS["VDI"] = Ctor(
 
 
 def round_size(size: int) -> int:
-    return -(-size // VHD_BLOCK) * VHD_BLOCK
+    return max(VHD_BLOCK, -(-size // VHD_BLOCK) * VHD_BLOCK)
+
+
+def invalid_size(detail: str = "") -> XapiError:
+    """The SM's VDISize (error 79, "VDI Invalid size"), as sm_exec.ml passes it on."""
+    reason = f"VDI Invalid size [opterr={detail}]" if detail else "VDI Invalid size"
+    return XapiError("SR_BACKEND_FAILURE_79", "", reason, "")
+
+
+def vhd_size(size: int) -> int:
+    """vhdutil.validate_and_round_vhd_size."""
+    if size < 0 or size > MAX_VHD_SIZE:
+        raise invalid_size(f"VDI size must be between 1 MB and {MAX_VHD_SIZE // MIB} MB")
+    return round_size(size)
 
 
 def sr_free(store: Store, sr: str) -> int:
@@ -63,6 +88,7 @@ def refresh_sr(store: Store, sr: str) -> None:
     record = store.get("SR", sr)
     if (record["virtual_allocation"], record["physical_utilisation"]) != (virtual, physical):
         store.update("SR", sr, virtual_allocation=virtual, physical_utilisation=physical)
+    update_sr_operations(store, sr)
 
 
 def assert_space(store: Store, needs: dict[str, int]) -> None:
@@ -84,22 +110,29 @@ _IDLE_OPS = [
     "forget",
     "generate_config",
     "resize",
+    "resize_online",
     "snapshot",
     "update",
 ]
-_LIVE_OPS = ["clone", "snapshot"]
+_LIVE_OPS = ["clone", "snapshot", "resize_online"]
 
 
 def update_vdi_operations(store: Store, vdi: str) -> None:
-    """VDI.allowed_operations, simplified from xapi_vdi.ml check_operation_error: only the
-    live-capable clone/snapshot while attached. Which ops an SR offers is not modelled."""
+    """VDI.allowed_operations, simplified from xapi_vdi.ml check_operation_error: while
+    attached only what can be done live (operation_can_be_performed_live), and only
+    what the SR's SM has the feature for (check_sm_feature_error)."""
     if not store.exists("VDI", vdi):
         return
     record = store.get("VDI", vdi)
     if store.get("SR", record["SR"])["content_type"] == "iso":
         ops = ["forget", "update"]
     else:
-        ops = _LIVE_OPS if attached_vbds(store, vdi) else _IDLE_OPS
+        features = features_of_sr(store, record["SR"])
+        ops = [
+            op
+            for op in (_LIVE_OPS if attached_vbds(store, vdi) else _IDLE_OPS)
+            if VDI_OPERATION_FEATURE[op] is None or VDI_OPERATION_FEATURE[op] in features
+        ]
     if record["allowed_operations"] != ops:
         store.update("VDI", vdi, allowed_operations=list(ops))
 
@@ -121,13 +154,14 @@ def create_vdi(store: Store, fields: dict[str, Any]) -> str:
     if fields["type"] == "cbt_metadata":
         raise XapiError("VDI_INCOMPATIBLE_TYPE", "", "cbt_metadata")
     if sr_record["content_type"] == "iso":
-        # Modelled: the ISO SM driver lacks VDI_CREATE (error text not verified).
+        # The tools SR: xapi_sr_operations.ml check_sm_features takes VDI_CREATE away.
         raise XapiError("SR_OPERATION_NOT_SUPPORTED", sr)
     if fields["virtual_size"] < 0:
-        raise XapiError("SR_BACKEND_FAILURE_79", "", "VDI Invalid size", "")
-    size = round_size(fields["virtual_size"])
-    assert_space(store, {sr: size})
-    return new_vdi(store, {**fields, "virtual_size": size, "physical_utilisation": size})
+        raise invalid_size()
+    size = vhd_size(fields["virtual_size"])
+    used = 0 if is_thin(store, sr) else size
+    assert_space(store, {sr: used})
+    return new_vdi(store, {**fields, "virtual_size": size, "physical_utilisation": used})
 
 
 def derive_vdi(store: Store, vdi: str, mode: str, sr: str | None = None) -> str:
@@ -135,13 +169,12 @@ def derive_vdi(store: Store, vdi: str, mode: str, sr: str | None = None) -> str:
     or "copy" (full copy into `sr`). The caller has checked the space."""
     src = store.get("VDI", vdi)
     target = sr or src["SR"]
-    full = mode == "copy"
     fields = {
         "name_label": src["name_label"],
         "name_description": src["name_description"],
         "SR": target,
         "virtual_size": src["virtual_size"],
-        "physical_utilisation": src["virtual_size"] if full else COW_BYTES,
+        "physical_utilisation": _taken(store, src, mode, target),
         "type": src["type"],
         "sharable": src["sharable"],
         "read_only": src["read_only"] if mode == "snapshot" else False,
@@ -155,13 +188,19 @@ def derive_vdi(store: Store, vdi: str, mode: str, sr: str | None = None) -> str:
     return new_vdi(store, fields)
 
 
+def _taken(store: Store, src: dict[str, Any], mode: str, target: str) -> int:
+    """What a copy ("copy") or CoW child ("clone", "snapshot") of `src` takes in `target`."""
+    if mode != "copy":
+        return COW_BYTES
+    return int(src["physical_utilisation"]) if is_thin(store, target) else int(src["virtual_size"])
+
+
 def space_needed(store: Store, vdis: list[str], mode: str, sr: str | None = None) -> dict[str, int]:
     needs: dict[str, int] = {}
     for vdi in vdis:
         record = store.get("VDI", vdi)
         target = sr or record["SR"]
-        amount = record["virtual_size"] if mode == "copy" else COW_BYTES
-        needs[target] = needs.get(target, 0) + amount
+        needs[target] = needs.get(target, 0) + _taken(store, record, mode, target)
     return needs
 
 
@@ -221,26 +260,64 @@ def vdi_copy(call: Call, vdi: str, sr: str, *_: Any) -> Plan:
     return _derive_plan(call, vdi, "copy", sr, timed=True)
 
 
-@api("VDI.resize", "r", "i")
-def vdi_resize(call: Call, vdi: str, size: int) -> None:
-    store = call.store
+def resize_vdi(store: Store, vdi: str, size: int, *, online: bool) -> None:
+    """VDI.resize (online=False) or VDI.resize_online, checked in the order xapi checks.
+
+    message_forwarding.ml resize/resize_online: with_sr_andor_vdi marks the SR for
+    `vdi_resize` first (xapi_sr_operations.ml: SR_OPERATION_NOT_SUPPORTED [sr] unless
+    the SM has VDI_RESIZE, for both calls), then the VDI for `resize` or
+    `resize_online` (xapi_vdi.ml check_operation_error: `resize` wants an attached PBD,
+    SR_NO_PBDS [sr], and no attached VBD, VDI_IN_USE [vdi; "resize"];
+    `resize_online` may be done live, so a running VM's disk is not in use for it;
+    then the SM feature of the op, VDI_RESIZE or VDI_RESIZE_ONLINE,
+    SR_OPERATION_NOT_SUPPORTED [sr]; a cbt_metadata VDI, VDI_INCOMPATIBLE_TYPE).
+    xapi_vdi.ml resize (resize_online is the same function): assert_managed
+    (VDI_NOT_MANAGED [vdi]), then the SM's resize: LVHDVDI.resize and FileVDI.resize
+    refuse a smaller size before rounding ("shrinking not allowed", VDISize), round it
+    (vhd_size), change nothing for the same size, and check the space a thick SR needs
+    (see the module's docstring). The SM sets virtual_size and physical_utilisation.
+    """
     record = store.get("VDI", vdi)
-    if attached_vbds(store, vdi):
-        raise XapiError("VDI_IN_USE", vdi, "resize")
-    new_size = round_size(size)
-    if new_size < record["virtual_size"]:
-        raise XapiError(
-            "SR_BACKEND_FAILURE_79", "", "VDI Invalid size [opterr=shrinking not allowed]", ""
-        )
-    grow = new_size - record["virtual_size"]
-    assert_space(store, {record["SR"]: grow})
+    sr = record["SR"]
+    features = features_of_sr(store, sr)
+    if "VDI_RESIZE" not in features:
+        raise XapiError("SR_OPERATION_NOT_SUPPORTED", sr)
+    if not online:
+        plugged = any(p["SR"] == sr and p["currently_attached"] for p in store.all("PBD").values())
+        if not plugged:
+            raise XapiError("SR_NO_PBDS", sr)
+        if attached_vbds(store, vdi):
+            raise XapiError("VDI_IN_USE", vdi, "resize")
+    if online and "VDI_RESIZE_ONLINE" not in features:
+        raise XapiError("SR_OPERATION_NOT_SUPPORTED", sr)
+    if record["type"] == "cbt_metadata":
+        raise XapiError("VDI_INCOMPATIBLE_TYPE", vdi, "cbt_metadata")
+    if not record["managed"]:
+        raise XapiError("VDI_NOT_MANAGED", vdi)
+    if size < record["virtual_size"]:
+        raise invalid_size("shrinking not allowed")
+    new_size = vhd_size(size)
+    if new_size == record["virtual_size"]:
+        return
+    grow = 0 if is_thin(store, sr) else new_size - record["virtual_size"]
+    assert_space(store, {sr: grow})
     store.update(
         "VDI",
         vdi,
         virtual_size=new_size,
         physical_utilisation=record["physical_utilisation"] + grow,
     )
-    refresh_sr(store, record["SR"])
+    refresh_sr(store, sr)
+
+
+@api("VDI.resize", "r", "i")
+def vdi_resize(call: Call, vdi: str, size: int) -> None:
+    resize_vdi(call.store, vdi, size, online=False)
+
+
+@api("VDI.resize_online", "r", "i")
+def vdi_resize_online(call: Call, vdi: str, size: int) -> None:
+    resize_vdi(call.store, vdi, size, online=True)
 
 
 @api("SR.scan", "r")

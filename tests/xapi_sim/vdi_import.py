@@ -9,6 +9,9 @@ A request to a member is redirected (302) to the master, as return_302_redirect 
 for an SR the member cannot see. Real xapi sends 200 before streaming and reports a
 write beyond the disk's size in the task; here the body is read first and an
 oversized or in-use disk gets 500. The byte count is kept (XapiSimulator.imported_bytes).
+On a thin SR (storage.py) the disk then holds what was written: its
+physical_utilisation becomes the byte count, and an upload the SR has no room for
+fails its task with SR_BACKEND_FAILURE_44 (real: the write fails part way; modelled).
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 from .engine import Engine
-from .errors import XapiError
-from .storage import attached_vbds
+from .errors import XapiError, sr_no_space
+from .sm import is_thin
+from .storage import attached_vbds, refresh_sr, sr_free
 from .tasks import complete_task, create_task, fail_task
 
 
@@ -76,6 +80,13 @@ def store_upload(engine: Engine, vdi: str, session: str, size: int) -> Reply:
         if size > store.get("VDI", vdi)["virtual_size"]:
             fail_task(engine, task, XapiError("INTERNAL_ERROR", "image larger than the VDI"))
             return Reply(500, headers)
+        record = store.get("VDI", vdi)
+        if is_thin(store, record["SR"]):
+            if size - record["physical_utilisation"] > sr_free(store, record["SR"]):
+                fail_task(engine, task, sr_no_space())
+                return Reply(500, headers)
+            store.update("VDI", vdi, physical_utilisation=size)
+            refresh_sr(store, record["SR"])
         engine.imported_bytes[vdi] = size
         store.touch("VDI", vdi)
         complete_task(engine, task, vdi)

@@ -15,6 +15,7 @@ from dockvisor.domain.model import TemplateSpec
 from dockvisor.domain.quota import Limits
 from dockvisor.domain.requirements import AnyUser, Perm, Somewhere
 from dockvisor.services.admin import Administration, token_expiry
+from dockvisor.services.catalogs import DbCatalogBook, newer_version
 from dockvisor.services.identity import Principal
 from dockvisor.services.runtime import ControlPlane
 
@@ -24,6 +25,7 @@ __all__ = ["admin_router"]
 def admin_router(cp: ControlPlane) -> APIRouter:
     api = APIRouter(route_class=DeclaredRoute)
     admin = Administration(cp)
+    book = DbCatalogBook(cp.db)
 
     # -- users, groups, roles, ACL, tokens ----------------------------------------------
 
@@ -274,14 +276,7 @@ def admin_router(cp: ControlPlane) -> APIRouter:
         who: Who, host_id: Annotated[int | None, Query(ge=1, le=s.MAX_ID)] = None
     ) -> list[s.TemplateOut]:
         return [
-            s.TemplateOut(
-                host_id=hid,
-                name=t.name,
-                description=t.description,
-                disk_size=t.disk_size,
-                docker_ready=t.docker_ready,
-                builtin=t.builtin,
-            )
+            s.TemplateOut.of(hid, t, newer_version(book, t))
             for hid, t in admin.list_templates(who, host_id)
         ]
 
@@ -302,15 +297,7 @@ def admin_router(cp: ControlPlane) -> APIRouter:
             docker_port=body.docker_port,
             description=body.description,
         )
-        t = admin.add_template(who, body.host_id, spec)
-        return s.TemplateOut(
-            host_id=body.host_id,
-            name=t.name,
-            description=t.description,
-            disk_size=t.disk_size,
-            docker_ready=t.docker_ready,
-            builtin=t.builtin,
-        )
+        return s.TemplateOut.of(body.host_id, admin.add_template(who, body.host_id, spec))
 
     def _set_out(view: Any) -> s.ResourceSetOut:
         return s.ResourceSetOut(

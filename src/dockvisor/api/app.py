@@ -19,6 +19,7 @@ from dockvisor import __version__
 from dockvisor.api import schemas as s
 from dockvisor.api.activity_routes import activity_router
 from dockvisor.api.admin_routes import admin_router
+from dockvisor.api.catalog_routes import catalog_router
 from dockvisor.api.console_routes import console_router
 from dockvisor.api.declared import DeclaredRoute, declare
 from dockvisor.api.docker_routes import UPLOAD_PATHS, docker_router
@@ -103,6 +104,7 @@ def create_app(cp: ControlPlane) -> FastAPI:
         return s.WhoAmI(id=who.user_id, name=who.name, groups=sorted(who.group_ids), via=who.via)
 
     api.include_router(admin_router(cp))
+    api.include_router(catalog_router(cp))
     api.include_router(vm_router(cp))
     api.include_router(activity_router(cp))
     api.include_router(docker_router(cp))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, Literal
 
@@ -191,13 +192,45 @@ class PoolCreate(Strict):
     name: str = Field(pattern=NAME)
 
 
+class TemplateSizesOut(BaseModel):
+    min_vcpus: int
+    min_memory: int
+    default_vcpus: int | None
+    default_memory: int | None
+    default_disk: int | None
+
+
+class TemplateOriginOut(BaseModel):
+    catalog: str
+    product: str
+    version: str
+    sha256: str
+
+
 class TemplateOut(BaseModel):
     host_id: int
     name: str
     description: str
-    disk_size: int
+    disk_size: int = Field(description="Bytes: the smallest disk its VMs can have")
     docker_ready: bool
     builtin: bool
+    sizes: TemplateSizesOut
+    origin: TemplateOriginOut | None = Field(
+        default=None, description="The catalog it was pulled from, if any"
+    )
+    newer_version: str | None = Field(
+        default=None, description="A newer version its catalog offers (as last fetched)"
+    )
+
+    @classmethod
+    def of(cls, host_id: int, t: Any, newer_version: str | None = None) -> TemplateOut:
+        return cls(
+            host_id=host_id, name=t.name, description=t.description, disk_size=t.disk_size,
+            docker_ready=t.docker_ready, builtin=t.builtin,
+            sizes=TemplateSizesOut(**asdict(t.sizes)),
+            origin=TemplateOriginOut(**asdict(t.origin)) if t.origin else None,
+            newer_version=newer_version,
+        )  # fmt: skip
 
 
 class TemplateCreate(Strict):
@@ -298,6 +331,10 @@ class VmCreate(Strict):
     memory: int = Field(ge=1, le=MAX_BYTES, description="Bytes")
     max_vcpus: int | None = Field(default=None, ge=1, le=1024)
     max_memory: int | None = Field(default=None, ge=1, le=MAX_BYTES)
+    disk: int | None = Field(
+        default=None, ge=1, le=MAX_BYTES,
+        description="Bytes, a whole number of MiB (default: the template's default disk)",
+    )  # fmt: skip
     full: bool = False
     start: bool = True
     host_id: int | None = Field(default=None, ge=1, le=MAX_ID)
@@ -308,6 +345,9 @@ class VmCreate(Strict):
 class VmResize(Strict):
     vcpus: int | None = Field(default=None, ge=1, le=1024)
     memory: int | None = Field(default=None, ge=1, le=MAX_BYTES)
+    disk: int | None = Field(
+        default=None, ge=1, le=MAX_BYTES, description="Bytes: the disk only grows"
+    )
 
 
 class VmState(Strict):
@@ -334,6 +374,9 @@ class SnapshotOut(BaseModel):
     description: str
     parent: str | None
     current: bool
+    disk_size: int | None = Field(
+        default=None, description="Bytes: the disk's size a revert returns it to"
+    )
 
 
 class EndpointOut(BaseModel):
@@ -520,3 +563,53 @@ class ContainerUsageOut(BaseModel):
     memory_used: int | None = Field(description="Bytes, without page cache it can drop")
     memory_limit: int | None = Field(description="Bytes: its limit, or the VM's memory")
     online_cpus: int | None
+
+
+class CatalogIn(Strict):
+    name: str = Field(pattern=NAME)
+    url: str = Field(min_length=8, max_length=2048, description="http(s) URL of the catalog root")
+    public_key: str = Field(
+        min_length=10, max_length=128, description="The publisher's key: ed25519:BASE64"
+    )
+
+
+class CatalogOut(BaseModel):
+    name: str
+    url: str
+    public_key: str
+    updated: datetime | None = Field(description="Its index's time at the last fetch")
+    fetched: datetime | None = Field(description="When it was last fetched")
+    newest: dict[str, str] = Field(description="Template -> newest version, as last fetched")
+
+
+class CatalogTemplateOut(BaseModel):
+    catalog: str
+    name: str
+    version: str
+    arch: str
+    description: str
+    docker_version: str | None
+    docker_port: int | None
+    features: list[str]
+    sizes: TemplateSizesOut
+    min_disk: int = Field(description="Bytes: the smallest disk its VMs can have")
+    download_size: int = Field(description="Bytes to download (all its files)")
+    published: datetime
+
+
+class CatalogSearchOut(BaseModel):
+    templates: list[CatalogTemplateOut]
+    problems: list[str] = Field(description="Catalogs that could not be read, and why")
+
+
+class TemplatePull(Strict):
+    reference: str = Field(
+        min_length=3, max_length=200, description="CATALOG:NAME or CATALOG:NAME:VERSION"
+    )
+    as_name: str | None = Field(default=None, pattern=NAME)
+    host_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+    all_hosts: bool = False
+
+
+class TemplateUpdate(Strict):
+    host_id: int | None = Field(default=None, ge=1, le=MAX_ID)

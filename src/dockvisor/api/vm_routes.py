@@ -96,13 +96,19 @@ def vm_router(cp: ControlPlane) -> APIRouter:
                 "/vms/{vm_id}",
                 P.VM_CONFIG_CPU,
                 P.VM_CONFIG_MEMORY,
+                P.VM_CONFIG_DISK,
                 any_of=True,
-                note="VM.Config.CPU to change vCPUs, VM.Config.Memory to change memory",
+                note="VM.Config.CPU to change vCPUs, VM.Config.Memory to change memory, "
+                "VM.Config.Disk to grow the disk (outside a resource set also VM.Allocate "
+                "on the host)",
             )
         ),
     )
     def resize(who: Who, vm_id: Key, body: s.VmResize, response: Response) -> s.TaskOut:
-        return _task(response, ops.resize_vm(who, vm_id, vcpus=body.vcpus, memory=body.memory))
+        return _task(
+            response,
+            ops.resize_vm(who, vm_id, vcpus=body.vcpus, memory=body.memory, disk=body.disk),
+        )
 
     @api.get(
         "/vms/{vm_id}/snapshots",
@@ -119,6 +125,7 @@ def vm_router(cp: ControlPlane) -> APIRouter:
                 description=x.description,
                 parent=x.parent,
                 current=x.current,
+                disk_size=x.disk_size,
             )
             for x in ops.list_snapshots(who, vm_id)
         ]

@@ -30,6 +30,8 @@ from dockvisor.domain.model import (
     ResizeResult,
     Snapshot,
     Template,
+    TemplateOrigin,
+    TemplateSizes,
 )
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.services import templates as template_service
@@ -51,6 +53,7 @@ class Backend(Protocol):
         memory: int,
         max_vcpus: int | None,
         max_memory: int | None,
+        disk: int | None,
         full: bool,
         start: bool,
         resource_set: int | None,
@@ -61,7 +64,9 @@ class Backend(Protocol):
         self, name: str, action: str, *, wait: bool, timeout: float, progress: Progress
     ) -> VM: ...
     def delete_vm(self, name: str, *, force: bool) -> None: ...
-    def resize(self, name: str, *, vcpus: int | None, memory: int | None) -> ResizeResult: ...
+    def resize(
+        self, name: str, *, vcpus: int | None, memory: int | None, disk: int | None
+    ) -> ResizeResult: ...
     def snapshot(self, name: str, snapshot: str, description: str) -> Snapshot: ...
     def snapshots(self, name: str) -> list[Snapshot]: ...
     def revert(self, name: str, snapshot: str, progress: Progress) -> VM: ...
@@ -96,6 +101,7 @@ class LocalBackend:
         memory: int,
         max_vcpus: int | None,
         max_memory: int | None,
+        disk: int | None,
         full: bool,
         start: bool,
         resource_set: int | None,
@@ -114,6 +120,7 @@ class LocalBackend:
             memory=memory,
             max_vcpus=max_vcpus,
             max_memory=max_memory,
+            disk=disk,
             full=full,
             start=start,
             progress=progress,
@@ -138,8 +145,10 @@ class LocalBackend:
     def delete_vm(self, name: str, *, force: bool) -> None:
         vm_service.delete_vm(self.driver, name, force=force)
 
-    def resize(self, name: str, *, vcpus: int | None, memory: int | None) -> ResizeResult:
-        return vm_service.resize_vm(self.driver, name, vcpus=vcpus, memory=memory)
+    def resize(
+        self, name: str, *, vcpus: int | None, memory: int | None, disk: int | None
+    ) -> ResizeResult:
+        return vm_service.resize_vm(self.driver, name, vcpus=vcpus, memory=memory, disk=disk)
 
     def snapshot(self, name: str, snapshot: str, description: str) -> Snapshot:
         return vm_service.snapshot_vm(self.driver, name, snapshot, description=description)
@@ -338,6 +347,7 @@ class RemoteBackend:
         memory: int,
         max_vcpus: int | None,
         max_memory: int | None,
+        disk: int | None,
         full: bool,
         start: bool,
         resource_set: int | None,
@@ -354,6 +364,7 @@ class RemoteBackend:
                 "memory": memory,
                 "max_vcpus": max_vcpus,
                 "max_memory": max_memory,
+                "disk": disk,
                 "full": full,
                 "start": start,
                 "resource_set_id": resource_set,
@@ -380,9 +391,12 @@ class RemoteBackend:
         task = self.api.request("DELETE", f"/vms/{vm.uuid}", params={"force": "true"})
         self.api.follow(task)
 
-    def resize(self, name: str, *, vcpus: int | None, memory: int | None) -> ResizeResult:
+    def resize(
+        self, name: str, *, vcpus: int | None, memory: int | None, disk: int | None
+    ) -> ResizeResult:
         vm_id = self._id(name)
-        task = self.api.request("PATCH", f"/vms/{vm_id}", json={"vcpus": vcpus, "memory": memory})
+        body = {"vcpus": vcpus, "memory": memory, "disk": disk}
+        task = self.api.request("PATCH", f"/vms/{vm_id}", json=body)
         result = self.api.follow(task)
         return ResizeResult(
             vm=self._by_id(vm_id),
@@ -413,6 +427,7 @@ class RemoteBackend:
                 description=s["description"],
                 parent=s["parent"],
                 current=s["current"],
+                disk_size=s.get("disk_size"),
             )
             for s in self.api.request("GET", f"/vms/{vm_id}/snapshots")
         ]
@@ -467,6 +482,8 @@ class RemoteBackend:
                 docker_ready=t["docker_ready"],
                 builtin=t["builtin"],
                 boots_kernel=False,
+                sizes=TemplateSizes(**t["sizes"]),
+                origin=TemplateOrigin(**t["origin"]) if t.get("origin") else None,
             )
             for t in self.api.request("GET", "/templates")
         ]

@@ -16,8 +16,8 @@ from typing import Any, NoReturn, TextIO
 import click
 
 from dockvisor import __version__
+from dockvisor.cli import catalog_cmds, credentials, docker_cmds, render
 from dockvisor.cli import console as console_cli
-from dockvisor.cli import credentials, docker_cmds, render
 from dockvisor.cli import metrics as metrics_cli
 from dockvisor.cli import server as server_cli
 from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
@@ -286,11 +286,15 @@ def template() -> None:
 
 
 @template.command("list")
-@pass_ctx
-def template_list(ctx: Context) -> None:
-    """List templates."""
+@click.pass_context
+def template_list(click_ctx: click.Context) -> None:
+    """List templates (and which have a newer version in their catalog)."""
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
     templates = ctx.backend.templates()
-    ctx.emit(templates, lambda: render.template_rows(templates))
+    newer = catalog_cmds.newer_versions(click_ctx, templates)
+    data = [{**render.to_data(t), "newer_version": newer.get(t.name)} for t in templates]
+    ctx.emit(data, lambda: render.template_rows(templates, newer))
 
 
 @template.command("add")
@@ -350,6 +354,7 @@ def vm() -> None:
 @click.option("--memory", required=True, help="Memory, e.g. 1GiB, 512MiB, 1.5G.")
 @click.option("--max-vcpus", type=int, help="Most vCPUs it can grow to live [2 x vcpus].")
 @click.option("--max-memory", help="Most memory it can grow to live [2 x memory].")
+@click.option("--disk", help="Root disk size, e.g. 20GiB [the template's default].")
 @click.option("--full", is_flag=True, help="Copy the template's disk instead of linking to it.")
 @click.option("--no-start", is_flag=True, help="Define it but do not boot it.")
 @click.option(
@@ -366,7 +371,7 @@ def vm() -> None:
 )
 @pass_ctx
 def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: str,
-              max_vcpus: int | None, max_memory: str | None, full: bool,
+              max_vcpus: int | None, max_memory: str | None, disk: str | None, full: bool,
               no_start: bool, resource_set: int | None, host_id: int | None) -> None:  # fmt: skip
     """Create a VM from a template, boot it and wait for its Docker engine."""
     memory_bytes = parse_size(memory, what="memory")
@@ -379,6 +384,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: s
             memory=memory_bytes,
             max_vcpus=max_vcpus,
             max_memory=max_memory_bytes,
+            disk=_size(disk, "disk"),
             full=full,
             start=not no_start,
             resource_set=resource_set,
@@ -470,18 +476,23 @@ def vm_rm(ctx: Context, name: str, force: bool) -> None:
 @click.argument("name")
 @click.option("--vcpus", type=int, help="New vCPU count.")
 @click.option("--memory", help="New memory size, e.g. 2GiB.")
+@click.option("--disk", help="Grow the disk to this size, e.g. 20GiB (live if it runs).")
 @pass_ctx
-def vm_set(ctx: Context, name: str, vcpus: int | None, memory: str | None) -> None:
-    """Change vCPUs or memory: live within the VM's maximums, else at next boot."""
-    result = ctx.backend.resize(name, vcpus=vcpus, memory=_size(memory, "memory"))
+def vm_set(ctx: Context, name: str, vcpus: int | None, memory: str | None,
+           disk: str | None) -> None:  # fmt: skip
+    """Change vCPUs or memory (live within the VM's maximums, else at next boot) or grow
+    its disk (live: the guest's filesystem grows with it; disks never shrink)."""
+    result = ctx.backend.resize(
+        name, vcpus=vcpus, memory=_size(memory, "memory"), disk=_size(disk, "disk")
+    )
 
     def human() -> str:
         lines = []
         for key, value in result.applied.items():
-            shown = format_size(value) if "memory" in key else str(value)
+            shown = str(value) if "vcpus" in key else format_size(value)
             lines.append(f"{key.replace('_', ' ')}: {shown} (now)")
         for key, value in result.pending.items():
-            shown = format_size(value) if "memory" in key else str(value)
+            shown = str(value) if "vcpus" in key else format_size(value)
             lines.append(f"{key.replace('_', ' ')}: {shown} (pending: next boot)")
         lines.extend(f"note: {reason}" for reason in result.reasons)
         return "\n".join(lines)
@@ -562,6 +573,7 @@ def vm_endpoint(ctx: Context, name: str) -> None:
     ctx.emit({"env": environment.env, "unset": environment.unset}, environment.shell())
 
 
+catalog_cmds.register(template)
 vm.add_command(console_cli.console)
 vm.add_command(metrics_cli.metrics)
 for _command in (server_cli.serve, server_cli.user, server_cli.token, server_cli.audit,

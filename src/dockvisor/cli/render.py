@@ -61,7 +61,7 @@ def vm_rows(vms: Sequence[VM]) -> str:
             _pending(vm.vcpus, vm.pending_vcpus) + f"/{vm.max_vcpus}",
             _pending(vm.memory, vm.pending_memory, format_size) + f"/{format_size(vm.max_memory)}",
             vm.template or "-",
-            vm.disk_mode.value if vm.disk_mode else "-",
+            f"{format_size(vm.disk_size)} {vm.disk_mode or ''}".strip() if vm.disk_size else "-",
             str(vm.snapshot_count),
         ]
         for vm in vms
@@ -101,18 +101,48 @@ def vm_details(vm: VM, endpoint: str | None = None) -> str:
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in lines)
 
 
-def template_rows(templates: Sequence[Template]) -> str:
+def _origin(t: Template) -> str:
+    if t.origin is not None:
+        return f"{t.origin.catalog}:{t.origin.product}:{t.origin.version}"
+    return "built-in" if t.builtin else "added"
+
+
+def template_rows(templates: Sequence[Template], newer: dict[str, str] | None = None) -> str:
+    newer = newer or {}
     rows = [
         [
             t.name,
             format_size(t.disk_size),
+            format_size(t.sizes.default_disk) if t.sizes.default_disk else "-",
             "yes" if t.docker_ready else "no",
-            "built-in" if t.builtin else "added",
+            _origin(t),
+            newer.get(t.name, "-"),
             t.description,
         ]
         for t in templates
     ]
-    return table(["NAME", "DISK", "DOCKER", "ORIGIN", "DESCRIPTION"], rows)
+    headers = ["NAME", "MIN DISK", "DEFAULT DISK", "DOCKER", "ORIGIN", "NEWER", "DESCRIPTION"]
+    return table(headers, rows)
+
+
+def catalog_rows(found: Sequence[dict[str, Any]]) -> str:
+    """`template search`: what catalogs offer (as the API and --json give it)."""
+    rows = [
+        [
+            f"{t['catalog']}:{t['name']}",
+            t["version"],
+            t["arch"],
+            t["docker_version"] or "-",
+            f"{t['sizes']['min_vcpus']} / {format_size(t['sizes']['min_memory'])} / "
+            f"{format_size(t['min_disk'])}",
+            format_size(t["download_size"]),
+            t["description"],
+        ]
+        for t in found
+    ]
+    headers = ["TEMPLATE", "VERSION", "ARCH", "DOCKER", "MIN VCPU/MEM/DISK", "DOWNLOAD",
+               "DESCRIPTION"]  # fmt: skip
+    return table(headers, rows)
 
 
 def snapshot_rows(snapshots: Sequence[Snapshot]) -> str:
@@ -122,12 +152,14 @@ def snapshot_rows(snapshots: Sequence[Snapshot]) -> str:
             s.created.strftime("%Y-%m-%d %H:%M:%S"),
             s.power_state.value,
             "yes" if s.with_memory else "no",
+            format_size(s.disk_size) if s.disk_size else "-",
             s.parent or "-",
             s.description,
         ]
         for s in snapshots
     ]
-    return table(["NAME", "CREATED (UTC)", "VM STATE", "MEMORY", "PARENT", "DESCRIPTION"], rows)
+    headers = ["NAME", "CREATED (UTC)", "VM STATE", "MEMORY", "DISK", "PARENT", "DESCRIPTION"]
+    return table(headers, rows)
 
 
 def host_details(host: HostInfo) -> str:

@@ -113,7 +113,8 @@ class VMSpec:
     max_memory: int
     disk_mode: DiskMode = DiskMode.LINKED
     guest: GuestConfig | None = None
-    # The root disk's size in bytes (at least the template's); None: the template's.
+    # The root disk's size in bytes (at least the template's); None: the template's
+    # default disk (TemplateSizes.default_disk), else its own disk's size.
     disk_size: int | None = None
 
 

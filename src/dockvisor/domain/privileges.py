@@ -24,6 +24,7 @@ class Privilege(enum.StrEnum):
     VM_CLONE = "VM.Clone"
     VM_CONFIG_CPU = "VM.Config.CPU"
     VM_CONFIG_MEMORY = "VM.Config.Memory"
+    VM_CONFIG_DISK = "VM.Config.Disk"  # grow the VM's disk
     VM_DELETE = "VM.Delete"
     VM_ALLOCATE = "VM.Allocate"
     # Docker engines inside VMs
@@ -44,7 +45,7 @@ TIERS: dict[Privilege, int] = {
     P.VM_VIEW: 0, P.DOCKER_VIEW: 0,
     P.VM_POWER_MGMT: 1, P.VM_CONSOLE: 1, P.DOCKER_OPERATE: 1,
     P.VM_SNAPSHOT: 2, P.VM_SNAPSHOT_ROLLBACK: 2, P.VM_CLONE: 2, P.DOCKER_MANAGE: 2,
-    P.DOCKER_EXEC: 2, P.VM_CONFIG_CPU: 2, P.VM_CONFIG_MEMORY: 2,
+    P.DOCKER_EXEC: 2, P.VM_CONFIG_CPU: 2, P.VM_CONFIG_MEMORY: 2, P.VM_CONFIG_DISK: 2,
     P.VM_DELETE: 3, P.VM_ALLOCATE: 3,
     P.PERMISSIONS_MODIFY: 3, P.SYS_AUDIT: 3, P.SYS_MODIFY: 3,
 }  # fmt: skip

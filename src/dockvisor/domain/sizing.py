@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dockvisor.domain.model import HostInfo
+from dockvisor.domain.model import HostInfo, Template
 from dockvisor.domain.sizes import MiB, format_size
 from dockvisor.errors import InvalidInput, OutOfCapacity
 
-__all__ = ["MIN_MEMORY", "VCPU_OVERCOMMIT", "SizeRequest", "check_resize", "plan_size"]
+__all__ = [
+    "MIN_MEMORY",
+    "VCPU_OVERCOMMIT",
+    "SizeRequest",
+    "check_disk_growth",
+    "check_resize",
+    "check_storage_room",
+    "check_template_minimums",
+    "plan_disk",
+    "plan_size",
+]
 
 MIN_MEMORY = 128 * MiB
 # vCPUs are host threads: a VM may have more than the host has cores, up to this factor.
@@ -69,7 +79,7 @@ def plan_size(
 def check_resize(host: HostInfo, *, vcpus: int | None, memory: int | None) -> None:
     """Check a new size for an existing VM (the maximum moves with it if needed)."""
     if vcpus is None and memory is None:
-        raise InvalidInput("nothing to change: give --vcpus and/or --memory")
+        raise InvalidInput("nothing to change: give --vcpus, --memory and/or --disk")
     if vcpus is not None:
         _check_vcpus(host, vcpus, "vCPUs")
     if memory is not None:
@@ -95,4 +105,59 @@ def _check_memory(host: HostInfo, size: int, what: str) -> None:
         raise OutOfCapacity(
             f"{what} {format_size(size)} is more than host {host.hostname} has "
             f"({format_size(host.memory)})"
+        )
+
+
+def check_template_minimums(template: Template, *, vcpus: int, memory: int) -> None:
+    """InvalidInput if a VM of this size is below what `template` says its VMs need."""
+    need = template.sizes
+    if vcpus < need.min_vcpus:
+        raise InvalidInput(
+            f"template {template.name!r} needs at least {need.min_vcpus} vCPUs (asked {vcpus})"
+        )
+    if memory < need.min_memory:
+        raise InvalidInput(
+            f"template {template.name!r} needs at least {format_size(need.min_memory)} "
+            f"of memory (asked {format_size(memory)})"
+        )
+
+
+def _check_disk_unit(size: int, what: str) -> None:
+    if size % MiB:
+        raise InvalidInput(f"{what} of {size} bytes is not a whole number of MiB")
+
+
+def plan_disk(template: str, template_disk: int, default_disk: int | None,
+              size: int | None) -> int:  # fmt: skip
+    """The root disk a new VM of `template` gets: `size` if given (at least the
+    template's disk), else the template's default (else its disk's own size)."""
+    if size is None:
+        return max(template_disk, default_disk or 0)
+    _check_disk_unit(size, "a disk")
+    if size < template_disk:
+        raise InvalidInput(
+            f"a {format_size(size)} disk is smaller than template {template!r}'s "
+            f"{format_size(template_disk)}; give at least {format_size(template_disk)}"
+        )
+    return size
+
+
+def check_disk_growth(vm: str, current: int, size: int) -> int:
+    """How many bytes growing `vm`'s disk from `current` to `size` adds (0: same size).
+    Disks only grow: a smaller size is refused, since the guest's filesystem fills it."""
+    _check_disk_unit(size, "a disk")
+    if size < current:
+        raise InvalidInput(
+            f"VM {vm!r} has a {format_size(current)} disk; disks can only grow "
+            f"(shrinking would cut its filesystem), so {format_size(size)} is refused"
+        )
+    return size - current
+
+
+def check_storage_room(host: HostInfo, needed: int) -> None:
+    """OutOfCapacity if the host's storage cannot hold `needed` more bytes of disk."""
+    if host.storage_free is not None and needed > host.storage_free:
+        raise OutOfCapacity(
+            f"host {host.hostname}'s storage has {format_size(host.storage_free)} free; "
+            f"this needs {format_size(needed)} more"
         )

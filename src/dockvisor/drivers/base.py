@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from dockvisor.domain.metrics import UsageCounters
@@ -33,6 +34,7 @@ from dockvisor.domain.model import (
     ResizeResult,
     Snapshot,
     Template,
+    TemplateOrigin,
     TemplateSpec,
     VMSpec,
 )
@@ -62,6 +64,7 @@ __all__ = [
     "Progress",
     "Unsupported",
     "no_progress",
+    "replaces",
 ]
 
 Progress = Callable[[str, float], None]
@@ -69,6 +72,19 @@ Progress = Callable[[str, float], None]
 
 def no_progress(step: str, fraction: float) -> None:
     """A progress callback that ignores everything."""
+
+
+def replaces(spec: TemplateSpec, builtin: bool, origin: TemplateOrigin | None) -> bool:
+    """Whether registering `spec` replaces an existing template of its name, which is
+    `builtin` or was pulled from `origin`: a new build of the built-in template, or a
+    newer version of the same catalog template."""
+    if spec.builtin:
+        return builtin
+    return (
+        spec.origin is not None
+        and origin is not None
+        and (spec.origin.catalog, spec.origin.product) == (origin.catalog, origin.product)
+    )
 
 
 @runtime_checkable
@@ -101,8 +117,19 @@ class HypervisorDriver(Protocol):
     def register_template(self, spec: TemplateSpec, progress: Progress = no_progress) -> Template:
         """Copy the spec's files to the hypervisor's storage and record the template.
 
-        AlreadyExists if the name is taken by a template or a VM.
+        AlreadyExists if the name is taken by a template or a VM, unless `replaces(spec,
+        ...)` says the spec is a new version of that template (the built-in one, or one
+        pulled from the same catalog template): then it takes the old one's place, and
+        VMs made from the old one keep its disk (deleted once no VM uses it).
         """
+        ...
+
+    def export_template(self, name: str, into: Path, progress: Progress = no_progress
+                        ) -> TemplateSpec:  # fmt: skip
+        """Copy the template's files (disk, kernel, initrd) into the directory `into` on
+        this machine; the spec names the copies and says what the template says (boot
+        command line, Docker port, sizes, description). Unsupported where the adapter
+        cannot read its storage's files."""
         ...
 
     def remove_template(self, name: str) -> None:

@@ -48,10 +48,12 @@ GUEST_PACKAGES = (
     "tini",
     "iptables",
     "qemu-guest-agent",
+    "e2fsprogs",  # resize2fs: the root filesystem fills a disk made or grown larger
 )
 # Modules the initramfs loads to see the root disk (the rest load from the disk).
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "xen-blkfront")
-DISK_SIZE = "8G"
+DISK_SIZE = "2G"  # the image's own; VMs get the template's default disk or --disk
+DEFAULT_DISK = 4 * 1024**3
 DOCKER_PORT = 2376  # dockerd with --tlsverify (the IANA port for Docker over TLS)
 RECIPE_VERSION = "1"
 

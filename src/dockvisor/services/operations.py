@@ -26,7 +26,14 @@ from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
 from dockvisor.domain.privileges import BUILTIN_ROLES, Privilege
 from dockvisor.domain.quota import Resources
 from dockvisor.domain.sizes import format_size
-from dockvisor.domain.sizing import check_resize, plan_size
+from dockvisor.domain.sizing import (
+    check_disk_growth,
+    check_resize,
+    check_storage_room,
+    check_template_minimums,
+    plan_disk,
+    plan_size,
+)
 from dockvisor.drivers.base import HypervisorDriver
 from dockvisor.errors import (
     AlreadyExists,
@@ -293,6 +300,7 @@ class Operations:
         memory: int,
         max_vcpus: int | None = None,
         max_memory: int | None = None,
+        disk: int | None = None,
         full: bool = False,
         start: bool = True,
         host_id: int | None = None,
@@ -311,14 +319,13 @@ class Operations:
                     pool_id=pool_id,
                 )
             driver = self.hosts.driver(host_id)
-            size = plan_size(
-                driver.host_info(),
-                vcpus=vcpus,
-                memory=memory,
-                max_vcpus=max_vcpus,
-                max_memory=max_memory,
-            )
+            host = driver.host_info()
+            size = plan_size(host, vcpus=vcpus, memory=memory, max_vcpus=max_vcpus,
+                             max_memory=max_memory)  # fmt: skip
             tmpl = driver.get_template(template)
+            check_template_minimums(tmpl, vcpus=vcpus, memory=memory)
+            disk = plan_disk(template, tmpl.disk_size, tmpl.sizes.default_disk, disk)
+            check_storage_room(host, disk)
             row = VmRow(
                 id=str(uuid.uuid4()),
                 host_id=host_id,
@@ -332,7 +339,7 @@ class Operations:
                 max_vcpus=size.max_vcpus,
                 memory=size.memory,
                 max_memory=size.max_memory,
-                disk=tmpl.disk_size,
+                disk=disk,
                 docker_ready=tmpl.docker_ready,
                 managed=True,
                 updated=datetime.now(UTC),
@@ -410,6 +417,7 @@ class Operations:
                 memory=size.memory,
                 max_vcpus=size.max_vcpus,
                 max_memory=size.max_memory,
+                disk=row.disk,
                 full=full,
                 start=start,
                 progress=ctx.progress,
@@ -517,7 +525,13 @@ class Operations:
             return self._submit(who, "vm.delete", row, work)
 
     def resize_vm(
-        self, who: Principal, vm_id: str, *, vcpus: int | None = None, memory: int | None = None
+        self,
+        who: Principal,
+        vm_id: str,
+        *,
+        vcpus: int | None = None,
+        memory: int | None = None,
+        disk: int | None = None,
     ) -> TaskInfo:
         with self.audited(who, "vm.resize", f"vm:{vm_id}"):
             row = self.vm_row(who, vm_id)
@@ -525,13 +539,29 @@ class Operations:
                 self.access.require(who, P.VM_CONFIG_CPU, chain_of(row))
             if memory is not None:
                 self.access.require(who, P.VM_CONFIG_MEMORY, chain_of(row))
+            if disk is not None:
+                self.access.require(who, P.VM_CONFIG_DISK, chain_of(row))
             self._check_growth(who, row, vcpus, memory)
             driver = self.hosts.driver(row.host_id)
-            check_resize(driver.host_info(), vcpus=vcpus, memory=memory)
-            undo = self._reserve_size(row, vcpus, memory)  # the growth, before doing it
+            host = driver.host_info()
+            if disk is None or vcpus is not None or memory is not None:
+                check_resize(host, vcpus=vcpus, memory=memory)
+            if disk is not None:
+                growth = check_disk_growth(row.name, row.disk, disk)
+                if growth:
+                    self._able(row, Capability.DISK_GROWTH, "grow disks")
+                    if row.state != PowerState.STOPPED.value:
+                        self._able(row, Capability.LIVE_DISK_GROWTH,
+                                   "grow the disk of a running VM (stop it first)")  # fmt: skip
+                    self._check_disk_growth(who, row)
+                    check_storage_room(host, growth)
+            # The growth, reserved before doing it.
+            undo = self._reserve_size(row, vcpus, memory, disk)
 
             def work(ctx: TaskContext) -> dict[str, Any]:
-                result = vm_service.resize_vm(driver, vm_ref(row), vcpus=vcpus, memory=memory)
+                result = vm_service.resize_vm(
+                    driver, vm_ref(row), vcpus=vcpus, memory=memory, disk=disk
+                )
                 self._refresh(row)
                 return {
                     "vm": row.id,
@@ -563,6 +593,17 @@ class Operations:
             raise Forbidden(
                 f"{who.name} lacks VM.Allocate on /hosts/{row.host_id}: {row.name} may grow "
                 f"to {row.max_vcpus} vCPUs and {format_size(row.max_memory)} without it"
+            )
+
+    def _check_disk_growth(self, who: Principal, row: VmRow) -> None:
+        """A VM of a resource set grows its disk within the set's quota. Outside any set
+        nothing bounds it but the host's storage: that takes VM.Allocate on the host."""
+        if row.resource_set_id is not None:
+            return
+        if not self.access.allows(who, P.VM_ALLOCATE, ("/", f"/hosts/{row.host_id}")):
+            raise Forbidden(
+                f"{who.name} lacks VM.Allocate on /hosts/{row.host_id}: {row.name} is in no "
+                f"resource set, so only who may allocate on its host can grow its disk"
             )
 
     def snapshot_vm(
@@ -606,7 +647,8 @@ class Operations:
                 # Reverting would power the VM on: that takes the power privilege too
                 # (as Proxmox's rollback with "start").
                 self.access.require(who, P.VM_POWER_MGMT, chain_of(row))
-            undo = self._reserve_size(row, snaps[snapshot].vcpus, snaps[snapshot].memory)
+            taken = snaps[snapshot]
+            undo = self._reserve_size(row, taken.vcpus, taken.memory, taken.disk_size)
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 try:
@@ -620,7 +662,7 @@ class Operations:
             return self._submit(who, "vm.revert", row, work, undo=undo)
 
     def _reserve_size(
-        self, row: VmRow, vcpus: int | None, memory: int | None
+        self, row: VmRow, vcpus: int | None, memory: int | None, disk: int | None = None
     ) -> Callable[[], None]:
         """Make the VM's row the size it is about to become (a revert gives back the
         snapshot's size), reserving any growth in its resource set in the same
@@ -630,21 +672,21 @@ class Operations:
             locked = session.get(VmRow, row.id)
             if locked is None:
                 raise NotFound(f"no VM {row.id}")
-            before = (locked.vcpus, locked.memory)
-            after = (vcpus or locked.vcpus, memory or locked.memory)
+            before = (locked.vcpus, locked.memory, locked.disk)
+            after = (vcpus or locked.vcpus, memory or locked.memory, disk or locked.disk)
             if locked.resource_set_id is not None:
                 set_row = quotas.lock_set(session, locked.resource_set_id)
-                growth = Resources(
-                    vcpus=max(0, after[0] - before[0]), memory=max(0, after[1] - before[1])
-                )
+                growth = Resources(*(max(0, a - b) for a, b in zip(after, before, strict=True)))
+                if set_row.count_snapshots:  # the VM's snapshots count at its disk's size
+                    growth += Resources(disk=growth.disk * locked.snapshots)
                 quotas.reserve(session, set_row, growth)
-            locked.vcpus, locked.memory = after
+            locked.vcpus, locked.memory, locked.disk = after
 
         def undo() -> None:
             with self.db.session() as session:
                 again = session.get(VmRow, row.id)
                 if again is not None:
-                    again.vcpus, again.memory = before
+                    again.vcpus, again.memory, again.disk = before
             self._refresh(row)
 
         return undo

@@ -3,23 +3,34 @@ admin's own disk images."""
 
 from __future__ import annotations
 
+import re
+import tempfile
 from pathlib import Path
 
-from dockvisor.domain.model import Template, TemplateSpec
+from dockvisor.catalogs.publish import publish_template as publish
+from dockvisor.domain.catalog import CatalogTemplate
+from dockvisor.domain.model import Template, TemplateSizes, TemplateSpec
 from dockvisor.domain.naming import validate_template_name
+from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.errors import InvalidInput, NotFound
-from dockvisor.guest.image import GuestImage, build_image
+from dockvisor.guest.image import DEFAULT_DISK, GuestImage, build_image, cached_image
 
 __all__ = [
     "BUILTIN_TEMPLATE",
     "add_template",
     "build_builtin_template",
     "list_templates",
+    "publish_template",
     "remove_template",
 ]
 
 BUILTIN_TEMPLATE = "docker-ready"
+# What the built-in template's VMs need and get unless told otherwise.
+BUILTIN_SIZES = TemplateSizes(
+    min_vcpus=1, min_memory=256 * MiB, default_vcpus=1, default_memory=1 * GiB,
+    default_disk=DEFAULT_DISK,
+)  # fmt: skip
 
 
 def list_templates(driver: HypervisorDriver) -> list[Template]:
@@ -51,6 +62,7 @@ def build_builtin_template(
         docker_port=image.docker_port,
         builtin=True,
         image_key=image.key,
+        sizes=BUILTIN_SIZES,
     )
     template = driver.register_template(
         spec, progress=lambda step, f: progress(f"template: {step}", 0.85 + 0.15 * f)
@@ -101,3 +113,58 @@ def add_template(
 
 def remove_template(driver: HypervisorDriver, name: str) -> None:
     driver.remove_template(name)
+
+
+def publish_template(
+    driver: HypervisorDriver,
+    name: str,
+    directory: Path,
+    *,
+    signing_key: Path,
+    version: str | None = None,
+    description: str | None = None,
+    progress: Progress = no_progress,
+) -> CatalogTemplate:
+    """Write template `name` of this host into the catalog `directory` (made if absent):
+    its files, compressed, and its metadata, signed with the key at `signing_key`
+    (made if absent)."""
+    template = driver.get_template(name)
+    with tempfile.TemporaryDirectory(prefix="dockvisor-publish-") as work:
+        spec = driver.export_template(
+            name, Path(work), progress=lambda step, f: progress(step, 0.4 * f)
+        )
+        return publish(
+            directory,
+            name=name,
+            version=version,
+            description=description if description is not None else template.description,
+            disk=Path(spec.disk),
+            kernel=Path(spec.kernel) if spec.kernel else None,
+            initrd=Path(spec.initrd) if spec.initrd else None,
+            cmdline=spec.cmdline if spec.kernel else None,
+            docker_port=spec.docker_port,
+            docker_version=_template_docker_version(template),
+            features=_features(template),
+            sizes=spec.sizes,
+            signing_key=signing_key,
+            progress=lambda step, f: progress(step, 0.4 + 0.6 * f),
+        )
+
+
+def _template_docker_version(template: Template) -> str | None:
+    """The Docker version inside: the built-in image's package, else what its
+    description says ("Docker 20.10.24 ...") if it says so."""
+    if template.builtin and template.image_key and (image := cached_image(template.image_key)):
+        return _docker_version(image)
+    match = re.search(r"\bDocker (\d+(?:\.\d+)+)", template.description)
+    return match.group(1) if match else None
+
+
+def _features(template: Template) -> tuple[str, ...]:
+    """What the template's guests do that dockvisor relies on."""
+    if not template.docker_ready:
+        return ()
+    found = ["docker-tls", "config-drive"]  # dockerd --tlsverify with the drive's certificates
+    if template.builtin:
+        found += ["guest-agent", "grows-root-filesystem"]
+    return tuple(found)

@@ -23,7 +23,14 @@ from dockvisor.domain.model import (
     VMSpec,
 )
 from dockvisor.domain.naming import validate_snapshot_name, validate_vm_name
-from dockvisor.domain.sizing import check_resize, plan_size
+from dockvisor.domain.sizing import (
+    check_disk_growth,
+    check_resize,
+    check_storage_room,
+    check_template_minimums,
+    plan_disk,
+    plan_size,
+)
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout
 from dockvisor.services.engines import EngineAccess
@@ -112,25 +119,27 @@ def create_vm_from_template(
     memory: int,
     max_vcpus: int | None = None,
     max_memory: int | None = None,
+    disk: int | None = None,
     full: bool = False,
     start: bool = True,
     wait: bool = True,
     progress: Progress = no_progress,
     engines: EngineAccess | None = None,
 ) -> VM:
-    """Create a VM of exactly `vcpus` and `memory` from `template`, start it, and wait for
-    its Docker engine. A Docker-ready template's VM gets an engine certificate of its own
-    on its config drive. If any step fails, the VM and its disks are removed."""
+    """Create a VM of exactly `vcpus` and `memory` from `template`, with a root disk of
+    `disk` bytes (the template's default if None), start it, and wait for its Docker
+    engine. A Docker-ready template's VM gets an engine certificate of its own on its
+    config drive. If any step fails, the VM and its disks are removed."""
     engines = engines or EngineAccess.default()
     validate_vm_name(name)
-    size = plan_size(
-        driver.host_info(),
-        vcpus=vcpus,
-        memory=memory,
-        max_vcpus=max_vcpus,
-        max_memory=max_memory,
-    )
-    docker_ready = driver.get_template(template).docker_ready
+    host = driver.host_info()
+    size = plan_size(host, vcpus=vcpus, memory=memory, max_vcpus=max_vcpus,
+                     max_memory=max_memory)  # fmt: skip
+    tmpl = driver.get_template(template)
+    check_template_minimums(tmpl, vcpus=vcpus, memory=memory)
+    disk = plan_disk(template, tmpl.disk_size, tmpl.sizes.default_disk, disk)
+    check_storage_room(host, disk)
+    docker_ready = tmpl.docker_ready
     spec = VMSpec(
         name=name,
         template=template,
@@ -140,6 +149,7 @@ def create_vm_from_template(
         max_memory=size.max_memory,
         disk_mode=DiskMode.FULL if full else DiskMode.LINKED,
         guest=engines.guest_config(name) if docker_ready else None,
+        disk_size=disk,
     )
     vm = driver.create_vm(spec, progress=_scaled(progress, 0.0, 0.15))
     if not start:
@@ -232,13 +242,30 @@ def delete_vm(driver: HypervisorDriver, name: str, *, force: bool = False) -> No
 
 
 def resize_vm(
-    driver: HypervisorDriver, name: str, *, vcpus: int | None = None, memory: int | None = None
+    driver: HypervisorDriver,
+    name: str,
+    *,
+    vcpus: int | None = None,
+    memory: int | None = None,
+    disk: int | None = None,
 ) -> ResizeResult:
     """Give the VM more (or fewer) vCPUs or memory: live within its maximums, else at
-    its next boot, reported as pending."""
-    check_resize(driver.host_info(), vcpus=vcpus, memory=memory)
-    driver.get_vm(name)
-    return driver.set_resources(name, vcpus=vcpus, memory=memory)
+    its next boot, reported as pending; and a larger disk (live on a running VM, whose
+    guest grows its filesystem). Everything is checked before anything changes."""
+    host = driver.host_info()
+    if disk is None or vcpus is not None or memory is not None:
+        check_resize(host, vcpus=vcpus, memory=memory)
+    vm = driver.get_vm(name)
+    growth = check_disk_growth(vm.name, vm.disk_size, disk) if disk is not None else 0
+    check_storage_room(host, growth)
+    if growth:
+        vm = driver.grow_disk(name, disk or 0)
+    if vcpus is None and memory is None:
+        return ResizeResult(vm=vm, applied={"disk": vm.disk_size} if growth else {})
+    result = driver.set_resources(name, vcpus=vcpus, memory=memory)
+    if growth:
+        result.applied["disk"] = result.vm.disk_size
+    return result
 
 
 def snapshot_vm(

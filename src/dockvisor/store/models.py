@@ -144,6 +144,20 @@ class HostRow(Base):
     credentials: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
 
+class CatalogRow(Base):
+    """A template catalog an admin added, and what its last fetch said."""
+
+    __tablename__ = "catalogs"
+    __table_args__ = NEVER_REUSE_IDS
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    public_key: Mapped[str] = mapped_column(String(128))
+    updated: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    fetched: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), default=None)
+    newest: Mapped[str] = mapped_column(Text, default="{}")  # JSON: template -> version
+
+
 class PoolRow(Base):
     __tablename__ = "pools"
     __table_args__ = NEVER_REUSE_IDS

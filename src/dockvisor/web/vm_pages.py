@@ -17,6 +17,7 @@ from dockvisor.domain.naming import validate_vm_name
 from dockvisor.domain.requirements import AnyUser, Perm
 from dockvisor.errors import DockvisorError, InvalidInput
 from dockvisor.services.admin import Administration
+from dockvisor.services.catalog_admin import CatalogAdministration
 from dockvisor.services.identity import Principal
 from dockvisor.services.inventory import chain_of, vm_data
 from dockvisor.services.runtime import ControlPlane
@@ -27,13 +28,14 @@ __all__ = ["vm_page_router"]
 
 VIEW = Perm("/vms/{vm_id}", P.VM_VIEW).openapi()
 # Which field a service's refusal is about, by the words of its message.
-RESIZE_FIELDS = {"vcpus": ("vcpu",), "memory": ("memory",)}
+RESIZE_FIELDS = {"vcpus": ("vcpu",), "memory": ("memory",), "disk": ("disk", "storage")}
 CREATE_FIELDS = {**RESIZE_FIELDS, "name": ("name",)}
 
 
 def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
     web = APIRouter(route_class=WebRoute, include_in_schema=False)
     admin = Administration(cp)
+    catalogs = CatalogAdministration(cp)
     ops = cp.ops
 
     def actions(who: Principal, row: Any) -> Actions:
@@ -47,8 +49,9 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         templates = admin.list_templates(who)
         hosts = admin.list_hosts(who)
         sets = admin.list_resource_sets(who)
+        may_pull = cp.access.allows(who, P.SYS_MODIFY, ("/",))
         return render(request, extra.pop("template_name", "vm_new.html"), status=status,
-                      templates=templates, hosts=hosts, sets=sets,
+                      templates=templates, hosts=hosts, sets=sets, may_pull=may_pull,
                       values=extra.pop("values", {}), errors=extra.pop("errors", {}),
                       **extra)  # fmt: skip
 
@@ -57,6 +60,21 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
     )
     def new_vm(who: Who, request: Request) -> HTMLResponse:
         return create_form(request, who, values={"vcpus": "2", "memory": "1GiB"})
+
+    @web.get("/ui/catalog-templates", openapi_extra=requirements.same_as("catalog.search"))
+    def catalog_templates(who: Who, request: Request) -> HTMLResponse:
+        found, problems = catalogs.search(who)
+        return render(request, "catalog_templates.html", found=found, problems=problems)
+
+    @web.post("/ui/templates/pull", openapi_extra=requirements.same_as("template.pull"))
+    def pull_template(
+        who: Who, request: Request, reference: Annotated[str, Form(max_length=200)] = ""
+    ) -> HTMLResponse:
+        try:
+            task = catalogs.pull(who, reference)
+        except DockvisorError as exc:
+            return render(request, "alert.html", status=status_for(exc), message=str(exc))
+        return render(request, "task_progress.html", status=202, task=task)
 
     @web.post("/ui/vms", openapi_extra=requirements.same_as("vm.create"))
     def create_vm(
@@ -68,12 +86,13 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         memory: Annotated[str, Form(max_length=32)] = "",
         max_vcpus: Annotated[str, Form(max_length=16)] = "",
         max_memory: Annotated[str, Form(max_length=32)] = "",
+        disk: Annotated[str, Form(max_length=32)] = "",
         placement: Annotated[str, Form(max_length=32)] = "",
         full: Annotated[str, Form(max_length=8)] = "",
     ) -> HTMLResponse:
         values = {"name": name, "template": template, "vcpus": vcpus, "memory": memory,
                   "max_vcpus": max_vcpus, "max_memory": max_memory, "placement": placement,
-                  "full": full}  # fmt: skip
+                  "full": full, "disk": disk}  # fmt: skip
         errors: dict[str, str] = {}
         try:
             validate_vm_name(name)
@@ -87,6 +106,7 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
             errors["memory"] = "say how much memory (for example 1GiB)"
         n_max_vcpus = whole_number(max_vcpus, "max_vcpus", errors, "the vCPU maximum")
         n_max_memory = size_field(max_memory, "max_memory", errors, "the memory maximum")
+        n_disk = size_field(disk, "disk", errors, "the disk size")
         kind, _, ident = placement.partition(":")
         host_id = int(ident) if kind == "host" and ident.isdigit() else None
         set_id = int(ident) if kind == "set" and ident.isdigit() else None
@@ -97,8 +117,8 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         try:
             _, task = ops.create_vm(
                 who, name=name, template=template, vcpus=n_vcpus, memory=n_memory,
-                max_vcpus=n_max_vcpus, max_memory=n_max_memory, full=full == "on",
-                host_id=host_id, resource_set_id=set_id,
+                max_vcpus=n_max_vcpus, max_memory=n_max_memory, disk=n_disk,
+                full=full == "on", host_id=host_id, resource_set_id=set_id,
             )  # fmt: skip
         except DockvisorError as exc:
             field = field_of(str(exc), CREATE_FIELDS)
@@ -192,27 +212,32 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         vm_id: Key,
         vcpus: Annotated[str, Form(max_length=16)] = "",
         memory: Annotated[str, Form(max_length=32)] = "",
+        disk: Annotated[str, Form(max_length=32)] = "",
     ) -> HTMLResponse:
         errors: dict[str, str] = {}
         n_vcpus = whole_number(vcpus, "vcpus", errors, "vCPUs")
         n_memory = size_field(memory, "memory", errors, "memory")
+        n_disk = size_field(disk, "disk", errors, "the disk size")
         context = vm_context(who, vm_id)
         current = context["vm"]
         if n_vcpus == current["vcpus"]:
             n_vcpus = None
         if n_memory == current["memory"]:
             n_memory = None
-        if not errors and n_vcpus is None and n_memory is None:
-            errors["form"] = "change the vCPUs or the memory first"
+        if n_disk == current["disk"]:
+            n_disk = None
+        if not errors and n_vcpus is None and n_memory is None and n_disk is None:
+            errors["form"] = "change the vCPUs, the memory or the disk first"
         if not errors:
             try:
-                task = ops.resize_vm(who, vm_id, vcpus=n_vcpus, memory=n_memory)
+                task = ops.resize_vm(who, vm_id, vcpus=n_vcpus, memory=n_memory, disk=n_disk)
             except DockvisorError as exc:
                 errors[field_of(str(exc), RESIZE_FIELDS)] = str(exc)
             else:
                 return task_answer(request, task)  # above the summary, which reloads
         return render(request, "vm_resize.html", status=422, errors=errors,
-                      values={"vcpus": vcpus, "memory": memory}, **context)  # fmt: skip
+                      values={"vcpus": vcpus, "memory": memory, "disk": disk},
+                      **context)  # fmt: skip
 
     @web.post("/ui/vms/{vm_id}/snapshots", openapi_extra=requirements.same_as("vm.snapshot"))
     def snapshot(

@@ -31,10 +31,10 @@ from __future__ import annotations
 import re
 import secrets
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 
-from dockvisor.domain.model import DiskMode
+from dockvisor.domain.model import DiskMode, TemplateOrigin, TemplateSizes
 from dockvisor.domain.sizes import KiB
 
 __all__ = [
@@ -94,6 +94,8 @@ class DomainConfig:
     created: datetime | None = None
     description: str = ""
     builtin_key: str | None = None
+    sizes: TemplateSizes | None = None  # a template's, as its publisher gave them
+    origin: TemplateOrigin | None = None  # a template pulled from a catalog
     uuid: str | None = None
     managed: bool = True  # False: a domain dockvisor did not create
 
@@ -290,6 +292,17 @@ def _kernel_cmdline(config: DomainConfig) -> str:
     return " ".join(p for p in parts if p)
 
 
+def metadata_xml(config: DomainConfig) -> str:
+    """dockvisor's metadata element of `config`, for virDomainSetMetadata: without
+    namespaces, which libvirt puts on the element and its children itself (it refuses
+    an element that declares the namespace already)."""
+    holder = ET.Element("metadata")
+    _metadata(holder, config)
+    for el in holder.iter():
+        el.tag = el.tag.rsplit("}", 1)[-1]
+    return ET.tostring(holder[0], encoding="unicode")
+
+
 def _metadata(parent: ET.Element, config: DomainConfig) -> None:
     meta = ET.SubElement(parent, _q("domain"), {"kind": config.kind})
     if config.template:
@@ -322,6 +335,25 @@ def _metadata(parent: ET.Element, config: DomainConfig) -> None:
         _sub(meta, _q("description"), config.description)
     if config.builtin_key:
         _sub(meta, _q("builtin"), **{"image-key": config.builtin_key})
+    if config.sizes is not None:
+        _sub(meta, _q("sizes"), **{k.replace("_", "-"): str(v) for k, v in
+                                   asdict(config.sizes).items() if v is not None})  # fmt: skip
+    if config.origin is not None:
+        _sub(meta, _q("origin"), **asdict(config.origin))
+
+
+def _sizes(el: ET.Element | None) -> TemplateSizes | None:
+    if el is None:
+        return None
+    values = {f.name: int(v) for f in fields(TemplateSizes)
+              if (v := el.get(f.name.replace("_", "-"))) is not None}  # fmt: skip
+    return TemplateSizes(**values)
+
+
+def _origin(el: ET.Element | None) -> TemplateOrigin | None:
+    if el is None:
+        return None
+    return TemplateOrigin(**{f.name: el.get(f.name, "") for f in fields(TemplateOrigin)})
 
 
 def _int(el: ET.Element | None, default: int = 0) -> int:
@@ -409,6 +441,8 @@ def parse_domain_xml(xml: str) -> DomainState:
             created=datetime.fromisoformat(created) if created else None,
             description=meta.findtext(_q("description"), ""),
             builtin_key=builtin.get("image-key") if builtin is not None else None,
+            sizes=_sizes(meta.find(_q("sizes"))),
+            origin=_origin(meta.find(_q("origin"))),
             **common,  # type: ignore[arg-type]
         )
     return DomainState(

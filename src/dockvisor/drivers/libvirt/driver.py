@@ -37,20 +37,32 @@ from dockvisor.domain.model import (
     ResizeResult,
     Snapshot,
     Template,
+    TemplateSizes,
     TemplateSpec,
     VMSpec,
 )
 from dockvisor.domain.sizes import KiB, MiB
-from dockvisor.domain.sizing import vcpu_ceiling
-from dockvisor.drivers.base import Progress, no_progress
-from dockvisor.drivers.disk_images import local_disk_format, local_disk_size
+from dockvisor.domain.sizing import (
+    check_disk_growth,
+    check_storage_room,
+    plan_disk,
+    vcpu_ceiling,
+)
+from dockvisor.drivers.base import Progress, no_progress, replaces
+from dockvisor.drivers.disk_images import (
+    check_self_contained,
+    local_disk_format,
+    local_disk_size,
+)
 from dockvisor.drivers.libvirt.acceleration import detect_acceleration
 from dockvisor.drivers.libvirt.consoles import log_tail, open_console
 from dockvisor.drivers.libvirt.disk_copy import mirror_and_cut
 from dockvisor.drivers.libvirt.domain_xml import (
+    NS,
     DomainConfig,
     DomainState,
     build_domain_xml,
+    metadata_xml,
     parse_domain_xml,
     random_mac,
 )
@@ -71,6 +83,7 @@ from dockvisor.drivers.libvirt.usage import UsageReading
 from dockvisor.errors import (
     AlreadyExists,
     BadPowerState,
+    DockvisorError,
     GuestTimeout,
     HypervisorError,
     HypervisorUnreachable,
@@ -163,7 +176,8 @@ class LibvirtDriver(UsageReading):
         c = Capability
         if self._type == "TEST":
             return (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
-                    | c.LINKED_CLONES | c.CLONE_RUNNING | c.METRICS | c.EVENTS)  # fmt: skip
+                    | c.LINKED_CLONES | c.CLONE_RUNNING | c.METRICS | c.EVENTS
+                    | c.DISK_GROWTH | c.LIVE_DISK_GROWTH)  # fmt: skip
         if self._type == "XEN":
             # libvirt's libxl driver (src/libxl/libxl_driver.c, libvirt 11.5): its driver
             # table has no domainSnapshot*, no connectGetAllDomainStats, no
@@ -171,11 +185,13 @@ class LibvirtDriver(UsageReading):
             # libvirt's DHCP leases only; libxl_conf.c refuses interface type 'user' (so
             # no host-forward). It has live vCPUs and balloon (setVcpusFlags,
             # setMemoryFlags with LIVE), openConsole on PTY consoles, and qcow2 backing
-            # files through the qdisk backend.
-            return c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES | c.SERIAL_CONSOLE | c.EVENTS
+            # files through the qdisk backend; no domainBlockResize (a stopped VM's
+            # volume grows through the storage driver).
+            return (c.LIVE_VCPUS | c.LIVE_MEMORY | c.LINKED_CLONES | c.SERIAL_CONSOLE
+                    | c.EVENTS | c.DISK_GROWTH)  # fmt: skip
         caps = (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS | c.METRICS
                 | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT | c.GUEST_ADDRESSES
-                | c.SERIAL_CONSOLE | c.EVENTS)  # fmt: skip
+                | c.SERIAL_CONSOLE | c.EVENTS | c.DISK_GROWTH | c.LIVE_DISK_GROWTH)  # fmt: skip
         return caps | c.LOOPBACK_FORWARD | c.GRAPHICAL_CONSOLE if self._local else caps
 
     def _require(self, capability: Capability, what: str) -> None:
@@ -183,7 +199,11 @@ class LibvirtDriver(UsageReading):
             raise Unsupported(f"{what} is not supported by {self.uri} ({self._type})")
 
     def host_info(self) -> HostInfo:
-        """The host's facts, read at most every 30 s (a host's size rarely changes)."""
+        """The host's facts, read at most every 30 s (a host's size rarely changes); its
+        storage's free space, read now."""
+        return replace(self._host_facts(), storage_free=self._storage.free())
+
+    def _host_facts(self) -> HostInfo:
         if self._host is not None and time.monotonic() - self._host[0] < 30:
             return self._host[1]
         with libvirt_errors(f"querying {self.uri}"):
@@ -326,6 +346,9 @@ class LibvirtDriver(UsageReading):
             boots_kernel=c.kernel is not None,
             created=c.created,
             image_key=c.builtin_key,
+            sizes=c.sizes or TemplateSizes(),
+            origin=c.origin,
+            docker_port=c.docker_guest_port,
         )
 
     def _template_state(self, name: str) -> DomainState:
@@ -352,12 +375,14 @@ class LibvirtDriver(UsageReading):
 
     def register_template(self, spec: TemplateSpec, progress: Progress = no_progress) -> Template:
         existing = self._existing(spec.name)
-        if existing is not None and not (spec.builtin and existing.config.builtin_key):
+        if existing is not None and not replaces(spec, existing.config.builtin_key is not None,
+                                                 existing.config.origin):  # fmt: skip
             kind = "template" if existing.config.kind == "template" else "VM"
             raise AlreadyExists(f"a {kind} named {spec.name!r} already exists on {self.uri}")
         for path in (spec.disk, spec.kernel, spec.initrd):
             if path and not Path(path).is_file():
                 raise InvalidInput(f"no such file: {path}")
+        check_self_contained(spec.disk, "the template's disk")
         if spec.initrd and not spec.kernel:
             raise InvalidInput("--initrd needs --kernel")
         send = self._type != "TEST"  # the test driver keeps no file content
@@ -393,6 +418,8 @@ class LibvirtDriver(UsageReading):
                 volumes=tuple(created),
                 description=spec.description,
                 builtin_key=spec.image_key if spec.builtin else None,
+                sizes=spec.sizes,
+                origin=spec.origin,
             )
             if existing is not None:  # a new build of the built-in template
                 config = replace(config, uuid=existing.uuid)
@@ -407,20 +434,59 @@ class LibvirtDriver(UsageReading):
             self._delete_unused_volumes(existing.config.volumes)
         return self.get_template(spec.name)
 
+    def export_template(self, name: str, into: Path, progress: Progress = no_progress
+                        ) -> TemplateSpec:  # fmt: skip
+        if self._type == "TEST":
+            raise Unsupported(f"{self.uri} keeps no file content: nothing to export")
+        c = self._template_state(name).config
+        files: dict[str, str] = {}
+        for role, path in (("disk", c.disk_path), ("kernel", c.kernel), ("initrd", c.initrd)):
+            if path:
+                dest = into / f"{name}.{role}"
+                self._storage.download(path, dest, progress=progress)
+                files[role] = str(dest)
+        return TemplateSpec(
+            name=name,
+            disk=files["disk"],
+            kernel=files.get("kernel"),
+            initrd=files.get("initrd"),
+            cmdline=c.cmdline or "",
+            description=c.description,
+            docker_port=c.docker_guest_port,
+            sizes=c.sizes or TemplateSizes(),
+            origin=c.origin,
+        )
+
     def _existing(self, name: str) -> DomainState | None:
         try:
             return self._state(self._lookup(name))
         except NotFound:
             return None
 
-    def _users_of(self, paths: set[str]) -> list[str]:
+    def _users_of(self, paths: set[str], kinds: tuple[str, ...] = ("vm",)) -> list[str]:
+        """The domains (VMs, or also templates) whose disk base, kernel or initrd is
+        one of `paths`."""
         users = []
         for dom in self._domains():
             with suppress(NotFound):
                 c = self._state(dom, inactive=True).config
-                if c.kind == "vm" and (c.base_path in paths):
+                uses = {c.base_path, c.kernel, c.initrd}
+                if c.kind == "template":
+                    uses.add(c.disk_path)
+                if c.kind in kinds and uses & paths:
                     users.append(c.name)
         return sorted(users)
+
+    def _delete_orphaned_template_files(self, paths: set[str | None]) -> None:
+        """After a VM is deleted: the files of an earlier version of its template (a
+        replaced built-in or catalog template), once nothing uses them any more."""
+        for path in paths:
+            vol = self._storage.volume_by_path(path) if path else None
+            if vol is None or not vol.name().startswith("template-"):
+                continue
+            if not self._users_of({str(path)}, ("vm", "template")):
+                with suppress(DockvisorError):
+                    self._storage.delete(vol.name())
 
     def _delete_unused_volumes(self, volumes: tuple[str, ...]) -> None:
         paths = {}
@@ -466,17 +532,23 @@ class LibvirtDriver(UsageReading):
     def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
         self._check_new_name(spec.name)
         template = self._template_state(spec.template).config
+        default = template.sizes.default_disk if template.sizes else None
+        size = plan_disk(spec.template, template.disk_size, default, spec.disk_size)
+        check_storage_room(self.host_info(), size)
         volume = unique_volume_name(spec.name, "qcow2")
         made: list[str] = []
         progress("creating disk", 0.1)
         try:
             if spec.disk_mode is DiskMode.LINKED:
                 disk = self._storage.create_overlay(
-                    volume, template.disk_path, template.disk_format, template.disk_size
+                    volume, template.disk_path, template.disk_format, size
                 )
+                made.append(volume)
             else:
                 disk = self._storage.create_copy(volume, template.disk_path, template.disk_size)
-            made.append(volume)
+                made.append(volume)
+                if size > template.disk_size and self._type != "TEST":
+                    self._storage.grow(disk, size)
             drive = self._add_config_drive(spec.name, spec.guest, made)
             progress("defining VM", 0.8)
             config = DomainConfig(
@@ -487,7 +559,7 @@ class LibvirtDriver(UsageReading):
                 memory=spec.memory,
                 max_memory=spec.max_memory,
                 disk_path=disk,
-                disk_size=template.disk_size,
+                disk_size=size,
                 disk_mode=spec.disk_mode,
                 base_path=template.disk_path if spec.disk_mode is DiskMode.LINKED else None,
                 base_format=template.disk_format,
@@ -615,10 +687,41 @@ class LibvirtDriver(UsageReading):
             with libvirt_errors(f"deleting the disk of {name}"):
                 vol.delete(0)
         self._starts.forget(name)
+        if config.managed:
+            self._delete_orphaned_template_files({config.base_path, config.kernel, config.initrd})
 
     @_by_id
     def grow_disk(self, name: str, size: int) -> VM:
-        raise Unsupported("not yet")
+        dom, state = self._vm_domain(name)
+        if not state.config.managed:
+            raise Unsupported(f"VM {name!r} was not created by dockvisor; its disk is not ours")
+        growth = check_disk_growth(name, state.config.disk_size, size)
+        if not growth:
+            return self.get_vm(name)
+        check_storage_room(self.host_info(), growth)
+        running = bool(dom.isActive())
+        self._require(
+            Capability.LIVE_DISK_GROWTH if running else Capability.DISK_GROWTH,
+            "growing the disk of a running VM (stop it first)" if running else "growing disks",
+        )
+        with libvirt_errors(f"growing the disk of VM {name}"):
+            if self._type == "TEST":
+                pass  # the test driver's disks have no content to grow
+            elif running:
+                target = "xvda" if self._virt_type == "xen" else "vda"
+                dom.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            else:
+                self._storage.grow(state.config.disk_path, size)
+            # The size in dockvisor's metadata: now, and for the next boot.
+            for flags, config in (
+                (libvirt.VIR_DOMAIN_AFFECT_LIVE, state.config if running else None),
+                (libvirt.VIR_DOMAIN_AFFECT_CONFIG, self._state(dom, inactive=True).config),
+            ):
+                if config is not None:
+                    dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                    metadata_xml(replace(config, disk_size=size)),
+                                    "dockvisor", NS, flags)  # fmt: skip
+        return self.get_vm(name)
 
     @_by_id
     def set_resources(

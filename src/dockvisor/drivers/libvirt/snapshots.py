@@ -68,6 +68,7 @@ def snapshot_record(
         current=current,
         vcpus=size.vcpus if size else None,
         memory=size.memory if size else None,
+        disk_size=size.disk_size if size and size.managed else None,
     )
 
 

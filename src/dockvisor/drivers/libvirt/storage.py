@@ -98,6 +98,21 @@ class StoragePool:
         fmt = ET.fromstring(self.volume(name).XMLDesc(0)).find("target/format")
         return fmt.get("type", "raw") if fmt is not None else "raw"
 
+    def free(self) -> int:
+        """Bytes the pool has free now."""
+        with libvirt_errors(f"reading the free space of storage pool {self.name}"):
+            with suppress(libvirt.libvirtError):  # refused while a volume is written
+                self.pool.refresh(0)
+            return int(self.pool.info()[3])
+
+    def grow(self, path: str, size: int) -> None:
+        """Make the volume at `path` `size` bytes long (its new end reads as zeros)."""
+        vol = self.volume_by_path(path)
+        if vol is None:
+            raise NotFound(f"no storage volume holds {path}")
+        with libvirt_errors(f"growing {path}"):
+            vol.resize(size, 0)
+
     def create_overlay(
         self, name: str, backing_path: str, backing_format: str, capacity: int
     ) -> str:
@@ -171,6 +186,24 @@ class StoragePool:
             except BaseException:
                 self.delete(name)
                 raise
+
+    def download(self, path: str, dest: Path, *, progress: Progress = no_progress) -> None:
+        """Copy the bytes of the volume at `path` into the local file `dest`."""
+        vol = self.volume_by_path(path)
+        if vol is None:
+            raise NotFound(f"no storage volume holds {path}")
+        size = int(vol.info()[2]) or 1  # allocation: what the file holds
+        with libvirt_errors(f"downloading {path}"), open(dest, "wb") as out:
+            stream = self._conn.newStream(0)
+            vol.download(stream, 0, 0, 0)
+            got = 0
+            while chunk := stream.recv(_CHUNK):
+                if isinstance(chunk, int):  # -2: would block (not on a blocking stream)
+                    continue
+                out.write(chunk)
+                got += len(chunk)
+                progress(f"reading {Path(path).name}", min(got / size, 1.0))
+            stream.finish()
 
     def add_config_drive(self, vm: str, drive: bytes | None, made: list[str], *,
                          send_content: bool = True) -> str | None:  # fmt: skip

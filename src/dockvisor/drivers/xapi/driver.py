@@ -16,17 +16,25 @@ for each call's rules; doc/content/xen-api/ for the wire):
   pool refuses (licence, no PV drivers, no DMC), the change is kept in the VM's
   other_config (`dockvisor-next-*`) and applied by dockvisor at the next start or reboot
   (static limits change only while halted), and reported as pending.
+- Disks (disks.py): a VM's disk size is its VDIs' virtual_size; a new VM's root VDI is
+  grown with `VDI.resize` before anything boots; `grow_disk` is `VDI.resize` on a halted
+  VM's disk and `VDI.resize_online` on a running one's, where the SR's storage manager
+  declares VDI_RESIZE / VDI_RESIZE_ONLINE (DISK_GROWTH / LIVE_DISK_GROWTH are the
+  default SR's); the room a disk needs is checked against its SR's free space first.
 - Snapshots: `VM.checkpoint` (with memory) for a running VM where the pool allows it,
   else `VM.snapshot` (disks). `VM.revert` hard-stops the VM and gives it the snapshot's
-  disks; dockvisor then resumes a checkpoint, or starts a VM whose snapshot was taken
-  running. Deleting a snapshot or a VM destroys their VDIs too (`VM.destroy` keeps them).
+  disks (clones of the snapshot's VDIs: a disk grown since is back at the snapshot's
+  size, which Snapshot.disk_size tells); dockvisor then resumes a checkpoint, or starts
+  a VM whose snapshot was taken running. Deleting a snapshot or a VM destroys their
+  VDIs too (`VM.destroy` keeps them).
 - A clone of a running VM is made from a snapshot (its disks cut at one instant), which
   is destroyed afterwards.
 - The Docker engine's address is the guest's IP as its Xen tools report it
   (`VM_guest_metrics.networks`); the engine identity reaches the guest on a config-drive
   VDI (the same ISO image as libvirt's, read-only, device 3), marked
   `dockvisor-config-drive` in the VDI's other_config.
-- dockvisor's own facts about a VM live in its other_config, keys `dockvisor-*`.
+- dockvisor's own facts about a VM or template live in its other_config, keys
+  `dockvisor-*` (a template's sizes and catalog origin as JSON).
 - int64 values are sent as strings, as XAPI's wire protocol says.
 """
 
@@ -35,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import ipaddress
+import json
 import logging
 import os
 import re
@@ -43,8 +52,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, fields, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -61,15 +71,28 @@ from dockvisor.domain.model import (
     ResizeResult,
     Snapshot,
     Template,
+    TemplateOrigin,
+    TemplateSizes,
     TemplateSpec,
     VMSpec,
 )
-from dockvisor.domain.sizes import MiB
-from dockvisor.domain.sizing import vcpu_ceiling
-from dockvisor.drivers.base import Progress, no_progress
-from dockvisor.drivers.disk_images import local_disk_format, local_disk_size
+from dockvisor.domain.sizes import MiB, format_size
+from dockvisor.domain.sizing import check_disk_growth, plan_disk, vcpu_ceiling
+from dockvisor.drivers.base import Progress, no_progress, replaces
+from dockvisor.drivers.disk_images import (
+    check_self_contained,
+    local_disk_format,
+    local_disk_size,
+)
 from dockvisor.drivers.registry import HostCredentials
 from dockvisor.drivers.xapi.connection import PoolConnection
+from dockvisor.drivers.xapi.disks import (
+    CONFIG_DRIVE_DEVICE,
+    K_CONFIG_DRIVE,
+    PoolStorage,
+    disk_size,
+    disks_of,
+)
 from dockvisor.drivers.xapi.errors import describe
 from dockvisor.drivers.xapi.events import NULL, PoolEvents, Record
 from dockvisor.drivers.xapi.tasks import cancel_task, decode_result, run_task
@@ -97,7 +120,6 @@ _POWER = {
     "Suspended": PowerState.PAUSED,
 }
 _BASE_TEMPLATE = "Other install media"
-_CONFIG_DRIVE_DEVICE = "3"
 _MAX_VCPUS_PER_VM = 64  # XenServer 8's supported maximum for one VM
 TOOLS_WAIT = 60.0  # seconds a call that needs the guest's tools waits for them
 
@@ -114,7 +136,8 @@ K_IMAGE = "dockvisor-image-key"
 K_NEXT_VCPUS = "dockvisor-next-vcpus"
 K_NEXT_MEMORY = "dockvisor-next-memory"
 K_TAKEN_RUNNING = "dockvisor-taken-running"
-K_CONFIG_DRIVE = "dockvisor-config-drive"
+K_SIZES = "dockvisor-sizes"  # a template's TemplateSizes, as JSON
+K_ORIGIN = "dockvisor-origin"  # a template's TemplateOrigin, as JSON
 
 
 def _int(value: object) -> int:
@@ -142,6 +165,7 @@ class XapiDriver:
         self._pool_ref, pool = self._one_pool()
         self._pool_uuid = str(pool.get("uuid", self._pool_ref))
         self._default_sr = str(pool.get("default_SR", NULL))
+        self._storage = PoolStorage(uri, self._call)
         self.capabilities = self._detect_capabilities(pool)
         self._host: tuple[float, HostInfo] | None = None
         self._events.on_sync.append(self.settle_lost_tasks)
@@ -209,7 +233,7 @@ class XapiDriver:
             caps |= c.MEMORY_SNAPSHOTS
         if str(restrictions.get("restrict_dmc", "false")).lower() == "true":
             caps &= ~c.LIVE_MEMORY
-        return caps
+        return caps | self._storage.growth(self._default_sr)
 
     def _require(self, capability: Capability, what: str) -> None:
         if capability not in self.capabilities:
@@ -219,7 +243,10 @@ class XapiDriver:
 
     def host_info(self) -> HostInfo:
         """The pool's size: every host's CPUs and memory added up (read at most every
-        30 s)."""
+        30 s); the free space of its default SR, read now."""
+        return replace(self._pool_facts(), storage_free=self._storage.free(self._default_sr))
+
+    def _pool_facts(self) -> HostInfo:
         if self._host is not None and time.monotonic() - self._host[0] < 30:
             return self._host[1]
         hosts = self._call("reading the pool's hosts", "host.get_all_records")
@@ -304,14 +331,6 @@ class XapiDriver:
         max_memory = _int(record["memory_static_max"])
         next_vcpus = _int(oc[K_NEXT_VCPUS]) if K_NEXT_VCPUS in oc else None
         next_memory = _int(oc[K_NEXT_MEMORY]) if K_NEXT_MEMORY in oc else None
-        disk = 0
-        for vbd_ref in record.get("VBDs") or []:
-            vbd = read("VBD", vbd_ref)
-            if vbd is None or vbd.get("type") != "Disk" or vbd.get("userdevice") == "3":
-                continue
-            vdi = read("VDI", vbd.get("VDI", NULL))
-            if vdi is not None and (vdi.get("other_config") or {}).get(K_CONFIG_DRIVE) != "true":
-                disk += _int(vdi.get("virtual_size", 0))
         mode = oc.get(K_DISK_MODE)
         return VM(
             name=str(record["name_label"]),
@@ -323,7 +342,7 @@ class XapiDriver:
             max_memory=max_memory,
             template=oc.get(K_TEMPLATE),
             disk_mode=DiskMode(mode) if mode in ("linked", "full") else None,
-            disk_size=disk,
+            disk_size=disk_size(record, read),
             pending_vcpus=next_vcpus,
             pending_max_vcpus=next_vcpus if next_vcpus and next_vcpus > max_vcpus else None,
             pending_memory=next_memory,
@@ -383,15 +402,19 @@ class XapiDriver:
 
     def _to_template(self, record: Record) -> Template:
         oc = record.get("other_config") or {}
+        port = oc.get(K_DOCKER_PORT)
         return Template(
             name=str(record["name_label"]),
             description=str(record.get("name_description", "")),
-            disk_size=self._to_vm(record, self._live).disk_size,
-            docker_ready=K_DOCKER_PORT in oc,
+            disk_size=disk_size(record, self._live),
+            docker_ready=port is not None,
             builtin=oc.get(K_BUILTIN) == "true",
             boots_kernel=False,
             created=_when(oc.get(K_CREATED)),
             image_key=oc.get(K_IMAGE),
+            sizes=_sizes(oc.get(K_SIZES)),
+            origin=_origin(oc.get(K_ORIGIN)),
+            docker_port=_int(port) if port is not None and str(port).isdigit() else None,
         )
 
     def list_templates(self) -> list[Template]:
@@ -408,15 +431,22 @@ class XapiDriver:
     def get_template(self, name: str) -> Template:
         return self._to_template(self._record(self._template_ref(name), "reading a template"))
 
-    def _check_new_name(self, name: str) -> None:
+    def _check_new_name(self, name: str, spec: TemplateSpec | None = None) -> str | None:
         """dockvisor keeps names unique on a pool among VMs and its templates (XAPI
-        itself does not)."""
+        itself does not). A template `spec` replaces (base.replaces) takes the name:
+        its ref is returned, to be destroyed once the new one is made."""
+        replaced = None
         for ref in self._call(f"looking up {name}", "VM.get_by_name_label", name):
             record = self._call(f"reading {name}", "VM.get_record", ref)
             oc = record.get("other_config") or {}
             if self._is_vm(record) or oc.get(K_IS_TEMPLATE) == "true":
+                builtin, origin = oc.get(K_BUILTIN) == "true", _origin(oc.get(K_ORIGIN))
+                if spec is not None and not self._is_vm(record) and replaces(spec, builtin, origin):
+                    replaced = str(ref)
+                    continue
                 kind = "VM" if self._is_vm(record) else "template"
                 raise AlreadyExists(f"a {kind} named {name!r} already exists on pool {self.uri}")
+        return replaced
 
     def register_template(self, spec: TemplateSpec, progress: Progress = no_progress) -> Template:
         if spec.kernel or spec.initrd:
@@ -426,7 +456,8 @@ class XapiDriver:
             )
         if not os.path.isfile(spec.disk):
             raise InvalidInput(f"template disk {spec.disk} is not a file on this machine")
-        self._check_new_name(spec.name)
+        check_self_contained(spec.disk, "the template's disk")
+        replaced = self._check_new_name(spec.name, spec)
         base = self._base_template()
         made_vm: str | None = None
         made_vdis: list[str] = []
@@ -446,6 +477,9 @@ class XapiDriver:
                 marks[K_DOCKER_PORT] = str(spec.docker_port)
             if spec.image_key:
                 marks[K_IMAGE] = spec.image_key
+            marks[K_SIZES] = json.dumps(asdict(spec.sizes), sort_keys=True)
+            if spec.origin is not None:
+                marks[K_ORIGIN] = json.dumps(asdict(spec.origin), sort_keys=True)
             for key, value in marks.items():
                 self._call(doing, "VM.add_to_other_config", made_vm, key, value)
             size = local_disk_size(spec.disk)
@@ -457,6 +491,8 @@ class XapiDriver:
         except BaseException:
             self._destroy_all(made_vm, made_vdis)
             raise
+        if replaced is not None:  # VMs made from it keep their disks (remove_template)
+            self._destroy_vm_and_disks(replaced, f"replacing template {spec.name}")
         progress("template registered", 1.0)
         return self.get_template(spec.name)
 
@@ -635,7 +671,7 @@ class XapiDriver:
             vdi = self._new_vdi(doing, "dockvisor config drive", size, {K_CONFIG_DRIVE: "true"})
             try:
                 self._put(drive.name, size, vdi, "raw", no_progress, (0.0, 1.0))
-                self._attach(doing, vm, vdi, device=_CONFIG_DRIVE_DEVICE, bootable=False,
+                self._attach(doing, vm, vdi, device=CONFIG_DRIVE_DEVICE, bootable=False,
                              read_only=True)  # fmt: skip
             except BaseException:
                 with contextlib.suppress(DockvisorError):
@@ -648,7 +684,7 @@ class XapiDriver:
         record = self._call(doing, "VM.get_record", vm)
         for vbd_ref in record.get("VBDs") or []:
             vbd = self._live("VBD", vbd_ref)
-            if vbd is None or vbd.get("userdevice") != _CONFIG_DRIVE_DEVICE:
+            if vbd is None or vbd.get("userdevice") != CONFIG_DRIVE_DEVICE:
                 continue
             vdi = str(vbd.get("VDI", NULL))
             self._call(doing, "VBD.destroy", vbd_ref)
@@ -663,6 +699,8 @@ class XapiDriver:
     def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
         self._check_new_name(spec.name)
         template = self._template_ref(spec.template)
+        grow_to = self._plan_root_disk(spec, self._call("reading a template", "VM.get_record",
+                                                        template))  # fmt: skip
         doing = f"creating VM {spec.name}"
         made: str | None = None
         try:
@@ -676,8 +714,9 @@ class XapiDriver:
                 made = run_task(self._conn, doing, "VM.copy", template, spec.name, NULL,
                                 progress=progress, share=(0.02, 0.5))  # fmt: skip
             assert made is not None
-            with contextlib.suppress(DockvisorError):
-                self._call(doing, "VM.remove_from_other_config", made, K_IS_TEMPLATE)
+            for key in (K_IS_TEMPLATE, K_SIZES, K_ORIGIN):  # the template's own facts
+                with contextlib.suppress(DockvisorError):
+                    self._call(doing, "VM.remove_from_other_config", made, key)
             for key, value in {
                 K_MANAGED: "true",
                 K_TEMPLATE: spec.template,
@@ -689,6 +728,10 @@ class XapiDriver:
             progress("provisioning", 0.55)
             run_task(self._conn, doing, "VM.provision", made, progress=progress,
                      share=(0.55, 0.8))  # fmt: skip
+            if grow_to is not None:
+                progress("growing the disk", 0.8)
+                root, _ = disks_of(self._call(doing, "VM.get_record", made), self._live)[0]
+                run_task(self._conn, doing, "VDI.resize", root, str(grow_to))
             progress("sizing", 0.85)
             self._size_halted(doing, made, spec.vcpus, spec.max_vcpus, spec.memory,
                               spec.max_memory)  # fmt: skip
@@ -701,6 +744,33 @@ class XapiDriver:
             raise
         progress("created", 1.0)
         return vm
+
+    def _plan_root_disk(self, spec: VMSpec, template: Record) -> int | None:
+        """The size the new VM's root disk is grown to (None: it keeps the template's),
+        with the room and the storage's leave checked before anything is made."""
+        disks = disks_of(template, self._live)
+        if not disks:
+            if spec.disk_size is not None:
+                raise Unsupported(f"template {spec.template!r} has no disk to size")
+            return None
+        _, root = disks[0]
+        current = _int(root.get("virtual_size", 0))
+        oc = template.get("other_config") or {}
+        size = plan_disk(spec.template, current, _sizes(oc.get(K_SIZES)).default_disk,
+                         spec.disk_size)  # fmt: skip
+        sr = str(root.get("SR", NULL))
+        self._storage.check_room(sr, size, f"a {format_size(size)} disk for VM {spec.name!r}")
+        if size <= current:
+            return None
+        if "VDI_RESIZE" not in self._storage.features(sr):
+            if spec.disk_size is None:  # the template's default size: its disk's will do
+                return None
+            raise Unsupported(
+                f"pool {self.uri}: the storage of template {spec.template!r} cannot grow "
+                f"disks (its storage manager lacks VDI_RESIZE): its VMs have its "
+                f"{format_size(current)} disk"
+            )
+        return size
 
     def _size_halted(
         self, doing: str, vm: str, vcpus: int, max_vcpus: int, memory: int, max_memory: int
@@ -822,8 +892,47 @@ class XapiDriver:
             self._destroy_vm_and_disks(str(snap), doing)
         self._destroy_vm_and_disks(ref, doing)
 
+    def export_template(self, name: str, into: Path, progress: Progress = no_progress
+                        ) -> TemplateSpec:  # fmt: skip
+        raise Unsupported(f"{self.uri}: exporting a template's disk is not implemented for XAPI")
+
     def grow_disk(self, name: str, size: int) -> VM:
-        raise Unsupported(f"{self.uri}: growing disks is not implemented for XAPI yet")
+        """`VDI.resize` on a halted VM's root disk, `VDI.resize_online` on a running or
+        paused one's (disks.py says what the SR must allow and hold). A suspended VM is
+        refused: its saved memory describes the disk as it was."""
+        ref = self._vm_ref(name)
+        record = self._record(ref)
+        label = str(record["name_label"])
+        if (record.get("other_config") or {}).get(K_MANAGED) != "true":
+            raise Unsupported(f"VM {label!r} was not created by dockvisor; its disk is not ours")
+        disks = disks_of(record, self._live)
+        if not disks:
+            raise Unsupported(f"VM {label!r} has no disk to grow")
+        vdi, root = disks[0]
+        growth = check_disk_growth(label, _int(root.get("virtual_size", 0)), size)
+        if not growth:
+            return self._to_vm(record, self._live)
+        sr = str(root.get("SR", NULL))
+        self._storage.check_room(sr, growth, f"growing the disk of VM {label!r}")
+        state = str(record["power_state"])
+        if state == "Suspended":
+            raise BadPowerState(f"VM {label!r} is suspended; resume or stop it to grow its disk")
+        live = state != "Halted"
+        features = self._storage.features(sr)
+        if "VDI_RESIZE" not in features:
+            raise Unsupported(
+                f"pool {self.uri}: the storage of VM {label!r} cannot grow disks (its storage "
+                "manager lacks VDI_RESIZE)"
+            )
+        if live and "VDI_RESIZE_ONLINE" not in features:
+            raise Unsupported(
+                f"pool {self.uri}: the storage of VM {label!r} grows disks only while the VM "
+                "is stopped (its storage manager lacks VDI_RESIZE_ONLINE): stop it first"
+            )
+        doing = f"growing the disk of VM {label} to {format_size(size)}"
+        run_task(self._conn, doing, "VDI.resize_online" if live else "VDI.resize", vdi, str(size))
+        self._events.remember("vdi", vdi, self._call(doing, "VDI.get_record", vdi))
+        return self._to_vm(self._record(ref), self._live)
 
     def set_resources(
         self, name: str, *, vcpus: int | None = None, memory: int | None = None
@@ -947,6 +1056,7 @@ class XapiDriver:
             current=names.get(current) == record["name_label"],
             vcpus=_int(record["VCPUs_at_startup"]),
             memory=_int(record["memory_dynamic_max"]),
+            disk_size=disk_size(record, self._live),
         )
 
     def _snapshot_ref(self, ref: str, vm_name: str, snapshot: str) -> tuple[str, Record]:
@@ -1137,6 +1247,31 @@ class XapiDriver:
 
     def open_console(self, name: str, kind: ConsoleKind) -> socket.socket:
         raise Unsupported(f"pool {self.uri}: consoles of XAPI VMs are not offered yet")
+
+
+_SIZE_FIELDS = {f.name for f in fields(TemplateSizes)}
+_ORIGIN_FIELDS = [f.name for f in fields(TemplateOrigin)]
+
+
+def _sizes(text: str | None) -> TemplateSizes:
+    """A template's sizes from its other_config (what is absent or unreadable: unsaid)."""
+    try:
+        data = json.loads(text or "{}")
+        return TemplateSizes(**{k: v for k, v in data.items() if k in _SIZE_FIELDS})
+    except (ValueError, TypeError, AttributeError):
+        log.warning("xapi.template-sizes-unreadable", extra={"value": text})
+        return TemplateSizes()
+
+
+def _origin(text: str | None) -> TemplateOrigin | None:
+    if not text:
+        return None
+    try:
+        data = json.loads(text)
+        return TemplateOrigin(**{k: str(data[k]) for k in _ORIGIN_FIELDS})
+    except (ValueError, TypeError, KeyError, AttributeError):
+        log.warning("xapi.template-origin-unreadable", extra={"value": text})
+        return None
 
 
 def _xapi_words(exc: DockvisorError) -> str:

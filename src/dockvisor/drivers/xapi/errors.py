@@ -51,6 +51,10 @@ _KINDS: dict[str, type[errors.DockvisorError]] = {
     # What a full SR answers in practice: the storage manager's error 44, "There is
     # insufficient space" (xapi-project/sm, XE_SR_ERRORCODES.xml; xapi's sm_exec.ml).
     "SR_BACKEND_FAILURE_44": errors.OutOfCapacity,
+    # The storage manager's VDISize, error 79 ("VDI Invalid size"): a disk asked
+    # smaller than it is, or beyond the largest VHD (xapi-project/sm LVHDSR.py and
+    # FileSR.py resize, vhdutil.py validate_and_round_vhd_size).
+    "SR_BACKEND_FAILURE_79": errors.InvalidInput,
     "HOST_NOT_ENOUGH_FREE_MEMORY": errors.OutOfCapacity,
     "HOST_NOT_ENOUGH_PCPUS": errors.OutOfCapacity,
     "SESSION_AUTHENTICATION_FAILED": errors.HypervisorUnreachable,

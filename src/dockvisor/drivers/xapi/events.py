@@ -8,10 +8,10 @@ longer say what changed since a token, it answers EVENTS_LOST: the cache is then
 again from an empty token, and VMs missing from the new picture count as deleted.
 
 The follower runs on a session of its own (a blocking call would hold the driver's), and
-calls `on_vm(vm_uuid, what)` for each VM whose record, metrics or guest metrics changed,
-so dockvisor's inventory follows the pool within a second. The driver writes what it
-changed itself into the cache at once (read your own writes), and marks VMs it destroyed
-so that an older event still in flight does not bring them back.
+calls `on_vm(vm_uuid, what)` for each VM whose record, metrics, guest metrics or disks
+(a VDI resized) changed, so dockvisor's inventory follows the pool within a second. The
+driver writes what it changed itself into the cache at once (read your own writes), and
+marks VMs it destroyed so that an older event still in flight does not bring them back.
 """
 
 from __future__ import annotations
@@ -136,6 +136,9 @@ class PoolEvents:
         elif cls in ("vm_metrics", "vm_guest_metrics"):
             field = "metrics" if cls == "vm_metrics" else "guest_metrics"
             vm = next((v for v in self._records["vm"].values() if v.get(field) == ref), None)
+        elif cls == "vdi":  # a disk of a VM (through its VBD) changed: its size
+            owners = (b.get("VM") for b in self._records["vbd"].values() if b.get("VDI") == ref)
+            vm = next((v for o in owners if (v := self._records["vm"].get(str(o)))), None)
         else:
             return None
         if vm is None or vm.get("is_a_template") or vm.get("is_control_domain"):
