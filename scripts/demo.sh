@@ -78,15 +78,18 @@ for old in demo demo-clone; do
     as_admin vm show "$old" >/dev/null 2>&1 && as_admin vm rm --force "$old" >/dev/null
 done
 
-say "The admin gives the developer a sandbox budget: a resource set of 2 VMs, 4 vCPUs, 4 GiB"
+say "The admin gives the developer a sandbox budget: a resource set of 2 VMs, 4 vCPUs, 4 GiB, 12 GiB of disk"
+BUDGET='{"name": "sandbox", "limits": {"vms": 2, "vcpus": 4, "memory": 4294967296, "disk": 12884901888}, "templates": ["docker-ready"], "host_ids": [1], "subjects": ["user:developer"]}'
 SET=$(api "$URL/api/v1/resource-sets" | python3 -c 'import json,sys; print(next((s["id"] for s in json.load(sys.stdin) if s["name"]=="sandbox"), ""))')
 if [ -z "$SET" ]; then
-    SET=$(api -X POST "$URL/api/v1/resource-sets" -d '{"name": "sandbox", "limits": {"vms": 2, "vcpus": 4, "memory": 4294967296}, "templates": ["docker-ready"], "host_ids": [1], "subjects": ["user:developer"]}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+    SET=$(api -X POST "$URL/api/v1/resource-sets" -d "$BUDGET" | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+else
+    api -X PUT "$URL/api/v1/resource-sets/$SET" -d "$BUDGET" >/dev/null
 fi
 echo "resource set 'sandbox' is #$SET"
 
-say "The developer, through the API, creates a Docker-ready VM of exactly 2 vCPUs and 1 GiB"
-run as_dev vm create demo --resource-set "$SET" --vcpus 2 --memory 1GiB --max-vcpus 4 --max-memory 2GiB
+say "The developer, through the API, creates a Docker-ready VM of exactly 2 vCPUs, 1 GiB and a 6 GiB disk"
+run as_dev vm create demo --resource-set "$SET" --vcpus 2 --memory 1GiB --max-vcpus 4 --max-memory 2GiB --disk 6GiB
 run as_dev vm list
 
 say "Runs a container in it with dockvisor (the engine speaks only mutual TLS)"
@@ -112,14 +115,15 @@ say "Clones it for another test (within the budget)"
 run as_dev vm clone demo demo-clone
 say "A third VM does not fit the budget"
 try as_dev vm create third --resource-set "$SET" --vcpus 1 --memory 512MiB
-say "Growing the VM is the developer's, within the budget: with the clone, 3 vCPUs do not fit"
+say "Growing the VM is the developer's, within the budget: with the clone, 3 vCPUs do not fit, nor 8 GiB of disk"
 try as_dev vm set demo --vcpus 3
+try as_dev vm set demo --disk 8GiB
 say "Deleting is not part of the Developer role"
 try as_dev vm rm demo-clone
 say "The admin deletes the clone; now the developer grows the VM live"
 run as_admin vm rm demo-clone
-run as_dev vm set demo --vcpus 3 --memory 1536MiB
-run docker run --rm busybox:latest sh -c 'echo "vCPUs: $(nproc)"; grep MemTotal /proc/meminfo'
+run as_dev vm set demo --vcpus 3 --memory 1536MiB --disk 8GiB
+run docker run --rm busybox:latest sh -c 'echo "vCPUs: $(nproc)"; grep MemTotal /proc/meminfo; df -h / | tail -1'
 say "A viewer of the VM sees its containers and can change none of them"
 newpass | dockvisor user create viewer --password-stdin >/dev/null 2>&1 || true  # once
 VIEW_TOKEN=$(dockvisor --json token create "demo-$RANDOM" --user viewer | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')

@@ -1,7 +1,7 @@
 """A VM's disk as a resource, through the `dockvisor` command on qemu:///system with a
 real guest: chosen at create, seen by the guest, grown live (seen at once by `df` in a
-container, without a reboot), cloned at its grown size, never shrunk, and returned to a snapshot's size by a
-revert (guest filesystem included)."""
+container, without a reboot), cloned at its grown size, never shrunk, and returned to
+a snapshot's size by a revert (guest filesystem included)."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def test_bad_disk_sizes_leave_nothing(unique_name: str) -> None:
     name = unique_name
     small = dv_error("vm", "create", name, "--vcpus", "1", "--memory", "1GiB",
                      "--disk", "1GiB", code=2)  # fmt: skip
-    assert "smaller than template 'docker-ready'" in small and "2GiB" in small
+    assert "smaller than the 2GiB disk of template 'docker-ready'" in small
     unitless = dv_error("vm", "create", name, "--vcpus", "1", "--memory", "1GiB",
                         "--disk", "4", code=2)  # fmt: skip
     assert "needs a unit" in unitless

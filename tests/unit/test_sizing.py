@@ -1,8 +1,17 @@
+from dataclasses import replace
+
 import pytest
 
-from dockvisor.domain.model import Capability, HostInfo
+from dockvisor.domain.model import Capability, HostInfo, Template, TemplateSizes
 from dockvisor.domain.sizes import GiB, MiB
-from dockvisor.domain.sizing import SizeRequest, check_resize, plan_size
+from dockvisor.domain.sizing import (
+    SizeRequest,
+    check_disk_growth,
+    check_resize,
+    check_storage_room,
+    plan_size,
+    plan_vm,
+)
 from dockvisor.errors import InvalidInput, OutOfCapacity
 
 HOST = HostInfo(
@@ -104,3 +113,47 @@ def test_resize_checks_each_given_value():
         check_resize(HOST, vcpus=None, memory=100 * MiB)
     with pytest.raises(InvalidInput):
         check_resize(HOST, vcpus=0, memory=GiB)
+
+
+# -- a new VM's whole plan: defaults, minimums, disk -----------------------------------
+
+TEMPLATE = Template(
+    name="docker-ready", description="", disk_size=2 * GiB, docker_ready=True, builtin=True,
+    boots_kernel=True, sizes=TemplateSizes(min_vcpus=1, min_memory=256 * MiB, default_vcpus=2,
+                                           default_memory=1 * GiB, default_disk=4 * GiB),
+)  # fmt: skip
+ROOMY = replace(HOST, storage_free=100 * GiB)
+
+
+def test_what_is_not_given_is_the_templates_default():
+    plan = plan_vm(ROOMY, TEMPLATE, vcpus=None, memory=None)
+    assert (plan.size.vcpus, plan.size.memory, plan.disk) == (2, 1 * GiB, 4 * GiB)
+    plan = plan_vm(ROOMY, TEMPLATE, vcpus=1, memory=512 * MiB, disk=3 * GiB)
+    assert (plan.size.vcpus, plan.size.memory, plan.disk) == (1, 512 * MiB, 3 * GiB)
+    bare = replace(TEMPLATE, sizes=TemplateSizes())
+    assert plan_vm(ROOMY, bare, vcpus=1, memory=GiB).disk == 2 * GiB, "else its own disk"
+    with pytest.raises(InvalidInput, match="say how much vCPUs: template 'docker-ready' has no"):
+        plan_vm(ROOMY, bare, vcpus=None, memory=GiB)
+
+
+def test_a_vm_below_its_templates_needs_is_refused():
+    with pytest.raises(InvalidInput, match="needs at least 256MiB of memory"):
+        plan_vm(ROOMY, TEMPLATE, vcpus=1, memory=128 * MiB)
+    with pytest.raises(InvalidInput, match="smaller than the 2GiB disk of template 'docker-ready'"):
+        plan_vm(ROOMY, TEMPLATE, vcpus=1, memory=GiB, disk=1 * GiB)
+    with pytest.raises(InvalidInput, match="whole number of MiB"):
+        plan_vm(ROOMY, TEMPLATE, vcpus=1, memory=GiB, disk=3 * GiB + 1)
+
+
+def test_a_disk_the_storage_cannot_hold_is_refused():
+    small = replace(HOST, storage_free=3 * GiB)
+    with pytest.raises(OutOfCapacity, match="storage has 3GiB free; this needs 4GiB more"):
+        plan_vm(small, TEMPLATE, vcpus=1, memory=GiB)
+    check_storage_room(replace(HOST, storage_free=None), 10**15)  # it does not say: no check
+
+
+def test_disks_only_grow():
+    assert check_disk_growth("web", 4 * GiB, 6 * GiB) == 2 * GiB
+    assert check_disk_growth("web", 4 * GiB, 4 * GiB) == 0
+    with pytest.raises(InvalidInput, match="'web' has a 4GiB disk; disks can only grow"):
+        check_disk_growth("web", 4 * GiB, 3 * GiB)

@@ -327,8 +327,12 @@ class CleanSnapshot(Strict):
 class VmCreate(Strict):
     name: str = Field(pattern=NAME)
     template: str = Field(default="docker-ready", pattern=NAME)
-    vcpus: int = Field(ge=1, le=1024)
-    memory: int = Field(ge=1, le=MAX_BYTES, description="Bytes")
+    vcpus: int | None = Field(
+        default=None, ge=1, le=1024, description="Default: the template's default vCPUs"
+    )
+    memory: int | None = Field(
+        default=None, ge=1, le=MAX_BYTES, description="Bytes; default: the template's default"
+    )
     max_vcpus: int | None = Field(default=None, ge=1, le=1024)
     max_memory: int | None = Field(default=None, ge=1, le=MAX_BYTES)
     disk: int | None = Field(

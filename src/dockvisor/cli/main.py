@@ -350,8 +350,8 @@ def vm() -> None:
 @vm.command("create")
 @click.argument("name")
 @click.option("--template", "template_name", default="docker-ready", show_default=True)
-@click.option("--vcpus", type=int, required=True, help="vCPUs to boot with.")
-@click.option("--memory", required=True, help="Memory, e.g. 1GiB, 512MiB, 1.5G.")
+@click.option("--vcpus", type=int, help="vCPUs to boot with [the template's default].")
+@click.option("--memory", help="Memory, e.g. 1GiB, 512MiB, 1.5G [the template's default].")
 @click.option("--max-vcpus", type=int, help="Most vCPUs it can grow to live [2 x vcpus].")
 @click.option("--max-memory", help="Most memory it can grow to live [2 x memory].")
 @click.option("--disk", help="Root disk size, e.g. 20GiB [the template's default].")
@@ -370,11 +370,12 @@ def vm() -> None:
     help="With --server: the host (id, see `host list`) to create it on [the first].",
 )
 @pass_ctx
-def vm_create(ctx: Context, name: str, template_name: str, vcpus: int, memory: str,
+def vm_create(ctx: Context, name: str, template_name: str, vcpus: int | None,
+              memory: str | None,
               max_vcpus: int | None, max_memory: str | None, disk: str | None, full: bool,
               no_start: bool, resource_set: int | None, host_id: int | None) -> None:  # fmt: skip
     """Create a VM from a template, boot it and wait for its Docker engine."""
-    memory_bytes = parse_size(memory, what="memory")
+    memory_bytes = _size(memory, "memory")
     max_memory_bytes = _size(max_memory, "max memory")
     with ctx.progress(f"create {name}") as bar:
         created = ctx.backend.create_vm(

@@ -23,6 +23,7 @@ __all__ = [
     "check_template_minimums",
     "plan_disk",
     "plan_size",
+    "plan_vm",
 ]
 
 MIN_MEMORY = 128 * MiB
@@ -108,6 +109,40 @@ def _check_memory(host: HostInfo, size: int, what: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class VmPlan:
+    """A new VM's size: vCPUs and memory with their room to grow, and its disk."""
+
+    size: SizeRequest
+    disk: int
+
+
+def plan_vm(
+    host: HostInfo,
+    template: Template,
+    *,
+    vcpus: int | None,
+    memory: int | None,
+    max_vcpus: int | None = None,
+    max_memory: int | None = None,
+    disk: int | None = None,
+) -> VmPlan:
+    """Check a new VM's size against the host and its template; what is not given is
+    the template's default (vCPUs, memory: its publisher's; disk: its default, else its
+    own disk's size). Raises InvalidInput or OutOfCapacity naming what does not fit."""
+    vcpus = vcpus if vcpus is not None else template.sizes.default_vcpus
+    memory = memory if memory is not None else template.sizes.default_memory
+    if vcpus is None or memory is None:
+        missing = "vCPUs" if vcpus is None else "memory"
+        raise InvalidInput(f"say how much {missing}: template {template.name!r} has no default")
+    size = plan_size(host, vcpus=vcpus, memory=memory, max_vcpus=max_vcpus,
+                     max_memory=max_memory)  # fmt: skip
+    check_template_minimums(template, vcpus=vcpus, memory=memory)
+    planned = plan_disk(template.name, template.disk_size, template.sizes.default_disk, disk)
+    check_storage_room(host, planned)
+    return VmPlan(size, planned)
+
+
 def check_template_minimums(template: Template, *, vcpus: int, memory: int) -> None:
     """InvalidInput if a VM of this size is below what `template` says its VMs need."""
     need = template.sizes
@@ -136,8 +171,8 @@ def plan_disk(template: str, template_disk: int, default_disk: int | None,
     _check_disk_unit(size, "a disk")
     if size < template_disk:
         raise InvalidInput(
-            f"a {format_size(size)} disk is smaller than template {template!r}'s "
-            f"{format_size(template_disk)}; give at least {format_size(template_disk)}"
+            f"a {format_size(size)} disk is smaller than the {format_size(template_disk)} "
+            f"disk of template {template!r}; give at least {format_size(template_disk)}"
         )
     return size
 

@@ -30,9 +30,7 @@ from dockvisor.domain.sizing import (
     check_disk_growth,
     check_resize,
     check_storage_room,
-    check_template_minimums,
-    plan_disk,
-    plan_size,
+    plan_vm,
 )
 from dockvisor.drivers.base import HypervisorDriver
 from dockvisor.errors import (
@@ -296,8 +294,8 @@ class Operations:
         *,
         name: str,
         template: str,
-        vcpus: int,
-        memory: int,
+        vcpus: int | None = None,
+        memory: int | None = None,
         max_vcpus: int | None = None,
         max_memory: int | None = None,
         disk: int | None = None,
@@ -319,13 +317,10 @@ class Operations:
                     pool_id=pool_id,
                 )
             driver = self.hosts.driver(host_id)
-            host = driver.host_info()
-            size = plan_size(host, vcpus=vcpus, memory=memory, max_vcpus=max_vcpus,
-                             max_memory=max_memory)  # fmt: skip
             tmpl = driver.get_template(template)
-            check_template_minimums(tmpl, vcpus=vcpus, memory=memory)
-            disk = plan_disk(template, tmpl.disk_size, tmpl.sizes.default_disk, disk)
-            check_storage_room(host, disk)
+            plan = plan_vm(driver.host_info(), tmpl, vcpus=vcpus, memory=memory,
+                           max_vcpus=max_vcpus, max_memory=max_memory, disk=disk)  # fmt: skip
+            size = plan.size
             row = VmRow(
                 id=str(uuid.uuid4()),
                 host_id=host_id,
@@ -339,7 +334,7 @@ class Operations:
                 max_vcpus=size.max_vcpus,
                 memory=size.memory,
                 max_memory=size.max_memory,
-                disk=disk,
+                disk=plan.disk,
                 docker_ready=tmpl.docker_ready,
                 managed=True,
                 updated=datetime.now(UTC),

@@ -27,9 +27,7 @@ from dockvisor.domain.sizing import (
     check_disk_growth,
     check_resize,
     check_storage_room,
-    check_template_minimums,
-    plan_disk,
-    plan_size,
+    plan_vm,
 )
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout
@@ -115,8 +113,8 @@ def create_vm_from_template(
     *,
     name: str,
     template: str,
-    vcpus: int,
-    memory: int,
+    vcpus: int | None = None,
+    memory: int | None = None,
     max_vcpus: int | None = None,
     max_memory: int | None = None,
     disk: int | None = None,
@@ -127,18 +125,15 @@ def create_vm_from_template(
     engines: EngineAccess | None = None,
 ) -> VM:
     """Create a VM of exactly `vcpus` and `memory` from `template`, with a root disk of
-    `disk` bytes (the template's default if None), start it, and wait for its Docker
-    engine. A Docker-ready template's VM gets an engine certificate of its own on its
+    `disk` bytes (what is not given: the template's default), start it, and wait for
+    its Docker engine. A Docker-ready template's VM gets an engine certificate of its own on its
     config drive. If any step fails, the VM and its disks are removed."""
     engines = engines or EngineAccess.default()
     validate_vm_name(name)
-    host = driver.host_info()
-    size = plan_size(host, vcpus=vcpus, memory=memory, max_vcpus=max_vcpus,
-                     max_memory=max_memory)  # fmt: skip
     tmpl = driver.get_template(template)
-    check_template_minimums(tmpl, vcpus=vcpus, memory=memory)
-    disk = plan_disk(template, tmpl.disk_size, tmpl.sizes.default_disk, disk)
-    check_storage_room(host, disk)
+    plan = plan_vm(driver.host_info(), tmpl, vcpus=vcpus, memory=memory, max_vcpus=max_vcpus,
+                   max_memory=max_memory, disk=disk)  # fmt: skip
+    size = plan.size
     docker_ready = tmpl.docker_ready
     spec = VMSpec(
         name=name,
@@ -149,7 +144,7 @@ def create_vm_from_template(
         max_memory=size.max_memory,
         disk_mode=DiskMode.FULL if full else DiskMode.LINKED,
         guest=engines.guest_config(name) if docker_ready else None,
-        disk_size=disk,
+        disk_size=plan.disk,
     )
     vm = driver.create_vm(spec, progress=_scaled(progress, 0.0, 0.15))
     if not start:
