@@ -6,6 +6,7 @@ compress it), serves the directory with the tests' static server (tests/catalog/
 os.sendfile) in a process of its own, then times in turn `curl -s -o OUT URL` and
 CatalogClient.download into a fresh directory (from zero each time, checking size and
 SHA-256 included) and prints both rates in MiB/s, best and median, and their ratio.
+Each timed run starts after os.sync(), so no earlier file is written back meanwhile.
 Target: dockvisor at least 0.8 of curl's rate (medians). Needs curl on PATH.
 
 Usage: .venv/bin/python bench/catalog.py [--size-mib N] [--runs N]
@@ -143,6 +144,7 @@ def main() -> int:
                     (dockvisor, partial(timed_dockvisor, client, file, root / "pull")),
                 ]
                 for times, step in steps if run % 2 == 0 else steps[::-1]:
+                    os.sync()  # no writeback of earlier files during the timed run
                     times.append(step())
                 print(
                     f"run {run + 1}: curl {curl[-1][0]:.2f} s ({curl[-1][1]:.2f} s CPU), "

@@ -294,7 +294,12 @@ def template_list(click_ctx: click.Context) -> None:
     templates = ctx.backend.templates()
     newer = catalog_cmds.newer_versions(click_ctx, templates)
     data = [{**render.to_data(t), "newer_version": newer.get(t.name)} for t in templates]
-    ctx.emit(data, lambda: render.template_rows(templates, newer))
+    note = (
+        "\nNEWER: what each catalog offered at its last fetch (`template search` fetches again)"
+        if any(t.origin for t in templates)
+        else ""
+    )
+    ctx.emit(data, lambda: render.template_rows(templates, newer) + note)
 
 
 @template.command("add")
