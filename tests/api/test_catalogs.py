@@ -112,7 +112,7 @@ def test_a_corrupt_download_registers_nothing(server: Server, catalog: Catalog) 
     assert task["error_code"] == "catalog-error"
     assert "acme" in task["error"] and "disk.qcow2" in task["error"], task["error"]
     assert "tiny" not in templates(admin)
-    assert not list(downloads_dir("acme").glob("*")), "a download that does not verify is removed"
+    assert not list(downloads_dir("acme").iterdir()), "a download that does not verify is removed"
 
 
 def test_a_disk_that_names_a_host_file_is_refused(
@@ -131,7 +131,7 @@ def test_a_disk_that_names_a_host_file_is_refused(
     assert task["error_code"] == "catalog-error"
     assert "backing file" in task["error"] and "acme" in task["error"], task["error"]
     assert "tiny" not in templates(admin)
-    assert not list(downloads_dir("acme").glob("*"))
+    assert not list(downloads_dir("acme").iterdir())
 
 
 def test_catalog_refusals(server: Server, catalog: Catalog, tmp_path: Path) -> None:

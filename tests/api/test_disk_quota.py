@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from dockvisor.domain.sizes import GiB, MiB
+from dockvisor.errors import Busy
 from tests.api.conftest import Server
 from tests.api.test_quotas import VM_MEMORY, grant, make_set, refused, run, usage
 
@@ -148,9 +149,11 @@ def test_growing_a_disk_outside_any_set_takes_allocation_on_the_host(server: Ser
     assert dev.get(f"/vms/{vm['id']}").json()["disk"] == 128 * MiB
 
 
-def test_a_revert_returns_the_disk_to_the_snapshots_size_and_gives_back_quota(
+def grown_since_snapshot(
     server: Server,
-) -> None:
+) -> tuple[httpx.Client, httpx.Client, dict[str, Any], dict[str, Any]]:
+    """A running VM of a set with a snapshot "small" at 128MiB, grown since to 512MiB:
+    the admin's and the developer's clients, the set and the VM."""
     admin = server.client("admin")
     server.add_user("dev")
     dev = server.client("dev")
@@ -158,6 +161,13 @@ def test_a_revert_returns_the_disk_to_the_snapshots_size_and_gives_back_quota(
     vm = create(server, dev, "box", team["id"], 128 * MiB, start=True)
     run(server, dev, dev.post(f"/vms/{vm['id']}/snapshots", json={"name": "small"}))
     run(server, dev, grow(dev, vm["id"], 512 * MiB))
+    return admin, dev, team, vm
+
+
+def test_a_revert_returns_the_disk_to_the_snapshots_size_and_gives_back_quota(
+    server: Server,
+) -> None:
+    admin, dev, team, vm = grown_since_snapshot(server)
     assert usage(admin, team["id"])["disk"] == 512 * MiB
     snaps = dev.get(f"/vms/{vm['id']}/snapshots").json()
     assert [s["disk_size"] for s in snaps] == [128 * MiB]
@@ -166,3 +176,43 @@ def test_a_revert_returns_the_disk_to_the_snapshots_size_and_gives_back_quota(
     assert dev.get(f"/vms/{vm['id']}").json()["disk"] == 128 * MiB
     assert server.cp.hosts.driver(1).get_vm(vm["name"]).disk_size == 128 * MiB
     assert usage(admin, team["id"])["disk"] == 128 * MiB
+
+
+def test_a_delegate_of_one_vm_cannot_spend_the_sets_disk(server: Server) -> None:
+    """Developer on one VM of a set, without the right to allocate in the set: growing
+    its disk would take the set's quota from its subjects, like memory beyond the VM's
+    maximum (refused too)."""
+    admin = server.client("admin")
+    server.add_user("dev")
+    server.add_user("guest")
+    team = make_set(admin, "team", disk=1 * GiB)
+    vm = create(server, server.client("dev"), "shared", team["id"], None)
+    grant(admin, "user:guest", f"/vms/{vm['id']}", "Developer")
+    guest = server.client("guest")
+    detail = refused(grow(guest, vm["id"], 512 * MiB), 403, "forbidden")
+    assert "may not allocate in the resource set" in detail
+    assert usage(admin, team["id"])["disk"] == TEMPLATE_DISK
+
+
+def test_a_revert_refused_as_busy_never_lowered_the_sets_usage(server: Server) -> None:
+    """A revert to a smaller snapshot gives its room back once it has happened, not when
+    it is asked for: a request refused because the VM is busy holds no decrease, even
+    for an instant (creates in that instant would overrun the set)."""
+    admin, dev, team, vm = grown_since_snapshot(server)
+    seen: list[int] = []
+    tasks = server.cp.ops.tasks
+    submit = tasks.submit
+
+    def busy(**kwargs: Any) -> Any:
+        seen.append(usage(admin, team["id"])["disk"])  # what the set shows meanwhile
+        raise Busy("the VM is busy")
+
+    tasks.submit = busy  # type: ignore[method-assign]
+    try:
+        refused(dev.post(f"/vms/{vm['id']}/snapshots/small/revert"), 409, "busy")
+    finally:
+        tasks.submit = submit  # type: ignore[method-assign]
+    assert seen == [512 * MiB], "the set never showed the snapshot's smaller disk"
+    assert usage(admin, team["id"])["disk"] == 512 * MiB
+    run(server, dev, dev.post(f"/vms/{vm['id']}/snapshots/small/revert"))
+    assert usage(admin, team["id"])["disk"] == 128 * MiB, "given back once reverted"

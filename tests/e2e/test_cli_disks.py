@@ -42,7 +42,11 @@ def test_disk_chosen_grown_live_refused_smaller_and_reverted(unique_name: str) -
         assert low < size <= high, f"the guest's filesystem fills the 4GiB disk: {size}"
 
         dv("vm", "snapshot", name, "small")
+        free = dv("host")["storage_free"]
         grown = dv("vm", "set", name, "--disk", "6GiB")
+        # The pool's free space counts what thin disks may still grow into: a growth
+        # takes its room at once, though nothing was written.
+        assert dv("host")["storage_free"] <= free - 2 * GiB + 64 * 1024**2
         assert grown["applied"] == {"disk": 6 * GiB}
         size, boot_after = filesystem(engine)
         low, high = about(6 * GiB)

@@ -236,3 +236,24 @@ def test_the_audit_page_filters_in_the_database(web: Server) -> None:
     page = client.get("/audit", params={"actor": "HAL", "action": "log"}).text
     logins = re.findall(r"<td>(hal)</td><td>(login)</td>", page)
     assert len(logins) == 2
+
+
+def test_the_resize_form_sent_back_as_shown_changes_no_size(web: Server) -> None:
+    """The form shows sizes rounded to a tenth (4.5GiB for 4567MiB): sent back with only
+    the vCPUs changed, it must not grow the disk to 4.5GiB (nor refuse to shrink it)."""
+    web.add_user("ann", role="Admin", password="ann-password-1")
+    admin = web.client("ann")
+    made = admin.post("/vms", json={"name": "odd", "vcpus": 1, "memory": 512 * 1024**2,
+                                    "disk": 4567 * 1024**2, "start": False})  # fmt: skip
+    task = web.wait(admin, made.json())
+    vm = str(task["object_id"])
+    client, csrf = sign_in(web, "ann", "ann-password-1")
+    answer = client.post(
+        f"/ui/vms/{vm}/resize",
+        data={"vcpus": "2", "memory": "512MiB", "disk": "4.5GiB"},
+        headers={"HX-Request": "true", "X-CSRF-Token": csrf},
+    )
+    assert answer.status_code == 202, answer.text
+    done = web.wait(admin, {"id": re.search(r'id="task-([0-9a-f-]+)"', answer.text)[1]})  # type: ignore[index]
+    assert done["result"]["applied"] == {"vcpus": 2}, done
+    assert admin.get(f"/vms/{vm}").json()["disk"] == 4567 * 1024**2

@@ -15,12 +15,14 @@ Redirects are not followed: a 3xx is an error that says where it points.
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import http.client
 import io
 import os
 import queue
 import re
+import socket
 import ssl
 import threading
 import time
@@ -35,11 +37,17 @@ from dockvisor.domain import catalog
 from dockvisor.domain.catalog import CatalogFile, CatalogTemplate
 from dockvisor.errors import Cancelled, CatalogError, InvalidInput
 
-__all__ = ["MAX_METADATA", "CatalogClient"]
+__all__ = ["MAX_METADATA", "METADATA_DEADLINE", "MIN_RATE", "RATE_WINDOW", "CatalogClient"]
 
 Progress = Callable[[str, float], None]
 
 MAX_METADATA = 16 * 1024 * 1024  # the most an index, products or signature file may be
+# A server that sends a byte now and then would hold a caller for ever (the socket's
+# timeout counts only between bytes): a metadata file must come whole within this many
+# seconds, and a download must keep up MIN_RATE over each RATE_WINDOW.
+METADATA_DEADLINE = 30.0
+MIN_RATE = 16 * 1024
+RATE_WINDOW = 60.0
 _BUFFER = 256 * 1024  # measured best: larger buffers fall out of the CPU cache
 _BUFFERS = 8
 _PROGRESS_EVERY = 0.1  # seconds
@@ -53,7 +61,17 @@ class _Resumable(CatalogError):
 class CatalogClient:
     """One catalog: its name (for messages), its root URL and its publisher's key."""
 
-    def __init__(self, name: str, url: str, public_key: str, *, timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        public_key: str,
+        *,
+        timeout: float = 20.0,
+        deadline: float = METADATA_DEADLINE,
+        min_rate: int = MIN_RATE,
+        rate_window: float = RATE_WINDOW,
+    ) -> None:
         parts = urlsplit(url)
         try:
             port = parts.port
@@ -74,7 +92,10 @@ class CatalogClient:
         catalog.parse_public_key(public_key)
         self.name = name
         self.public_key = public_key
-        self.timeout = timeout
+        self.timeout = timeout  # between two reads of the socket
+        self.deadline = deadline  # for each index, products or signature file, in all
+        self.min_rate = min_rate  # bytes per second a download keeps up over rate_window
+        self.rate_window = rate_window
         self._https = parts.scheme == "https"
         self._host = parts.hostname
         self._port = port
@@ -113,8 +134,27 @@ class CatalogClient:
         true (Cancelled). Progress is reported at most ten times a second."""
         final = into / file.sha256
         part = into / f"{file.sha256}.part"
+        into.mkdir(parents=True, exist_ok=True)
+        # One download at a time into `into` (from any process): a second one writing
+        # the same part through its own descriptor could change what the first has
+        # checked and returned. The second waits, then finds the file done.
+        directory = os.open(into, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            into.mkdir(parents=True, exist_ok=True)
+            fcntl.flock(directory, fcntl.LOCK_EX)  # the directory itself: no lock file
+            return self._download_once(file, into, final, part, progress, cancelled)
+        finally:
+            os.close(directory)
+
+    def _download_once(
+        self,
+        file: CatalogFile,
+        into: Path,
+        final: Path,
+        part: Path,
+        progress: Progress | None,
+        cancelled: Callable[[], bool] | None,
+    ) -> Path:
+        try:
             if final.is_file():
                 if _matches(final, file):
                     return final
@@ -145,16 +185,20 @@ class CatalogClient:
                 return
             part.unlink()
             have = 0
-        connection, response = self._request(file.path, {"Range": f"bytes={have}-"} if have else {})
-        try:
-            start = self._start(response, file, have)
-            with io.FileIO(part, "r+b" if start else "wb") as out, _Hasher() as hasher:
-                if start:
-                    _hash_part(out, hasher, start)
-                self._receive(response, out, hasher, file, start, progress, cancelled)
-                digest = hasher.hexdigest()
-        finally:
-            connection.close()
+        watch = _Watchdog(deadline=None, min_rate=self.min_rate, window=self.rate_window)
+        with watch:
+            range_header = {"Range": f"bytes={have}-"} if have else {}
+            connection, response = self._request(file.path, range_header, watch)
+            try:
+                start = self._start(response, file, have)
+                with io.FileIO(part, "r+b" if start else "wb") as out, _Hasher() as hasher:
+                    if start:
+                        _hash_part(out, hasher, start)
+                    self._receive(response, out, hasher, file, start, progress, cancelled,
+                                  watch)  # fmt: skip
+                    digest = hasher.hexdigest()
+            finally:
+                connection.close()
         if digest != file.sha256:
             raise CatalogError(
                 f"catalog {self.name!r}: the checksum of {file.path} does not match the "
@@ -194,6 +238,7 @@ class CatalogClient:
         start: int,
         progress: Progress,
         cancelled: Callable[[], bool],
+        watch: _Watchdog,
     ) -> None:
         step = f"downloading {file.path}"
         done, next_report = start, 0.0
@@ -203,10 +248,13 @@ class CatalogClient:
             try:
                 received = response.readinto(view)
             except (OSError, http.client.HTTPException) as e:
-                raise self._cut_short(file, done, e) from None
+                raise self._cut_short(file, done, watch.reason or e) from None
             if not received:
+                if watch.reason:
+                    raise self._cut_short(file, done, watch.reason)
                 break
             done += received
+            watch.received += received
             if done > file.size:
                 raise CatalogError(
                     f"catalog {self.name!r}: {self._url(file.path)} sent more than its signed "
@@ -228,7 +276,11 @@ class CatalogClient:
     def _get(self, path: str) -> bytes:
         """A small file of the catalog (at most MAX_METADATA bytes), whole."""
         url = self._url(path)
-        connection, response = self._request(path, {})
+        with _Watchdog(deadline=self.deadline) as watch:
+            return self._get_watched(path, url, watch)
+
+    def _get_watched(self, path: str, url: str, watch: _Watchdog) -> bytes:
+        connection, response = self._request(path, {}, watch)
         try:
             if response.status != 200:
                 raise self._status_error(response, url)
@@ -241,10 +293,12 @@ class CatalogClient:
                 data = response.read(MAX_METADATA + 1 if declared is None else declared)
             except (OSError, http.client.HTTPException) as e:
                 raise CatalogError(
-                    f"catalog {self.name!r}: reading {url} failed: {_reason(e)}"
+                    f"catalog {self.name!r}: reading {url} failed: {watch.reason or _reason(e)}"
                 ) from None
         finally:
             connection.close()
+        if watch.reason:
+            raise CatalogError(f"catalog {self.name!r}: reading {url} failed: {watch.reason}")
         if len(data) > MAX_METADATA or (declared is not None and len(data) != declared):
             raise CatalogError(
                 f"catalog {self.name!r}: {url} came {len(data)} bytes long, not as announced"
@@ -258,7 +312,7 @@ class CatalogClient:
         return data
 
     def _request(
-        self, path: str, headers: dict[str, str]
+        self, path: str, headers: dict[str, str], watch: _Watchdog
     ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """GET `path`: the connection and the response, its head read."""
         connection: http.client.HTTPConnection
@@ -269,6 +323,7 @@ class CatalogClient:
             )
         else:
             connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        watch.attach(connection)
         try:
             connection.request(
                 "GET", self._root + path, headers={"User-Agent": "dockvisor", **headers}
@@ -277,7 +332,8 @@ class CatalogClient:
         except (OSError, http.client.HTTPException) as e:
             connection.close()
             raise _Resumable(
-                f"catalog {self.name!r} did not answer at {self._url(path)}: {_reason(e)}"
+                f"catalog {self.name!r} did not answer at {self._url(path)}: "
+                f"{watch.reason or _reason(e)}"
             ) from None
 
     def _url(self, path: str) -> str:
@@ -295,8 +351,10 @@ class CatalogClient:
             return CatalogError(f"{said}: the catalog is not signed")
         return CatalogError(said)
 
-    def _cut_short(self, file: CatalogFile, done: int, error: BaseException | None) -> _Resumable:
-        why = f" ({_reason(error)})" if error is not None else ""
+    def _cut_short(
+        self, file: CatalogFile, done: int, error: BaseException | str | None
+    ) -> _Resumable:
+        why = f" ({error if isinstance(error, str) else _reason(error)})" if error else ""
         return _Resumable(
             f"catalog {self.name!r}: the download of {self._url(file.path)} was cut short "
             f"after {done} of {file.size} bytes{why}; run the pull again to resume"
@@ -317,6 +375,62 @@ class CatalogClient:
             f"could not write {file.path} from catalog {self.name!r} into {into}: "
             f"{error.strerror or error}; the partial download was removed"
         )
+
+
+class _Watchdog:
+    """Shuts down a connection that a server holds open without serving it: past
+    `deadline` seconds in all, or (for a download) receiving less than `min_rate` bytes
+    a second over the last `window` seconds. The read waiting on it then fails, and
+    `reason` says why."""
+
+    def __init__(self, *, deadline: float | None, min_rate: int = 0, window: float = 60.0):
+        self.deadline = deadline
+        self.min_rate = min_rate
+        self.window = window
+        self.received = 0  # bytes of the body so far (the caller counts)
+        self.reason: str | None = None
+        self._connection: http.client.HTTPConnection | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def attach(self, connection: http.client.HTTPConnection) -> None:
+        self._connection = connection
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        started = time.monotonic()
+        seen: list[tuple[float, int]] = [(started, 0)]
+        while not self._stop.wait(min(1.0, self.window / 4)):
+            now = time.monotonic()
+            if self.deadline is not None and now - started > self.deadline:
+                return self._cut(f"it did not come whole within {self.deadline:g} s")
+            if self.min_rate:
+                seen.append((now, self.received))
+                while len(seen) > 1 and now - seen[1][0] >= self.window:
+                    seen.pop(0)
+                since, then = seen[0]
+                if now - since >= self.window and self.received - then < self.min_rate * (
+                    now - since
+                ):
+                    rate = (self.received - then) / (now - since)
+                    return self._cut(
+                        f"it came at {rate:.0f} bytes/s for {now - since:.0f} s, less than "
+                        f"{self.min_rate} bytes/s"
+                    )
+
+    def _cut(self, why: str) -> None:
+        self.reason = why
+        sock = self._connection.sock if self._connection is not None else None
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class _Hasher:

@@ -96,8 +96,8 @@ class HostInfo:
     # What the hypervisor is, whichever address reaches it (a XAPI pool's uuid: its
     # master and members are one pool); None where the adapter cannot tell.
     identity: str | None = None
-    # Bytes the storage that new VM disks go to has free (libvirt pool, XAPI default SR);
-    # None where the adapter cannot tell.
+    # Bytes the storage that new VM disks go to has free (libvirt pool, XAPI default SR),
+    # less what the disks already there may still grow into; None where it cannot tell.
     storage_free: int | None = None
 
 

@@ -8,22 +8,25 @@ the hosts' storage (registering a template from files needs the same).
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from dockvisor.domain.catalog import CatalogTemplate, parse_reference
 from dockvisor.domain.model import Template
 from dockvisor.domain.naming import validate_template_name
 from dockvisor.domain.privileges import Privilege
-from dockvisor.errors import InvalidInput
+from dockvisor.errors import Busy, InvalidInput
 from dockvisor.services import catalogs
 from dockvisor.services.access import ROOT
 from dockvisor.services.identity import Principal
 from dockvisor.services.runtime import ControlPlane
 from dockvisor.services.tasks import TaskContext, TaskInfo
 
-__all__ = ["CatalogAdministration"]
+__all__ = ["SEARCHES", "CatalogAdministration"]
 
 P = Privilege
+SEARCHES = 2
+_searching = threading.BoundedSemaphore(SEARCHES)
 
 
 class CatalogAdministration:
@@ -52,8 +55,16 @@ class CatalogAdministration:
     def search(
         self, who: Principal, text: str = ""
     ) -> tuple[list[tuple[str, CatalogTemplate]], list[str]]:
+        """What the catalogs offer now. At most SEARCHES run at once (each may wait on
+        slow catalogs up to their deadline, in a worker the server shares): more are
+        refused (Busy), never queued."""
         self._require(who)
-        return catalogs.search_catalogs(self.book, text)
+        if not _searching.acquire(blocking=False):
+            raise Busy(f"{SEARCHES} catalog searches are running; try again when they end")
+        try:
+            return catalogs.search_catalogs(self.book, text)
+        finally:
+            _searching.release()
 
     def newer_version(self, template: Template) -> str | None:
         return catalogs.newer_version(self.book, template)

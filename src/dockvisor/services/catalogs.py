@@ -10,9 +10,11 @@ server (`DbCatalogBook`).
 
 from __future__ import annotations
 
+import fcntl
 import json
-from collections.abc import Callable, Sequence
-from contextlib import suppress
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,7 +42,7 @@ from dockvisor.errors import (
 )
 from dockvisor.paths import cache_dir
 from dockvisor.store.db import Database
-from dockvisor.store.models import CatalogRow
+from dockvisor.store.models import CatalogRow, utc
 
 __all__ = [
     "CatalogBook",
@@ -193,6 +195,45 @@ def pull_template(
         _check_name(driver, local, origin, replacing)
     into = downloads_dir(catalog)
     into.mkdir(parents=True, exist_ok=True)
+    # One pull at a time from a catalog (in this or another process): two pulls of one
+    # file would share its partial download, and one could unlink what the other
+    # registers.
+    with _download_lock(into.parent / f"{catalog}.lock", progress):
+        return _pull(drivers, record, entry, into, reference, local, origin, replacing,
+                     progress, cancelled)  # fmt: skip
+
+
+@contextmanager
+def _download_lock(path: Path, progress: Progress) -> Iterator[None]:
+    """An exclusive lock on `path`, waited for with progress reports (through which a
+    task's cancellation reaches the wait)."""
+    with open(path, "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                progress("waiting for another pull from this catalog", 0.02)
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _pull(
+    drivers: Sequence[HypervisorDriver],
+    record: CatalogRecord,
+    entry: CatalogTemplate,
+    into: Path,
+    reference: str,
+    local: str,
+    origin: TemplateOrigin,
+    replacing: bool,
+    progress: Progress,
+    cancelled: Callable[[], bool],
+) -> list[Template]:
+    catalog = record.name
     total = sum(f.size for f in entry.files.values()) or 1
     done = 0
     paths: dict[str, Path] = {}
@@ -233,8 +274,6 @@ def pull_template(
     finally:
         for path in paths.values():  # registered copies live in each host's storage
             path.unlink(missing_ok=True)
-        with suppress(OSError):  # unless an interrupted download waits there
-            into.rmdir()
     progress("pulled", 1.0)
     return [t for _, t in registered]
 
@@ -294,8 +333,8 @@ class DbCatalogBook:
             name=row.name,
             url=row.url,
             public_key=row.public_key,
-            updated=row.updated.replace(tzinfo=UTC) if row.updated else None,
-            fetched=row.fetched.replace(tzinfo=UTC) if row.fetched else None,
+            updated=utc(row.updated) if row.updated else None,
+            fetched=utc(row.fetched) if row.fetched else None,
             newest=json.loads(row.newest or "{}"),
         )
 
@@ -327,7 +366,13 @@ class DbCatalogBook:
 
     def save(self, record: CatalogRecord) -> None:
         with self.db.session() as session:
-            row = session.scalar(select(CatalogRow).where(CatalogRow.name == record.name))
-            if row is not None:
-                row.updated, row.fetched = record.updated, record.fetched
-                row.newest = json.dumps(record.newest, sort_keys=True)
+            row = session.scalar(
+                select(CatalogRow).where(CatalogRow.name == record.name).with_for_update()
+            )
+            if row is None:
+                return
+            seen = utc(row.updated) if row.updated else None
+            if seen is not None and record.updated is not None and record.updated < seen:
+                return  # another fetch saw a newer index meanwhile: keep the newest seen
+            row.updated, row.fetched = record.updated, record.fetched
+            row.newest = json.dumps(record.newest, sort_keys=True)

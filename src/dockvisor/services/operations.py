@@ -591,10 +591,18 @@ class Operations:
             )
 
     def _check_disk_growth(self, who: Principal, row: VmRow) -> None:
-        """A VM of a resource set grows its disk within the set's quota. Outside any set
-        nothing bounds it but the host's storage: that takes VM.Allocate on the host."""
+        """A larger disk takes from a quota or from the host's storage, never given back
+        but by a revert: for a VM of a resource set it takes being able to allocate in
+        the set (its subjects; a delegate of one VM may not spend the set's quota), and
+        outside any set, where nothing bounds it but the host's storage, VM.Allocate on
+        the host."""
         if row.resource_set_id is not None:
-            return
+            if self.access.may_allocate_in(who, row.resource_set_id):
+                return
+            raise Forbidden(
+                f"{who.name} may not allocate in the resource set of {row.name}: growing its "
+                "disk takes from the set's quota"
+            )
         if not self.access.allows(who, P.VM_ALLOCATE, ("/", f"/hosts/{row.host_id}")):
             raise Forbidden(
                 f"{who.name} lacks VM.Allocate on /hosts/{row.host_id}: {row.name} is in no "
@@ -659,23 +667,26 @@ class Operations:
     def _reserve_size(
         self, row: VmRow, vcpus: int | None, memory: int | None, disk: int | None = None
     ) -> Callable[[], None]:
-        """Make the VM's row the size it is about to become (a revert gives back the
-        snapshot's size), reserving any growth in its resource set in the same
-        transaction, or refusing (QuotaExceeded) with nothing changed. What it returns
-        puts the row back if the work then fails."""
+        """Reserve what the VM is about to grow to, in its resource set in the same
+        transaction, or refuse (QuotaExceeded) with nothing changed. The row holds the
+        larger of now and then for each resource until the work ends and the row is read
+        back from the hypervisor: what shrinks (a revert to a smaller snapshot) is given
+        back only once it has, never by a request that may yet be refused (Busy). What it
+        returns puts the row back if the work then fails."""
         with self.db.session() as session:
             locked = session.get(VmRow, row.id)
             if locked is None:
                 raise NotFound(f"no VM {row.id}")
             before = (locked.vcpus, locked.memory, locked.disk)
             after = (vcpus or locked.vcpus, memory or locked.memory, disk or locked.disk)
+            held = tuple(max(a, b) for a, b in zip(after, before, strict=True))
             if locked.resource_set_id is not None:
                 set_row = quotas.lock_set(session, locked.resource_set_id)
-                growth = Resources(*(max(0, a - b) for a, b in zip(after, before, strict=True)))
+                growth = Resources(*(h - b for h, b in zip(held, before, strict=True)))
                 if set_row.count_snapshots:  # the VM's snapshots count at its disk's size
                     growth += Resources(disk=growth.disk * locked.snapshots)
                 quotas.reserve(session, set_row, growth)
-            locked.vcpus, locked.memory, locked.disk = after
+            locked.vcpus, locked.memory, locked.disk = held
 
         def undo() -> None:
             with self.db.session() as session:

@@ -15,6 +15,7 @@ from fastapi.responses import HTMLResponse
 from dockvisor.api.params import Key, P, Who
 from dockvisor.domain.naming import validate_vm_name
 from dockvisor.domain.requirements import AnyUser, Perm
+from dockvisor.domain.sizes import format_size
 from dockvisor.errors import DockvisorError, InvalidInput
 from dockvisor.services.admin import Administration
 from dockvisor.services.catalog_admin import CatalogAdministration
@@ -63,7 +64,10 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
 
     @web.get("/ui/catalog-templates", openapi_extra=requirements.same_as("catalog.search"))
     def catalog_templates(who: Who, request: Request) -> HTMLResponse:
-        found, problems = catalogs.search(who)
+        try:
+            found, problems = catalogs.search(who)
+        except DockvisorError as exc:
+            return render(request, "alert.html", status=status_for(exc), message=str(exc))
         return render(request, "catalog_templates.html", found=found, problems=problems)
 
     @web.post("/ui/templates/pull", openapi_extra=requirements.same_as("template.pull"))
@@ -222,9 +226,11 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         current = context["vm"]
         if n_vcpus == current["vcpus"]:
             n_vcpus = None
-        if n_memory == current["memory"]:
+        # The form comes filled with the sizes as shown (format_size, rounded to a tenth):
+        # sent back unchanged, they are no request (not a rounded new size).
+        if n_memory == current["memory"] or memory.strip() == format_size(current["memory"]):
             n_memory = None
-        if n_disk == current["disk"]:
+        if n_disk == current["disk"] or disk.strip() == format_size(current["disk"]):
             n_disk = None
         if not errors and n_vcpus is None and n_memory is None and n_disk is None:
             errors["form"] = "change the vCPUs, the memory or the disk first"

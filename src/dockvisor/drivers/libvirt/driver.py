@@ -51,7 +51,6 @@ from dockvisor.domain.sizing import (
 from dockvisor.drivers.base import Progress, no_progress, replaces
 from dockvisor.drivers.disk_images import (
     check_self_contained,
-    local_disk_format,
     local_disk_size,
 )
 from dockvisor.drivers.libvirt.acceleration import detect_acceleration
@@ -382,7 +381,7 @@ class LibvirtDriver(UsageReading):
         for path in (spec.disk, spec.kernel, spec.initrd):
             if path and not Path(path).is_file():
                 raise InvalidInput(f"no such file: {path}")
-        check_self_contained(spec.disk, "the template's disk")
+        local_format = check_self_contained(spec.disk, "the template's disk")
         if spec.initrd and not spec.kernel:
             raise InvalidInput("--initrd needs --kernel")
         send = self._type != "TEST"  # the test driver keeps no file content
@@ -397,8 +396,10 @@ class LibvirtDriver(UsageReading):
                     created.append(vol)
                     volumes[role] = vol
             disk_vol = volumes["disk"]
-            disk_format = (
-                self._storage.format_of(disk_vol) if send else local_disk_format(spec.disk)
+            disk_format = (  # as the pool sees what arrived, not only the local file
+                self._storage.check_self_contained(disk_vol, "the template's disk")
+                if send
+                else local_format
             )
             config = DomainConfig(
                 name=spec.name,

@@ -19,7 +19,7 @@ import libvirt
 
 from dockvisor.drivers.base import Progress, no_progress
 from dockvisor.drivers.libvirt.errors import libvirt_errors
-from dockvisor.errors import NotFound
+from dockvisor.errors import InvalidInput, NotFound
 
 __all__ = [
     "DEFAULT_POOL",
@@ -98,12 +98,33 @@ class StoragePool:
         fmt = ET.fromstring(self.volume(name).XMLDesc(0)).find("target/format")
         return fmt.get("type", "raw") if fmt is not None else "raw"
 
+    def check_self_contained(self, name: str, what: str) -> str:
+        """The volume's format as the pool probed it; InvalidInput unless it is raw or
+        a qcow2 that names no other file (what QEMU would open for a VM's guest)."""
+        xml = ET.fromstring(self.volume(name).XMLDesc(0))
+        fmt = xml.find("target/format")
+        found = fmt.get("type", "raw") if fmt is not None else "raw"
+        if found not in ("raw", "qcow2"):
+            raise InvalidInput(f"{what} is a {found} image: refused (use qcow2 or raw)")
+        if xml.findtext("backingStore/path"):
+            raise InvalidInput(f"{what} refers to a backing file: refused")
+        return found
+
     def free(self) -> int:
-        """Bytes the pool has free now."""
+        """Bytes the pool has free now, less what the VMs' disks may still grow into:
+        they are thin (qcow2), so a series of creates and growths, each fitting what is
+        free, could otherwise promise more than the pool holds."""
         with libvirt_errors(f"reading the free space of storage pool {self.name}"):
             with suppress(libvirt.libvirtError):  # refused while a volume is written
                 self.pool.refresh(0)
-            return int(self.pool.info()[3])
+            available = int(self.pool.info()[3])
+            promised = 0
+            for vol in self.pool.listAllVolumes(0):
+                with suppress(libvirt.libvirtError):  # deleted meanwhile
+                    if not vol.name().startswith("template-"):
+                        _, capacity, allocation = vol.info()
+                        promised += max(0, int(capacity) - int(allocation))
+            return max(0, available - promised)
 
     def grow(self, path: str, size: int) -> None:
         """Make the volume at `path` `size` bytes long (its new end reads as zeros)."""

@@ -5,8 +5,10 @@ what its storage manager lets dockvisor do, and the rules for making and growing
   config drive; the root disk is the bootable one at the lowest device. Their size is
   the VDIs' virtual_size, which XAPI rounds up to the VHD block (2 MiB; xapi-project/sm
   libs/sm/vhdutil.py validate_and_round_vhd_size).
-- An SR's free space is physical_size - physical_utilisation (what its SM reports; a
-  physical_size below 1 means the SR does not say).
+- An SR's free space is physical_size less the larger of physical_utilisation and
+  virtual_allocation (what its SM reports; a physical_size below 1 means the SR does
+  not say): on a thin SR, what its disks may still grow into counts as taken, so a
+  series of growths cannot promise more than the SR holds.
 - Whether disks grow is the SR's storage manager's to say: the SM record of the SR's
   type (SM.type = SR.type) lists VDI_RESIZE (`VDI.resize`, on a disk no running VM
   has attached) and VDI_RESIZE_ONLINE (`VDI.resize_online`, on a running VM's disk)
@@ -103,7 +105,11 @@ class PoolStorage:
         size = int(str(record.get("physical_size", -1)))
         if size < 1:
             return None
-        return max(0, size - int(str(record.get("physical_utilisation", 0))))
+        # What its disks may still take counts as taken: on a thin SR the sum of their
+        # sizes (virtual_allocation) exceeds what they hold until they are written.
+        used = max(int(str(record.get("physical_utilisation", 0))),
+                   int(str(record.get("virtual_allocation", 0))))  # fmt: skip
+        return max(0, size - used)
 
     def features(self, sr: str) -> set[str]:
         """The capabilities the SR's storage manager declares (SM.features; the
