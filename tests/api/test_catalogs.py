@@ -15,9 +15,10 @@ import httpx
 import pytest
 
 from dockvisor.catalogs.publish import load_or_create_signing_key
+from dockvisor.domain.model import TemplateSpec
 from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.services.catalogs import downloads_dir
-from tests.api.conftest import Server
+from tests.api.conftest import NODE, TEMPLATE, Server
 from tests.api.test_quotas import refused, run
 from tests.catalog.published import Catalog, catalog_site
 
@@ -162,3 +163,31 @@ def test_catalog_refusals(server: Server, catalog: Catalog, tmp_path: Path) -> N
         assert response.status_code == 403, response.text
     bad_ref = admin.post("/templates/pull", json={"reference": "acme"})
     assert "CATALOG:NAME" in refused(bad_ref, 400, "invalid-input")
+
+
+def test_a_pull_onto_every_host_is_all_or_nothing(
+    server: Server, catalog: Catalog, tmp_path: Path
+) -> None:
+    admin = server.client("admin")
+    node2 = server.cp.settings.data_dir / "node2.xml"
+    node2.write_text(NODE)
+    added = admin.post("/hosts", json={"name": "node2", "uri": f"test://{node2}"})
+    assert added.status_code == 201, added.text
+    assert add(admin, catalog).status_code == 201
+
+    # Host 2 has a VM of the name: the template taken by host 1 is forgotten again.
+    blank = server.cp.settings.data_dir / "blank.qcow2"
+    spec = TemplateSpec(name=TEMPLATE, disk=str(blank), docker_port=None)
+    server.cp.hosts.driver(2).register_template(spec)
+    run(server, admin, admin.post("/vms", json={"name": "tiny", "template": TEMPLATE, "vcpus": 1,
+                                                "memory": 256 * MiB, "start": False,
+                                                "host_id": 2}))  # fmt: skip
+    body = {"reference": "acme:tiny", "all_hosts": True}
+    failed = run_failed(server, admin, admin.post("/templates/pull", json=body))
+    assert failed["error_code"] == "already-exists", failed
+    assert [t for t in admin.get("/templates").json() if t["name"] == "tiny"] == []
+
+    task = run(server, admin, admin.post("/templates/pull", json={**body, "as_name": "tiny2"}))
+    assert task["result"]["hosts"] == [1, 2]
+    on = sorted(t["host_id"] for t in admin.get("/templates").json() if t["name"] == "tiny2")
+    assert on == [1, 2]
