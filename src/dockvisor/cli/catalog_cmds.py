@@ -205,11 +205,21 @@ def catalog_rm(ctx: click.Context, name: str) -> None:
 @click.pass_context
 def search(ctx: click.Context, text: str) -> None:
     """Templates the catalogs offer (whose name or description has TEXT)."""
-    found, problems = _catalogs(ctx).search(text)
+    catalogs = _catalogs(ctx)
+    found, problems = catalogs.search(text)
     for problem in problems:
         click.echo(f"warning: {problem}", err=True)
-    _root(ctx).emit({"templates": found, "problems": problems},
-                    lambda: render.catalog_rows(found))  # fmt: skip
+
+    def human() -> str:
+        if found:
+            return render.catalog_rows(found)
+        if not catalogs.catalogs():
+            return (
+                "no catalog yet: add one with `dockvisor template catalog add NAME URL --key KEY`"
+            )
+        return f"no template matches {text!r}" if text else "the catalogs offer no template"
+
+    _root(ctx).emit({"templates": found, "problems": problems}, human)
 
 
 @click.command("pull")
