@@ -15,7 +15,7 @@ from typing import Any
 from dockvisor.errors import AlreadyExists, NotFound
 from dockvisor.services.catalogs import CatalogRecord
 
-__all__ = ["FileCatalogBook", "default_book_path"]
+__all__ = ["FileCatalogBook", "default_book_path", "record_data"]
 
 
 def default_book_path() -> Path:
@@ -38,7 +38,8 @@ def _record(data: dict[str, Any]) -> CatalogRecord:
     )
 
 
-def _data(record: CatalogRecord) -> dict[str, Any]:
+def record_data(record: CatalogRecord) -> dict[str, Any]:
+    """A catalog as the file keeps it and `--json` prints it."""
     return {
         "name": record.name,
         "url": record.url,
@@ -88,7 +89,7 @@ class FileCatalogBook:
         with self._locked() as books:
             if record.name in books:
                 raise AlreadyExists(f"a catalog named {record.name!r} already exists")
-            books[record.name] = _data(record)
+            books[record.name] = record_data(record)
 
     def remove(self, name: str) -> None:
         with self._locked() as books:
@@ -98,4 +99,4 @@ class FileCatalogBook:
     def save(self, record: CatalogRecord) -> None:
         with self._locked() as books:
             if record.name in books:
-                books[record.name] = _data(record)
+                books[record.name] = record_data(record)

@@ -16,7 +16,7 @@ import click
 from dockvisor.catalogs.publish import load_or_create_signing_key
 from dockvisor.cli import render
 from dockvisor.cli.backends import ApiClient
-from dockvisor.cli.catalog_book import FileCatalogBook, default_book_path
+from dockvisor.cli.catalog_book import FileCatalogBook, default_book_path, record_data
 from dockvisor.domain.catalog import CatalogTemplate
 from dockvisor.domain.model import Template
 from dockvisor.drivers.base import HypervisorDriver, Progress
@@ -34,17 +34,6 @@ class Catalogs(Protocol):
     def pull(self, reference: str, as_name: str | None, host: int | None, all_hosts: bool,
              progress: Progress) -> dict[str, Any]: ...  # fmt: skip
     def update(self, name: str, host: int | None, progress: Progress) -> dict[str, Any]: ...
-
-
-def _record_data(record: catalog_service.CatalogRecord) -> dict[str, Any]:
-    return {
-        "name": record.name,
-        "url": record.url,
-        "public_key": record.public_key,
-        "updated": record.updated.isoformat() if record.updated else None,
-        "fetched": record.fetched.isoformat() if record.fetched else None,
-        "newest": record.newest,
-    }
 
 
 def _template_data(catalog: str, t: CatalogTemplate) -> dict[str, Any]:
@@ -70,11 +59,11 @@ class LocalCatalogs:
         self.book = book
 
     def catalogs(self) -> list[dict[str, Any]]:
-        return [_record_data(r) for r in self.book.all()]
+        return [record_data(r) for r in self.book.all()]
 
     def add(self, name: str, url: str, key: str) -> dict[str, Any]:
         record = catalog_service.add_catalog(self.book, name=name, url=url, public_key=key)
-        return _record_data(record)
+        return record_data(record)
 
     def remove(self, name: str) -> None:
         self.book.remove(name)

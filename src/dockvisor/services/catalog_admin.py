@@ -9,6 +9,7 @@ the hosts' storage (registering a template from files needs the same).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dockvisor.domain.catalog import CatalogTemplate, parse_reference
@@ -110,15 +111,7 @@ class CatalogAdministration:
                 version = origin.version if origin else None
                 return {"template": pulled[0].name, "hosts": host_ids, "version": version}
 
-            return self.cp.tasks.submit(
-                kind="template.pull",
-                object_type="template",
-                object_id=name,
-                chain=("/",),
-                requester=who,
-                locks=[f"template:{h}:{name}" for h in host_ids],
-                work=work,
-            )
+            return self._submit(who, "template.pull", name, host_ids, work)
 
     def update(self, who: Principal, name: str, *, host_id: int | None = None) -> TaskInfo:
         """A task that replaces a pulled template by its catalog's newest version; VMs
@@ -138,12 +131,23 @@ class CatalogAdministration:
                 version = template.origin.version if template.origin else None
                 return {"template": name, "host": hid, "version": version, "changed": changed}
 
-            return self.cp.tasks.submit(
-                kind="template.update",
-                object_type="template",
-                object_id=name,
-                chain=("/",),
-                requester=who,
-                locks=[f"template:{hid}:{name}"],
-                work=work,
-            )
+            return self._submit(who, "template.update", name, [hid], work)
+
+    def _submit(
+        self,
+        who: Principal,
+        kind: str,
+        name: str,
+        host_ids: list[int],
+        work: Callable[[TaskContext], dict[str, Any]],
+    ) -> TaskInfo:
+        """Run `work` as a task on template `name`, holding it on each of the hosts."""
+        return self.cp.tasks.submit(
+            kind=kind,
+            object_type="template",
+            object_id=name,
+            chain=("/",),
+            requester=who,
+            locks=[f"template:{h}:{name}" for h in host_ids],
+            work=work,
+        )

@@ -85,7 +85,15 @@ def _client(record: CatalogRecord) -> CatalogClient:
 
 def fetch_catalog(book: CatalogBook, record: CatalogRecord) -> list[CatalogTemplate]:
     """What the catalog offers now, its signatures checked; refused if its index is older
-    than one already seen (someone serving an old, signed catalog to hold back updates)."""
+    than one already seen (someone serving an old, signed catalog to hold back updates).
+    The book keeps what the fetch said."""
+    templates, fetched = _fetch(record)
+    book.save(fetched)
+    return templates
+
+
+def _fetch(record: CatalogRecord) -> tuple[list[CatalogTemplate], CatalogRecord]:
+    """The catalog's templates, and the record with what this fetch said."""
     templates, updated = _client(record).fetch()
     if record.updated is not None and updated < record.updated:
         raise CatalogError(
@@ -95,8 +103,7 @@ def fetch_catalog(book: CatalogBook, record: CatalogRecord) -> list[CatalogTempl
     newest: dict[str, str] = {}
     for t in sorted(templates, key=lambda t: version_key(t.version)):
         newest[t.name] = t.version
-    book.save(replace(record, updated=updated, fetched=datetime.now(UTC), newest=newest))
-    return templates
+    return templates, replace(record, updated=updated, fetched=datetime.now(UTC), newest=newest)
 
 
 def add_catalog(book: CatalogBook, *, name: str, url: str, public_key: str) -> CatalogRecord:
@@ -107,10 +114,9 @@ def add_catalog(book: CatalogBook, *, name: str, url: str, public_key: str) -> C
     with suppress(NotFound):
         book.get(name)
         raise AlreadyExists(f"a catalog named {name!r} already exists")
-    _client(record).fetch()  # a typo in the URL or key is said now, not at the first pull
-    book.add(record)
-    fetch_catalog(book, record)
-    return book.get(name)
+    _, fetched = _fetch(record)  # a typo in the URL or key is said now, not at a pull
+    book.add(fetched)
+    return fetched
 
 
 def search_catalogs(
@@ -354,8 +360,11 @@ class DbCatalogBook:
         with self.db.session() as session:
             if session.scalar(select(CatalogRow).where(CatalogRow.name == record.name)):
                 raise AlreadyExists(f"a catalog named {record.name!r} already exists")
-            session.add(CatalogRow(name=record.name, url=record.url,
-                                   public_key=record.public_key, newest="{}"))  # fmt: skip
+            session.add(
+                CatalogRow(name=record.name, url=record.url, public_key=record.public_key,
+                           updated=record.updated, fetched=record.fetched,
+                           newest=json.dumps(record.newest, sort_keys=True))
+            )  # fmt: skip
 
     def remove(self, name: str) -> None:
         with self.db.session() as session:

@@ -50,7 +50,7 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         templates = admin.list_templates(who)
         hosts = admin.list_hosts(who)
         sets = admin.list_resource_sets(who)
-        may_pull = cp.access.allows(who, P.SYS_MODIFY, ("/",))
+        may_pull = Actions(requirements, cp.access.privileges(who, ("/",)))("template.pull")
         return render(request, extra.pop("template_name", "vm_new.html"), status=status,
                       templates=templates, hosts=hosts, sets=sets, may_pull=may_pull,
                       values=extra.pop("values", {}), errors=extra.pop("errors", {}),

@@ -540,16 +540,16 @@ class LibvirtDriver(UsageReading):
         made: list[str] = []
         progress("creating disk", 0.1)
         try:
-            if spec.disk_mode is DiskMode.LINKED:
+            if spec.disk_mode is DiskMode.LINKED:  # an overlay of any size on the base
                 disk = self._storage.create_overlay(
                     volume, template.disk_path, template.disk_format, size
                 )
-                made.append(volume)
             else:
                 disk = self._storage.create_copy(volume, template.disk_path, template.disk_size)
-                made.append(volume)
-                if size > template.disk_size and self._type != "TEST":
-                    self._storage.grow(disk, size)
+            made.append(volume)
+            copied = spec.disk_mode is not DiskMode.LINKED
+            if copied and size > template.disk_size and self._type != "TEST":  # (no content)
+                self._storage.grow(disk, size)
             drive = self._add_config_drive(spec.name, spec.guest, made)
             progress("defining VM", 0.8)
             config = DomainConfig(
@@ -708,9 +708,8 @@ class LibvirtDriver(UsageReading):
         with libvirt_errors(f"growing the disk of VM {name}"):
             if self._type == "TEST":
                 pass  # the test driver's disks have no content to grow
-            elif running:
-                target = "xvda" if self._virt_type == "xen" else "vda"
-                dom.blockResize(target, size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            elif running:  # QEMU only (LIVE_DISK_GROWTH): the disk is vda
+                dom.blockResize("vda", size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
             else:
                 self._storage.grow(state.config.disk_path, size)
             # The size in dockvisor's metadata: now, and for the next boot.
