@@ -5,6 +5,7 @@ Run by the test session's teardown and by `make clean-test-vms` after a crashed 
 
 from __future__ import annotations
 
+import re
 import sys
 from contextlib import suppress
 
@@ -19,10 +20,15 @@ def remove_test_objects(uri: str = "qemu:///system", prefix: str = PREFIX) -> li
     libvirt.registerErrorHandler(lambda _c, _e: None, None)
     conn = libvirt.open(uri)
     removed = []
+    owned: list[str] = []  # volumes named in the metadata of removed domains (an
+    # adopted warm spare's disk keeps the spare's volume name)
     try:
         for dom in conn.listAllDomains(0):
             if not dom.name().startswith(prefix):
                 continue
+            with suppress(libvirt.libvirtError):
+                owned += re.findall(r"<dockvisor:volume>([^<]+)</dockvisor:volume>",
+                                    dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))  # fmt: skip
             with suppress(libvirt.libvirtError):
                 if dom.isActive():
                     dom.destroy()
@@ -33,7 +39,7 @@ def remove_test_objects(uri: str = "qemu:///system", prefix: str = PREFIX) -> li
             pool = conn.storagePoolLookupByName("dockvisor")
             pool.refresh(0)
             for vol in pool.listAllVolumes(0):
-                if vol.name().startswith((prefix, f"template-{prefix}")):
+                if vol.name() in owned or vol.name().startswith((prefix, f"template-{prefix}")):
                     with suppress(libvirt.libvirtError):
                         vol.delete(0)
                         removed.append(vol.name())

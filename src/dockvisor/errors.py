@@ -10,6 +10,7 @@
     ├── HypervisorUnreachable       the hypervisor URI cannot be connected to
     ├── HypervisorError             the hypervisor failed an operation for another reason
     ├── GuestTimeout                the guest did not reach a state in time
+    ├── WarmStartUnavailable        no warm spare can become this VM (a create boots cold)
     ├── ImageBuildError             the Docker-ready guest image could not be built
     ├── CatalogError                a template catalog failed to answer or gave bad data
     ├── Unauthorized                no valid credentials (log in, or a valid API token)
@@ -43,6 +44,7 @@ __all__ = [
     "Cancelled",
     "Unauthorized",
     "Unsupported",
+    "WarmStartUnavailable",
 ]
 
 
@@ -86,6 +88,14 @@ class HypervisorError(DockvisorError):
 
 class GuestTimeout(DockvisorError):
     code = "guest-timeout"
+
+
+class WarmStartUnavailable(DockvisorError):
+    """No warm spare can become the VM asked for (none left, none of that size, or they
+    no longer match their template or this QEMU); the message says which. Nothing was
+    made: the create boots cold."""
+
+    code = "warm-start-unavailable"
 
 
 class ImageBuildError(DockvisorError):

@@ -341,6 +341,10 @@ class VmCreate(Strict):
     )  # fmt: skip
     full: bool = False
     start: bool = True
+    cold: bool = Field(
+        default=False,
+        description="Boot it even where a warm spare of the template could be resumed",
+    )
     host_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     resource_set_id: int | None = Field(default=None, ge=1, le=MAX_ID)
     pool_id: int | None = Field(default=None, ge=1, le=MAX_ID)

@@ -59,6 +59,7 @@ class Backend(Protocol):
         resource_set: int | None,
         host: int | None,
         progress: Progress,
+        cold: bool = False,
     ) -> VM: ...
     def power(
         self, name: str, action: str, *, wait: bool, timeout: float, progress: Progress
@@ -107,6 +108,7 @@ class LocalBackend:
         resource_set: int | None,
         host: int | None,
         progress: Progress,
+        cold: bool = False,
     ) -> VM:
         if resource_set is not None:
             raise errors.InvalidInput("--resource-set needs --server (quotas live in the server)")
@@ -125,6 +127,7 @@ class LocalBackend:
             start=start,
             progress=progress,
             engines=self.engines,
+            cold=cold,
         )
 
     def power(
@@ -353,6 +356,7 @@ class RemoteBackend:
         resource_set: int | None,
         host: int | None,
         progress: Progress,
+        cold: bool = False,
     ) -> VM:
         task = self.api.request(
             "POST",
@@ -367,6 +371,7 @@ class RemoteBackend:
                 "disk": disk,
                 "full": full,
                 "start": start,
+                "cold": cold,
                 "resource_set_id": resource_set,
                 "host_id": host,
             },

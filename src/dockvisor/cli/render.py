@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from dockvisor.domain.model import VM, Capability, HostInfo, Snapshot, Template
+from dockvisor.domain.model import VM, Capability, HostInfo, Snapshot, Spare, Template
 from dockvisor.domain.sizes import format_size
 
 __all__ = ["as_json", "table", "vm_details", "to_data"]
@@ -123,6 +123,28 @@ def template_rows(templates: Sequence[Template], newer: dict[str, str] | None = 
     ]
     headers = ["NAME", "MIN DISK", "DEFAULT DISK", "DOCKER", "ORIGIN", "NEWER", "DESCRIPTION"]
     return table(headers, rows)
+
+
+def spare_rows(spares: Sequence[Spare]) -> str:
+    """`template spares`: the host's warm spares."""
+    if not spares:
+        return "no warm spares on this host (keep some with: dockvisor template warm NAME)"
+    rows = [
+        [
+            s.template,
+            s.name,
+            "ready" if s.ready else "being made",
+            f"{s.vcpus}/{s.max_vcpus}",
+            f"{format_size(s.memory)}/{format_size(s.max_memory)}",
+            format_size(s.disk_size),
+            format_size(s.stored),
+            s.created.strftime("%Y-%m-%d %H:%M") if s.created else "-",
+        ]
+        for s in spares
+    ]
+    total = format_size(sum(s.stored for s in spares))
+    headers = ["TEMPLATE", "SPARE", "STATE", "VCPUS", "MEMORY", "DISK", "STORED", "SAVED"]
+    return table(headers, rows) + f"\n{len(spares)} spare(s), {total} of the host's storage"
 
 
 def catalog_rows(found: Sequence[dict[str, Any]]) -> str:

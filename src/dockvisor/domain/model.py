@@ -20,6 +20,7 @@ __all__ = [
     "PowerState",
     "ResizeResult",
     "Snapshot",
+    "Spare",
     "Template",
     "TemplateOrigin",
     "TemplateSizes",
@@ -77,6 +78,7 @@ class Capability(enum.Flag):
     EVENTS = enum.auto()  # tells of VM changes as they happen (watch), whoever made them
     DISK_GROWTH = enum.auto()  # grow a stopped VM's disk (grow_disk)
     LIVE_DISK_GROWTH = enum.auto()  # grow a running VM's disk, seen by the guest at once
+    WARM_SPARES = enum.auto()  # saved, booted spares that a create resumes (adopt_spare)
 
     def names(self) -> list[str]:
         return [str(c.name).lower().replace("_", "-") for c in Capability if c in self]
@@ -196,6 +198,26 @@ class Template:
     sizes: TemplateSizes = field(default_factory=TemplateSizes)
     origin: TemplateOrigin | None = None
     docker_port: int | None = None  # the guest port its dockerd listens on (if Docker-ready)
+
+
+@dataclass(frozen=True)
+class Spare:
+    """A warm spare: a VM of a template booted once with an identity of its own (UUID,
+    MAC, engine key and certificate, random state), saved with its memory once its
+    Docker engine was up, and stopped. A create adopts it: it resumes in seconds under
+    the new VM's name. Spares belong to the host, not to any user or resource set."""
+
+    name: str
+    template: str
+    ready: bool  # saved and waiting (False: being made, or its making was interrupted)
+    vcpus: int  # as saved; an adopting create plugs more, up to max_vcpus
+    max_vcpus: int
+    memory: int
+    max_memory: int
+    disk_size: int
+    stored: int  # bytes it takes on the host's storage (its disk and saved memory)
+    created: datetime | None = None
+    engine_name: str | None = None
 
 
 @dataclass(frozen=True)

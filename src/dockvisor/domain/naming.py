@@ -8,6 +8,7 @@ Snapshot names are freer but stay safe in a shell and in URLs.
 from __future__ import annotations
 
 import re
+import secrets
 
 from dockvisor.errors import InvalidInput
 
@@ -46,3 +47,11 @@ def validate_snapshot_name(name: str) -> str:
             "and '-', starting with a letter or digit"
         )
     return name
+
+
+SPARE_PREFIX = "spare."  # never a VM name: VM names are DNS labels, without dots
+
+
+def new_spare_name() -> str:
+    """A name for a warm spare, which no VM can have."""
+    return SPARE_PREFIX + secrets.token_hex(4)

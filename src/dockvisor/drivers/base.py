@@ -33,6 +33,7 @@ from dockvisor.domain.model import (
     HostInfo,
     ResizeResult,
     Snapshot,
+    Spare,
     Template,
     TemplateOrigin,
     TemplateSpec,
@@ -48,6 +49,7 @@ from dockvisor.errors import (
     NotFound,
     OutOfCapacity,
     Unsupported,
+    WarmStartUnavailable,
 )
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "OutOfCapacity",
     "Progress",
     "Unsupported",
+    "WarmStartUnavailable",
     "no_progress",
     "replaces",
 ]
@@ -187,6 +190,35 @@ class HypervisorDriver(Protocol):
         LIVE_DISK_GROWTH must be stopped first). The same size changes nothing. The VM's
         snapshots keep the size they were taken at: reverting to one returns the disk
         to that size (Snapshot.disk_size)."""
+        ...
+
+    # -- warm spares (WARM_SPARES) ----------------------------------------------------
+
+    def create_spare(self, spec: VMSpec, progress: Progress = no_progress) -> Spare:
+        """Boot a spare of spec's template at spec's size with spec.guest's identity, wait
+        until its Docker engine is up (the guest's own socket), save it with its memory
+        and stop it. spec.name must not be a valid VM name (`spare.` + hex). On failure
+        nothing is left. Unsupported without WARM_SPARES."""
+        ...
+
+    def list_spares(self) -> list[Spare]:
+        """The host's spares (a spare whose making or adoption was cut short is removed
+        here). Empty without WARM_SPARES."""
+        ...
+
+    def delete_spare(self, name: str) -> None:
+        """Remove a spare and its files. NotFound if there is none of that name."""
+        ...
+
+    def adopt_spare(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
+        """Make a VM of spec from a ready spare of spec.template: it takes spec.name,
+        resumes where the spare was saved (its identity is the spare's: UUID, MAC, engine
+        certificate; spec.guest must be None), its clock set to the host's, its hostname
+        to spec.name, grown live to spec's vCPUs, memory and disk; the running VM.
+        Two adoptions never get one spare. WarmStartUnavailable (nothing made) if no
+        spare fits spec (none left; spec larger than a spare's maximums; a disk smaller
+        than a spare's; a full copy asked) or the spares no longer match their template
+        or this hypervisor (those are deleted); the message says why."""
         ...
 
     # -- snapshots -------------------------------------------------------------------

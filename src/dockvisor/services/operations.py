@@ -304,6 +304,7 @@ class Operations:
         host_id: int | None = None,
         resource_set_id: int | None = None,
         pool_id: int | None = None,
+        cold: bool = False,
     ) -> tuple[VmRow, TaskInfo]:
         with self.audited(who, "vm.create", f"vm-name:{name}"):
             validate_vm_name(name)
@@ -344,7 +345,15 @@ class Operations:
                 who,
                 "vm.create",
                 row,
-                self._create_work(who, row, size, full, start),
+                self._create_work(
+                    who,
+                    row,
+                    size,
+                    full,
+                    start,
+                    cold=cold,
+                    sized=(max_vcpus, max_memory) != (None, None),
+                ),  # fmt: skip
                 undo=lambda: self._drop(row.id),
             )
         return row, task
@@ -399,8 +408,9 @@ class Operations:
                 self.inventory.publish(row, "created")
 
     def _create_work(
-        self, who: Principal, row: VmRow, size: Any, full: bool, start: bool
-    ) -> Callable[[TaskContext], dict[str, Any]]:
+        self, who: Principal, row: VmRow, size: Any, full: bool, start: bool, *,
+        cold: bool = False, sized: bool = False,
+    ) -> Callable[[TaskContext], dict[str, Any]]:  # fmt: skip
         driver = self.hosts.driver(row.host_id)
 
         def work(ctx: TaskContext) -> dict[str, Any]:
@@ -410,13 +420,14 @@ class Operations:
                 template=row.template or "",
                 vcpus=size.vcpus,
                 memory=size.memory,
-                max_vcpus=size.max_vcpus,
-                max_memory=size.max_memory,
+                max_vcpus=size.max_vcpus if sized else None,
+                max_memory=size.max_memory if sized else None,
                 disk=row.disk,
                 full=full,
                 start=start,
                 progress=ctx.progress,
                 engines=self.engines,
+                cold=cold,
             )
             self._adopt(who, row.id, vm)
             return {"vm": row.id}

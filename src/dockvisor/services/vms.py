@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from contextlib import suppress
+from dataclasses import replace
 
 from dockvisor.domain.model import (
     VM,
@@ -30,7 +31,7 @@ from dockvisor.domain.sizing import (
     plan_vm,
 )
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
-from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout
+from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout, WarmStartUnavailable
 from dockvisor.services.engines import EngineAccess
 
 __all__ = [
@@ -123,11 +124,18 @@ def create_vm_from_template(
     wait: bool = True,
     progress: Progress = no_progress,
     engines: EngineAccess | None = None,
+    cold: bool = False,
 ) -> VM:
     """Create a VM of exactly `vcpus` and `memory` from `template`, with a root disk of
     `disk` bytes (what is not given: the template's default), start it, and wait for
     its Docker engine. A Docker-ready template's VM gets an engine certificate of its own on its
-    config drive. If any step fails, the VM and its disks are removed."""
+    config drive. If any step fails, the VM and its disks are removed.
+
+    Warm by default: where the host keeps warm spares of the template (warm.py), the
+    VM is one of them resumed (its identity the spare's own, made when it booted) and
+    the progress says so; where none can be (none left, another size, a spare that no
+    longer matches: the progress says why) or `cold`, or maximums are asked for, it
+    boots."""
     engines = engines or EngineAccess.default()
     validate_vm_name(name)
     tmpl = driver.get_template(template)
@@ -146,6 +154,12 @@ def create_vm_from_template(
         guest=engines.guest_config(name) if docker_ready else None,
         disk_size=plan.disk,
     )
+    warm = not cold and start and max_vcpus is None and max_memory is None
+    if warm and Capability.WARM_SPARES in driver.capabilities:
+        adopted = _adopt_spare(driver, replace(spec, guest=None), wait=wait, progress=progress,
+                               engines=engines)  # fmt: skip
+        if adopted is not None:
+            return adopted
     vm = driver.create_vm(spec, progress=_scaled(progress, 0.0, 0.15))
     if not start:
         progress("created", 1.0)
@@ -159,6 +173,28 @@ def create_vm_from_template(
         _remove_quietly(driver, name)
         raise
     return driver.get_vm(name)
+
+
+def _adopt_spare(driver: HypervisorDriver, spec: VMSpec, *, wait: bool, progress: Progress,
+                 engines: EngineAccess) -> VM | None:  # fmt: skip
+    """The VM made from a warm spare, its engine answering; None (said in the progress)
+    where no spare can be it: the caller boots it cold."""
+    try:
+        vm = driver.adopt_spare(spec, progress=_scaled(progress, 0.0, 0.8))
+    except WarmStartUnavailable as exc:
+        progress(f"booting cold: {exc}", 0.0)
+        return None
+    progress("warm start: resumed a spare", 0.8)
+    try:
+        if wait and _docker_reachable(driver, vm):
+            wait_for_docker(driver, spec.name, progress=_scaled(progress, 0.8, 1.0),
+                            engines=engines, timeout=30.0)  # fmt: skip
+    except DockvisorError as exc:
+        _remove_quietly(driver, spec.name)
+        progress(f"booting cold: the resumed spare's engine did not answer ({exc})", 0.0)
+        return None
+    progress("Docker is up (warm start)", 1.0)
+    return driver.get_vm(spec.name)
 
 
 def _remove_quietly(driver: HypervisorDriver, name: str) -> None:

@@ -17,6 +17,8 @@ truth and any libvirt client can see it:
       <dockvisor:created>2026-11-22T00:00:00+00:00</dockvisor:created>
       <dockvisor:description>...</dockvisor:description>       (templates)
       <dockvisor:builtin image-key="..."/>                       (the built-in template)
+      <dockvisor:spare-seal qemu="7002000" machine="pc-i440fx-7.2" file-size="..."
+                            saved="..."/>            (a warm spare, kind="spare": spares.py)
     </dockvisor:domain>
 
 Under QEMU the VM's network is passed on QEMU's command line (libvirt 9.0 cannot express a
@@ -40,6 +42,7 @@ from dockvisor.domain.sizes import KiB
 __all__ = [
     "NS",
     "DomainConfig",
+    "SpareSeal",
     "DomainState",
     "build_domain_xml",
     "parse_domain_xml",
@@ -64,11 +67,22 @@ def _q(tag: str) -> str:
 
 
 @dataclass(frozen=True)
+class SpareSeal:
+    """What a warm spare was saved with: QEMU's version and machine type (a spare loads
+    only into the same), and its disk file's size then (a shorter file was cut)."""
+
+    qemu: int
+    machine: str
+    file_size: int
+    saved: datetime
+
+
+@dataclass(frozen=True)
 class DomainConfig:
     """Everything dockvisor puts into a domain's XML."""
 
     name: str
-    kind: str  # "vm" or "template"
+    kind: str  # "vm", "template" or "spare"
     vcpus: int
     max_vcpus: int
     memory: int  # bytes
@@ -98,6 +112,7 @@ class DomainConfig:
     origin: TemplateOrigin | None = None  # a template pulled from a catalog
     uuid: str | None = None
     managed: bool = True  # False: a domain dockvisor did not create
+    seal: SpareSeal | None = None  # a warm spare, once saved
 
 
 @dataclass(frozen=True)
@@ -259,7 +274,7 @@ def build_domain_xml(
     if console_log:
         _sub(serial, "log", file=console_log, append="off")
     _sub(devices, "console", type="pty")
-    if config.kind == "vm":
+    if config.kind in ("vm", "spare"):
         if qemu:
             # A screen reached only through libvirt (consoles.py: virDomainOpenGraphicsFD),
             # never a TCP port or a socket file that guests or host users could reach.
@@ -277,7 +292,7 @@ def build_domain_xml(
             iface = _sub(devices, "interface", type="network")
             _sub(iface, "source", network="default")
             _sub(iface, "mac", address=config.mac)
-    if qemu and config.kind == "vm":
+    if qemu and config.kind in ("vm", "spare"):
         _add_args(ET.SubElement(root, f"{{{QEMU_NS}}}commandline"), network_args(config))
     ET.indent(root)
     return ET.tostring(root, encoding="unicode")
@@ -285,7 +300,7 @@ def build_domain_xml(
 
 def _kernel_cmdline(config: DomainConfig) -> str:
     parts = [config.cmdline or ""]
-    if config.kind == "vm":
+    if config.kind in ("vm", "spare"):
         parts.append(f"dockvisor.hostname={config.name}")
         if config.docker_guest_port:
             parts.append(f"dockvisor.docker_port={config.docker_guest_port}")
@@ -340,6 +355,10 @@ def _metadata(parent: ET.Element, config: DomainConfig) -> None:
                                    asdict(config.sizes).items() if v is not None})  # fmt: skip
     if config.origin is not None:
         _sub(meta, _q("origin"), **asdict(config.origin))
+    if config.seal is not None:
+        _sub(meta, _q("spare-seal"), qemu=str(config.seal.qemu), machine=config.seal.machine,
+             **{"file-size": str(config.seal.file_size),
+                "saved": config.seal.saved.isoformat(timespec="seconds")})  # fmt: skip
 
 
 def _sizes(el: ET.Element | None) -> TemplateSizes | None:
@@ -354,6 +373,15 @@ def _origin(el: ET.Element | None) -> TemplateOrigin | None:
     if el is None:
         return None
     return TemplateOrigin(**{f.name: el.get(f.name, "") for f in fields(TemplateOrigin)})
+
+
+def _seal(el: ET.Element | None) -> SpareSeal | None:
+    if el is None:
+        return None
+    saved = el.get("saved", "1970-01-01T00:00:00+00:00")
+    return SpareSeal(qemu=int(el.get("qemu", "0")), machine=el.get("machine", ""),
+                     file_size=int(el.get("file-size", "0")),
+                     saved=datetime.fromisoformat(saved))  # fmt: skip
 
 
 def _int(el: ET.Element | None, default: int = 0) -> int:
@@ -443,6 +471,7 @@ def parse_domain_xml(xml: str) -> DomainState:
             builtin_key=builtin.get("image-key") if builtin is not None else None,
             sizes=_sizes(meta.find(_q("sizes"))),
             origin=_origin(meta.find(_q("origin"))),
+            seal=_seal(meta.find(_q("spare-seal"))),
             **common,  # type: ignore[arg-type]
         )
     return DomainState(

@@ -36,6 +36,7 @@ from dockvisor.domain.model import (
     PowerState,
     ResizeResult,
     Snapshot,
+    Spare,
     Template,
     TemplateSizes,
     TemplateSpec,
@@ -53,6 +54,7 @@ from dockvisor.drivers.disk_images import (
     check_self_contained,
     local_disk_size,
 )
+from dockvisor.drivers.libvirt import spares
 from dockvisor.drivers.libvirt.acceleration import detect_acceleration
 from dockvisor.drivers.libvirt.consoles import log_tail, open_console
 from dockvisor.drivers.libvirt.disk_copy import mirror_and_cut
@@ -176,7 +178,7 @@ class LibvirtDriver(UsageReading):
         if self._type == "TEST":
             return (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS
                     | c.LINKED_CLONES | c.CLONE_RUNNING | c.METRICS | c.EVENTS
-                    | c.DISK_GROWTH | c.LIVE_DISK_GROWTH)  # fmt: skip
+                    | c.DISK_GROWTH | c.LIVE_DISK_GROWTH | c.WARM_SPARES)  # fmt: skip
         if self._type == "XEN":
             # libvirt's libxl driver (src/libxl/libxl_driver.c, libvirt 11.5): its driver
             # table has no domainSnapshot*, no connectGetAllDomainStats, no
@@ -190,7 +192,8 @@ class LibvirtDriver(UsageReading):
                     | c.EVENTS | c.DISK_GROWTH)  # fmt: skip
         caps = (c.LIVE_VCPUS | c.LIVE_MEMORY | c.SNAPSHOTS | c.MEMORY_SNAPSHOTS | c.METRICS
                 | c.LINKED_CLONES | c.CLONE_RUNNING | c.GUEST_AGENT | c.GUEST_ADDRESSES
-                | c.SERIAL_CONSOLE | c.EVENTS | c.DISK_GROWTH | c.LIVE_DISK_GROWTH)  # fmt: skip
+                | c.SERIAL_CONSOLE | c.EVENTS | c.DISK_GROWTH | c.LIVE_DISK_GROWTH
+                | c.WARM_SPARES)  # fmt: skip
         return caps | c.LOOPBACK_FORWARD | c.GRAPHICAL_CONSOLE if self._local else caps
 
     def _require(self, capability: Capability, what: str) -> None:
@@ -270,6 +273,8 @@ class LibvirtDriver(UsageReading):
         state = self._state(dom)
         if state.config.kind == "template":
             raise NotFound(f"{name!r} is a template, not a VM (make a VM from it: vm create)")
+        if state.config.kind == "spare":
+            raise NotFound(f"{name!r} is a warm spare, not a VM (see: template spares)")
         return dom, state
 
     def _power(self, dom: libvirt.virDomain) -> PowerState:
@@ -322,7 +327,7 @@ class LibvirtDriver(UsageReading):
         for dom in self._domains():
             with suppress(NotFound):  # it vanished while we looked
                 state = self._state(dom)
-                if state.config.kind != "template":
+                if state.config.kind == "vm":
                     vms.append(self._to_vm(dom, state))
         return sorted(vms, key=lambda vm: vm.name)
 
@@ -464,7 +469,7 @@ class LibvirtDriver(UsageReading):
         except NotFound:
             return None
 
-    def _users_of(self, paths: set[str], kinds: tuple[str, ...] = ("vm",)) -> list[str]:
+    def _users_of(self, paths: set[str], kinds: tuple[str, ...] = ("vm", "spare")) -> list[str]:
         """The domains (VMs, or also templates) whose disk base, kernel or initrd is
         one of `paths`."""
         users = []
@@ -485,7 +490,7 @@ class LibvirtDriver(UsageReading):
             vol = self._storage.volume_by_path(path) if path else None
             if vol is None or not vol.name().startswith("template-"):
                 continue
-            if not self._users_of({str(path)}, ("vm", "template")):
+            if not self._users_of({str(path)}, ("vm", "spare", "template")):
                 with suppress(DockvisorError):
                     self._storage.delete(vol.name())
 
@@ -500,6 +505,7 @@ class LibvirtDriver(UsageReading):
 
     def remove_template(self, name: str) -> None:
         state = self._template_state(name)
+        spares.delete_spares_of(self, name)
         users = self._users_of({state.config.disk_path})
         if users:
             raise BadPowerState(
@@ -531,6 +537,13 @@ class LibvirtDriver(UsageReading):
             raise AlreadyExists(f"a {kind} named {name!r} already exists on {self.uri}")
 
     def create_vm(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
+        dom = self._new_domain(spec, progress)
+        progress("defined", 1.0)
+        return self._to_vm(dom, self._state(dom))
+
+    def _new_domain(self, spec: VMSpec, progress: Progress, kind: str = "vm") -> libvirt.virDomain:
+        """Define a stopped domain of `kind` ("vm", or "spare": no Docker forward, a
+        spare's is given when a VM adopts it) from spec; on failure its disks are gone."""
         self._check_new_name(spec.name)
         template = self._template_state(spec.template).config
         default = template.sizes.default_disk if template.sizes else None
@@ -554,7 +567,7 @@ class LibvirtDriver(UsageReading):
             progress("defining VM", 0.8)
             config = DomainConfig(
                 name=spec.name,
-                kind="vm",
+                kind=kind,
                 vcpus=spec.vcpus,
                 max_vcpus=spec.max_vcpus,
                 memory=spec.memory,
@@ -570,7 +583,7 @@ class LibvirtDriver(UsageReading):
                 template=spec.template,
                 docker_guest_port=template.docker_guest_port,
                 docker_host_port=self._starts.allocate_port()
-                if template.docker_guest_port
+                if template.docker_guest_port and kind == "vm"
                 else None,
                 engine_name=spec.guest.engine_name if spec.guest else None,
                 config_drive=drive,
@@ -578,14 +591,12 @@ class LibvirtDriver(UsageReading):
                 volumes=tuple(made),
                 created=datetime.now(UTC),
             )
-            dom = self._define(config)
+            return self._define(config)
         except BaseException:
             for name in made:
                 with suppress(Exception):
                     self._storage.delete(name)
             raise
-        progress("defined", 1.0)
-        return self._to_vm(dom, self._state(dom))
 
     def _add_config_drive(self, vm: str, guest: GuestConfig | None, made: list[str]) -> str | None:
         drive = guest.drive if guest else None
@@ -739,6 +750,20 @@ class LibvirtDriver(UsageReading):
             )
         return ResizeResult(vm=self.get_vm(name), applied=applied, pending=pending,
                             reasons=reasons)  # fmt: skip
+
+    # -- warm spares (spares.py) -----------------------------------------------------
+
+    def create_spare(self, spec: VMSpec, progress: Progress = no_progress) -> Spare:
+        return spares.create_spare(self, spec, progress)
+
+    def list_spares(self) -> list[Spare]:
+        return spares.list_spares(self)
+
+    def delete_spare(self, name: str) -> None:
+        spares.delete_spare(self, name)
+
+    def adopt_spare(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
+        return spares.adopt_spare(self, spec, progress)
 
     # -- snapshots -------------------------------------------------------------------
 

@@ -85,7 +85,7 @@ class StartPreparation:
         whose gateway is the host's loopback."""
         xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
         config = parse_domain_xml(xml).config
-        if not (self._qemu and config.managed and config.kind == "vm"):
+        if not (self._qemu and config.managed and config.kind in ("vm", "spare")):
             return dom, config
         port = config.docker_host_port
         if port and self._forward and not port_is_free(port):

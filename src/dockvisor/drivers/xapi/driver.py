@@ -70,6 +70,7 @@ from dockvisor.domain.model import (
     PowerState,
     ResizeResult,
     Snapshot,
+    Spare,
     Template,
     TemplateOrigin,
     TemplateSizes,
@@ -106,6 +107,7 @@ from dockvisor.errors import (
     InvalidInput,
     NotFound,
     Unsupported,
+    WarmStartUnavailable,
 )
 
 __all__ = ["XapiDriver"]
@@ -274,6 +276,25 @@ class XapiDriver:
         )
         self._host = (time.monotonic(), info)
         return info
+
+    # -- warm spares: not on XAPI (no capability) ------------------------------------
+
+    def _no_spares(self) -> Unsupported:
+        return Unsupported(
+            f"warm spares are not supported on XAPI pools ({self.uri}): VMs there boot cold"
+        )
+
+    def create_spare(self, spec: VMSpec, progress: Progress = no_progress) -> Spare:
+        raise self._no_spares()
+
+    def list_spares(self) -> list[Spare]:
+        return []
+
+    def delete_spare(self, name: str) -> None:
+        raise NotFound(f"no warm spare named {name!r} on {self.uri}")
+
+    def adopt_spare(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
+        raise WarmStartUnavailable(f"host {self.uri} keeps no warm spares (XAPI)")
 
     def close(self) -> None:
         self._events.stop()

@@ -1,0 +1,415 @@
+"""Warm spares: VMs booted ahead of time, saved with their memory, resumed by a create.
+
+Why spares and not one warm image copied for every VM: a Docker engine's identity is
+made when dockerd starts (`docker info`'s ID comes from the key it reads then, and its
+TLS listener is set up then), and restarting dockerd in a resumed guest costs 6-8 s
+under TCG (its network setup: about a hundred iptables calls; measured). A spare is
+instead a VM booted once with an identity of its own: its own UUID and MAC, its own
+engine key and certificate (its own config drive), its own kernel random state (from
+its own boot, with the host's virtio-rng), made unique by being made, not rewritten
+afterwards. Its Docker engine is brought up, then QEMU's `savevm` keeps its memory in
+its own disk file (an internal snapshot named WARM_STATE) and it is stopped.
+
+A create adopts one: the spare's domain is renamed to the new VM (libvirt renames
+atomically: two creates never get one spare), redefined as a VM with a Docker forward,
+started paused, `loadvm` brings its memory back and `delvm` frees it, its disk grows if
+asked, it resumes, its clock is set to the host's through the guest agent, the guest
+agent sets its hostname, and vCPUs and memory are plugged live to the asked size. The
+spare's disk is an overlay on its template's base like any linked VM's; nothing is
+copied. A spare saved by another QEMU or machine type, or on an older base of its
+template, or whose file was cut, is refused and deleted (WarmStartUnavailable says why).
+
+Spares are the host's: they are in no resource set and no user's quota; their files
+count in the pool's free space (HostInfo.storage_free) like any volume.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import xml.etree.ElementTree as ET
+from contextlib import suppress
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import libvirt
+
+from dockvisor.domain.model import VM, Capability, DiskMode, Spare, VMSpec
+from dockvisor.domain.naming import SPARE_PREFIX
+from dockvisor.domain.sizes import format_size
+from dockvisor.drivers.base import Progress, no_progress
+from dockvisor.drivers.libvirt.domain_xml import NS, DomainConfig, SpareSeal, metadata_xml
+from dockvisor.drivers.libvirt.errors import libvirt_errors
+from dockvisor.drivers.libvirt.resize import resize_domain
+from dockvisor.drivers.libvirt.snapshots import sync_guest_clock
+from dockvisor.errors import (
+    DockvisorError,
+    GuestTimeout,
+    HypervisorError,
+    InvalidInput,
+    NotFound,
+    WarmStartUnavailable,
+)
+
+if TYPE_CHECKING:
+    from dockvisor.drivers.libvirt.driver import LibvirtDriver
+
+__all__ = [
+    "WARM_STATE",
+    "adopt_spare",
+    "create_spare",
+    "delete_spare",
+    "delete_spares_of",
+    "list_spares",
+]
+
+WARM_STATE = "dockvisor-warm"
+# An unsaved spare older than this was being made by a process that is gone.
+_ABANDONED_AFTER = 900.0
+
+# Run in the adopted guest by its agent, as root, with the VM's name as $1 (an argument,
+# never spliced into the script). The stored name is the one the guest's init compares
+# at boot: it keeps the engine key the spare made for itself across reboots.
+_ADOPT_SCRIPT = """set -e
+hostname "$1"
+echo "$1" > /etc/hostname
+printf '127.0.0.1 localhost %s\\n::1 localhost\\n' "$1" > /etc/hosts
+mkdir -p /var/lib/dockvisor
+echo "$1" > /var/lib/dockvisor/hostname
+"""
+# Ready when dockerd listens on its TCP port (after its unix socket): the log says so.
+_ENGINE_UP = "grep -q 'API listen on \\[::\\]' /var/log/dockerd.log"
+
+
+def _hmp(dom: libvirt.virDomain, command: str) -> str:
+    import libvirt_qemu
+
+    reply = libvirt_qemu.qemuMonitorCommand(
+        dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+    )
+    return str(reply).strip()
+
+
+def _agent(dom: libvirt.virDomain, command: str, arguments: dict[str, Any], timeout: int = 10
+           ) -> Any:  # fmt: skip
+    import libvirt_qemu
+
+    reply = libvirt_qemu.qemuAgentCommand(
+        dom, json.dumps({"execute": command, "arguments": arguments}), timeout, 0
+    )
+    return json.loads(reply)["return"]
+
+
+def guest_run(dom: libvirt.virDomain, argv: list[str], *, timeout: float = 30.0) -> str:
+    """Run `argv` in the guest through its agent and wait; its output. HypervisorError
+    if it fails or the agent does not answer, GuestTimeout if it runs too long."""
+    deadline = time.monotonic() + timeout
+    pid = None
+    while pid is None:
+        try:
+            run = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+            pid = _agent(dom, "guest-exec", run)["pid"]
+        except libvirt.libvirtError as exc:
+            if time.monotonic() > deadline:
+                raise HypervisorError(f"the guest agent of {dom.name()} did not answer: "
+                                      f"{exc.get_error_message()}") from exc  # fmt: skip
+            time.sleep(0.2)
+    while time.monotonic() < deadline:
+        status = _agent(dom, "guest-exec-status", {"pid": pid})
+        if status.get("exited"):
+            out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+            err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+            if status.get("exitcode", 0) != 0:
+                raise HypervisorError(
+                    f"{argv[0]} in {dom.name()} failed ({status.get('exitcode')}): "
+                    f"{(err or out).strip()[:300]}"
+                )
+            return out
+        time.sleep(0.05)
+    raise GuestTimeout(f"{argv[0]} in {dom.name()} did not finish within {timeout:.0f} s")
+
+
+def _machine(xml: str) -> str:
+    el = ET.fromstring(xml).find("os/type")
+    return el.get("machine", "") if el is not None else ""
+
+
+# The driver's warm-spare methods, with the driver as `d`.
+
+
+def create_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
+                 ) -> Spare:  # fmt: skip
+    d._require(Capability.WARM_SPARES, "warm spares")
+    if not spec.name.startswith(SPARE_PREFIX):
+        raise InvalidInput(f"a spare's name starts with {SPARE_PREFIX!r} (got {spec.name!r})")
+    if spec.disk_mode is not DiskMode.LINKED:
+        raise InvalidInput("spares are linked to their template's base")
+    dom = d._new_domain(spec, no_progress, kind="spare")
+    try:
+        progress("booting the spare", 0.05)
+        with d._starts.starting(dom) as dom, libvirt_errors(f"starting spare {spec.name}"):
+            dom.create()
+        machine = _machine(dom.XMLDesc(0))
+        if d._is_qemu:
+            _wait_engine_up(d, dom, progress)
+            progress("saving the spare's memory", 0.9)
+            with libvirt_errors(f"saving spare {spec.name}"):
+                reply = _hmp(dom, f'savevm "{WARM_STATE}"')
+            if reply:
+                raise HypervisorError(f"saving spare {spec.name}: QEMU said: {reply[:300]}")
+        with libvirt_errors(f"stopping spare {spec.name}"):
+            dom.destroy()
+            config = d._state(dom, inactive=True).config
+            seal = SpareSeal(qemu=int(d._conn.getVersion()), machine=machine,
+                             file_size=_file_size(d, config.disk_path),
+                             saved=datetime.now(UTC))  # fmt: skip
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                            metadata_xml(replace(config, seal=seal)), "dockvisor", NS,
+                            libvirt.VIR_DOMAIN_AFFECT_CONFIG)  # fmt: skip
+    except BaseException:
+        _discard(d, dom)
+        raise
+    progress("spare saved", 1.0)
+    return _to_spare(d, d._state(dom, inactive=True).config, dom)
+
+
+def _wait_engine_up(d: LibvirtDriver, dom: libvirt.virDomain, progress: Progress,
+                    timeout: float = 240.0) -> None:  # fmt: skip
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    while True:
+        progress("waiting for the spare's Docker engine",
+                 0.1 + 0.75 * min((time.monotonic() - started) / 60, 1.0))  # fmt: skip
+        if not dom.isActive():
+            raise HypervisorError(f"spare {dom.name()} stopped while booting")
+        with suppress(HypervisorError):
+            guest_run(dom, ["/bin/sh", "-c", _ENGINE_UP], timeout=10)
+            time.sleep(2.0)  # let dockerd finish its start-up work before the save
+            return
+        if time.monotonic() > deadline:
+            raise GuestTimeout(f"spare {dom.name()}'s Docker engine did not start "
+                               f"within {timeout:.0f} s")  # fmt: skip
+        time.sleep(1.0)
+
+
+def _file_size(d: LibvirtDriver, path: str) -> int:
+    vol = d._storage.volume_by_path(path)
+    if vol is None:
+        return -1
+    with suppress(libvirt.libvirtError):
+        return int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+    return int(vol.info()[2])
+
+
+def _spare_domains(d: LibvirtDriver) -> list[tuple[libvirt.virDomain, DomainConfig]]:
+    found = []
+    for dom in d._domains():
+        with suppress(NotFound, HypervisorError):
+            config = d._state(dom, inactive=True).config
+            if config.kind == "spare":
+                found.append((dom, config))
+    return found
+
+
+def _to_spare(d: LibvirtDriver, config: DomainConfig, dom: libvirt.virDomain) -> Spare:
+    stored = 0
+    for volume in config.volumes:
+        with suppress(DockvisorError, libvirt.libvirtError):
+            stored += _file_size(d, d._storage.path_of(volume))
+    return Spare(
+        name=config.name,
+        template=config.template or "",
+        ready=config.seal is not None and not dom.isActive(),
+        vcpus=config.vcpus,
+        max_vcpus=config.max_vcpus,
+        memory=config.memory,
+        max_memory=config.max_memory,
+        disk_size=config.disk_size,
+        stored=stored,
+        created=config.created,
+        engine_name=config.engine_name,
+    )
+
+
+def list_spares(d: LibvirtDriver) -> list[Spare]:
+    if Capability.WARM_SPARES not in d.capabilities:
+        return []
+    spares = []
+    now = datetime.now(UTC)
+    for dom, config in _spare_domains(d):
+        abandoned = config.seal is None and (
+            config.created is None or (now - config.created).total_seconds() > _ABANDONED_AFTER
+        )
+        if abandoned or not config.name.startswith(SPARE_PREFIX):
+            # Its making, or an adoption, was cut short by a process that is gone.
+            _discard(d, dom)
+            continue
+        spares.append(_to_spare(d, config, dom))
+    return sorted(spares, key=lambda s: (s.template, s.created or now, s.name))
+
+
+def delete_spare(d: LibvirtDriver, name: str) -> None:
+    for dom, config in _spare_domains(d):
+        if config.name == name:
+            _discard(d, dom)
+            return
+    raise NotFound(f"no warm spare named {name!r} on {d.uri}")
+
+
+def delete_spares_of(d: LibvirtDriver, template: str) -> None:
+    for dom, config in _spare_domains(d):
+        if config.template == template:
+            _discard(d, dom)
+
+
+def _discard(d: LibvirtDriver, dom: libvirt.virDomain) -> None:
+    """Remove a spare (or a half-adopted one): its QEMU, its domain, its volumes."""
+    with suppress(libvirt.libvirtError):
+        if dom.isActive():
+            dom.destroy()
+    volumes: tuple[str, ...] = ()
+    with suppress(DockvisorError, libvirt.libvirtError):
+        volumes = d._state(dom, inactive=True).config.volumes
+    name = ""
+    with suppress(libvirt.libvirtError):
+        name = dom.name()
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    for volume in volumes:
+        with suppress(DockvisorError):
+            d._storage.delete(volume)
+    if name:
+        d._starts.forget(name)
+
+
+def _stale(d: LibvirtDriver, config: DomainConfig, template: DomainConfig) -> str | None:
+    """Why this spare can no longer become a VM of its template here (None: it can)."""
+    seal = config.seal
+    assert seal is not None
+    if config.base_path != template.disk_path:
+        return (f"template {template.name!r} has changed since spare {config.name} was "
+                "saved (its disk is another)")  # fmt: skip
+    qemu = int(d._conn.getVersion())
+    if qemu != seal.qemu:
+        return (f"spare {config.name} was saved by QEMU {_version(seal.qemu)}; this host "
+                f"runs {_version(qemu)}")  # fmt: skip
+    size = _file_size(d, config.disk_path)
+    if size != seal.file_size:
+        what = "is missing" if size < 0 else f"is {size} bytes, not {seal.file_size}"
+        return f"the saved state of spare {config.name} {what} (cut or changed)"
+    return None
+
+
+def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress) -> VM:
+    if Capability.WARM_SPARES not in d.capabilities:
+        raise WarmStartUnavailable(f"host {d.uri} keeps no warm spares")
+    if spec.guest is not None:
+        raise InvalidInput("an adopted spare keeps its own identity: give no config drive")
+    if spec.disk_mode is not DiskMode.LINKED:
+        raise WarmStartUnavailable("a full-copy disk is made by a cold create only")
+    d._check_new_name(spec.name)
+    template = d._template_state(spec.template).config
+    reasons: list[str] = []
+    candidates = [(d, c) for d, c in _spare_domains(d)
+                  if c.template == spec.template and c.seal is not None
+                  and c.name.startswith(SPARE_PREFIX) and not d.isActive()]  # fmt: skip
+    candidates.sort(key=lambda dc: dc[1].seal.saved if dc[1].seal else datetime.now(UTC))
+    for dom, config in candidates:
+        if why := _stale(d, config, template):
+            _discard(d, dom)
+            reasons.append(why)
+            continue
+        if spec.vcpus > config.max_vcpus or spec.memory > config.max_memory:
+            reasons.append(
+                f"spares of {spec.template!r} grow to at most {config.max_vcpus} vCPUs "
+                f"and {format_size(config.max_memory)} (asked {spec.vcpus} vCPUs, "
+                f"{format_size(spec.memory)})"
+            )
+            continue
+        if spec.disk_size is not None and spec.disk_size < config.disk_size:
+            reasons.append(
+                f"spares of {spec.template!r} have a {format_size(config.disk_size)} "
+                f"disk (asked {format_size(spec.disk_size)}; disks only grow)"
+            )
+            continue
+        try:
+            dom.rename(spec.name, 0)  # the claim: one rename wins
+        except libvirt.libvirtError:
+            continue  # another create took it
+        try:
+            return _resume_adopted(d, dom, config, spec, progress)
+        except BaseException as exc:
+            _discard(d, dom)
+            if isinstance(exc, DockvisorError | libvirt.libvirtError):
+                raise WarmStartUnavailable(
+                    f"spare {config.name} could not become {spec.name!r}: {exc}"
+                ) from exc
+            raise
+    if not reasons:
+        reasons.append(f"no warm spare of template {spec.template!r} is left on {d.uri}")
+    raise WarmStartUnavailable("; ".join(dict.fromkeys(reasons)))
+
+
+def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig,
+                    spec: VMSpec, progress: Progress) -> VM:  # fmt: skip
+    name = spec.name
+    assert spare.seal is not None
+    progress("adopting a warm spare", 0.1)
+    config = replace(
+        spare,
+        name=name,
+        kind="vm",
+        seal=None,
+        docker_host_port=d._starts.allocate_port() if spare.docker_guest_port else None,
+        nic_socket=d._starts.nic_socket(name),
+        created=datetime.now(UTC),
+    )
+    dom = d._define(config)
+    with libvirt_errors(f"resuming {name} from its spare"):
+        if d._is_qemu:
+            machine = _machine(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+            if machine != spare.seal.machine:
+                raise WarmStartUnavailable(
+                    f"spare {spare.name} was saved on machine type {spare.seal.machine}; "
+                    f"this host now gives {machine}"
+                )
+            with d._starts.starting(dom) as dom:
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            progress("loading the spare's memory", 0.3)
+            reply = _hmp(dom, f'loadvm "{WARM_STATE}"')
+            if reply:
+                raise HypervisorError(f"QEMU said: {reply[:300]}")
+            _hmp(dom, f'delvm "{WARM_STATE}"')
+        else:
+            with d._starts.starting(dom) as dom:
+                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+        if spec.disk_size is not None and spec.disk_size > spare.disk_size:
+            if d._is_qemu:
+                dom.blockResize("vda", spec.disk_size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
+            for flags in (libvirt.VIR_DOMAIN_AFFECT_LIVE, libvirt.VIR_DOMAIN_AFFECT_CONFIG):
+                dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                metadata_xml(replace(config, disk_size=spec.disk_size)),
+                                "dockvisor", NS, flags)  # fmt: skip
+        progress("resuming", 0.6)
+        dom.resume()
+        if d._is_qemu:
+            sync_guest_clock(dom)
+            guest_run(dom, ["/bin/sh", "-c", _ADOPT_SCRIPT, "adopt", name], timeout=20)
+        live = d._state(dom).config
+        if (spec.vcpus, spec.memory) != (live.vcpus, live.memory):
+            progress("sizing", 0.8)
+            resize_domain(
+                dom,
+                live=live,
+                next_boot=lambda: d._state(dom, inactive=True).config,
+                balloon=d._balloon,
+                vcpus=spec.vcpus if spec.vcpus != live.vcpus else None,
+                memory=spec.memory if spec.memory != live.memory else None,
+            )
+    progress("adopted", 1.0)
+    return d.get_vm(name)
+
+
+def _version(number: int) -> str:
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}"

@@ -1,0 +1,153 @@
+"""Warm starts on qemu:///system with real guests: `template warm` keeps spares, `vm
+create` resumes one in seconds, and each VM so made has an identity no other VM has
+(UUID, MAC, hostname, engine ID, engine certificate, random bytes), the host's clock,
+and the whole workflow of a cold-booted VM (containers, snapshot, revert, clone, live
+resize, reboot). A spare whose saved state was cut is refused and the create boots
+cold, saying so, leaving nothing of the spare."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
+from dockvisor.drivers.registry import open_driver
+from tests.e2e.test_cli_lifecycle import dv, engine_of, names_in, run
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture
+def spares() -> Iterator[None]:
+    """The built-in template's spares are this test's: none before, none after."""
+    dv("template", "warm", "docker-ready", "--spares", "0")
+    try:
+        yield
+    finally:
+        dv("template", "warm", "docker-ready", "--spares", "0")
+
+
+def guest(name: str, script: str) -> str:
+    with engine_of(name) as engine:
+        return engine.run_to_completion("busybox:latest", ["sh", "-c", script])
+
+
+def mac_of(name: str) -> str:
+    conn = libvirt.open("qemu:///system")
+    try:
+        return parse_domain_xml(conn.lookupByName(name).XMLDesc(0)).config.mac
+    finally:
+        conn.close()
+
+
+def test_two_warm_vms_have_their_own_identity_and_a_full_life(
+    spares: None, unique_name: str
+) -> None:
+    kept = dv("template", "warm", "docker-ready", "--spares", "2")
+    assert [s["ready"] for s in kept] == [True, True]
+    assert len({s["engine_name"] for s in kept}) == 2
+    a, b = f"{unique_name}-a", f"{unique_name}-b"
+    started = time.monotonic()
+    proc = run("vm", "create", a, "--vcpus", "1", "--memory", "512MiB")
+    took = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr
+    assert "warm start: resumed a spare" in proc.stderr, proc.stderr
+    assert took < 15, f"a warm create answers in seconds, not a boot's time ({took:.1f} s)"
+    vm_b = dv("vm", "create", b, "--vcpus", "2", "--memory", "1GiB")
+    assert dv("template", "spares") == [], "each create took its own spare"
+    vm_a = dv("vm", "show", a)
+    assert (vm_b["vcpus"], vm_b["memory"]) == (2, 1024**3), "grown live to the asked size"
+    assert vm_a["uuid"] != vm_b["uuid"]
+    assert mac_of(a) != mac_of(b)
+
+    facts = {}
+    for name in (a, b):
+        with engine_of(name) as engine:
+            info = engine.info()
+            inside = engine.run_to_completion("busybox:latest", [
+                "sh", "-c", "head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
+                "date +%s; hostname; nproc"])  # fmt: skip
+        rand, clock, host_name, cpus = inside.split()
+        facts[name] = (info["ID"], info["Name"], rand)
+        assert abs(int(clock) - time.time()) <= 2, "the guest's clock is the host's"
+        assert info["Name"] == name and host_name != "", "its hostname is its own name"
+        assert int(cpus) == (1 if name == a else 2)
+    assert facts[a][0] != facts[b][0], "engine IDs differ"
+    assert facts[a][2] != facts[b][2] and len(facts[a][2]) == 128, "random bytes differ"
+
+    # The engine answers only dockvisor's client certificate, and names itself as this VM.
+    driver = open_driver("qemu:///system")
+    try:
+        ends = {n: driver.docker_endpoint(n) for n in (a, b)}
+    finally:
+        driver.close()
+    assert ends[a].server_name != ends[b].server_name
+    anonymous = ssl.create_default_context()
+    anonymous.check_hostname = False
+    anonymous.verify_mode = ssl.CERT_NONE
+    answer = b""
+    try:
+        with socket.create_connection((ends[a].host, ends[a].port), timeout=10) as raw:
+            with anonymous.wrap_socket(raw) as tls:
+                tls.sendall(b"GET /info HTTP/1.0\r\nHost: engine\r\n\r\n")
+                answer = tls.recv(100)
+    except (ssl.SSLError, OSError):
+        pass
+    assert answer == b"", "the engine answers no client without dockvisor's certificate"
+    # engine_of checks the engine's certificate against dockvisor's CA and this VM's own
+    # server name (a spare's, issued when it booted); another VM's name would fail.
+    with engine_of(a) as engine:
+        assert engine.ping()
+
+    # The whole workflow, on a warm-made VM.
+    with engine_of(a) as engine:
+        engine.run("busybox:latest", ["sleep", "3600"], name="kept")
+    dv("vm", "snapshot", a, "clean")
+    with engine_of(a) as engine:
+        engine.run("busybox:latest", ["sleep", "3600"], name="later")
+        assert {"kept", "later"} <= names_in(engine)
+    dv("vm", "revert", a, "clean")
+    with engine_of(a) as engine:
+        assert "later" not in names_in(engine) and "kept" in names_in(engine)
+    resized = dv("vm", "set", a, "--vcpus", "2", "--memory", "1GiB")
+    assert resized["applied"] == {"vcpus": 2, "memory": 1024**3}
+    assert guest(a, "nproc").strip() == "2"
+    clone = f"{unique_name}-c"
+    dv("vm", "clone", a, clone, "--start")
+    with engine_of(clone) as engine:
+        assert engine.info()["ID"] != facts[a][0], "a clone of a warm VM has its own engine"
+    dv("vm", "reboot", a, "--wait")
+    with engine_of(a) as engine:
+        assert engine.info()["ID"] == facts[a][0], "a reboot keeps the VM's engine identity"
+        assert engine.info()["Name"] == a
+    for name in (clone, a, b):
+        dv("vm", "rm", "--force", name)
+
+
+def test_a_cut_spare_is_refused_and_the_create_boots_cold(spares: None, unique_name: str) -> None:
+    dv("template", "warm", "docker-ready", "--spares", "1")
+    conn = libvirt.open("qemu:///system")
+    try:
+        spare = next(d for d in conn.listAllDomains(0) if d.name().startswith("spare."))
+        disk = Path(parse_domain_xml(spare.XMLDesc(0)).config.disk_path)
+        volumes = parse_domain_xml(spare.XMLDesc(0)).config.volumes
+        with disk.open("r+b") as f:
+            f.truncate(disk.stat().st_size // 2)
+        proc = run("vm", "create", unique_name)
+        assert proc.returncode == 0, proc.stderr
+        assert "booting cold:" in proc.stderr and "cut or changed" in proc.stderr, proc.stderr
+        assert not any(d.name().startswith("spare.") for d in conn.listAllDomains(0))
+        pool = conn.storagePoolLookupByName("dockvisor")
+        pool.refresh(0)
+        assert not set(volumes) & {v.name() for v in pool.listAllVolumes(0)}, "nothing left"
+    finally:
+        conn.close()
+    with engine_of(unique_name) as engine:
+        assert engine.info()["Name"] == unique_name
+    dv("vm", "rm", "--force", unique_name)
