@@ -23,6 +23,7 @@ bench: image
 	.venv/bin/python bench/lifecycle.py
 	.venv/bin/python bench/docker.py
 	.venv/bin/python bench/catalog.py
+	.venv/bin/python bench/warm.py
 
 # Remove VMs a crashed test run may have left (their names start with dvt-).
 clean-test-vms: setup
