@@ -1,18 +1,21 @@
-"""Warm spares through the API on the test driver (SQLite): a create adopts a spare,
-the quota is the resource set's as for a cold create, and 20 creates at once on a set
-with room for 5 give exactly 5 VMs, each a different spare, the others refused cleanly.
-(What a resumed spare is inside, on real QEMU: tests/e2e/test_warm.py.)"""
+"""Warm spares through the API on the test driver (SQLite): the admin keeps spares of a
+template (a task) and sees what they cost, a developer can do neither; a create adopts a
+spare and the server refills the spares in the background; the quota is the resource
+set's as for a cold create, and 20 creates at once on a set with room for 5 give exactly
+5 VMs, each a different spare, the others refused cleanly. (What a resumed spare is
+inside, on real QEMU: tests/e2e/test_warm.py.)"""
 
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import httpx
 
 from dockvisor.services import warm
-from tests.api.conftest import TEMPLATE, Server
-from tests.api.test_quotas import VM_MEMORY, make_set, refused, usage
+from tests.api.conftest import TEMPLATE, Server, assert_problem
+from tests.api.test_quotas import VM_MEMORY, make_set, refused, run, usage
 
 
 def post(client: httpx.Client, name: str, set_id: int, **extra: Any) -> httpx.Response:
@@ -20,13 +23,30 @@ def post(client: httpx.Client, name: str, set_id: int, **extra: Any) -> httpx.Re
     return client.post("/vms", json=body)
 
 
+def ready_spares(admin: httpx.Client) -> list[dict[str, Any]]:
+    response = admin.get("/spares")
+    assert response.status_code == 200, response.text
+    return [s for s in response.json() if s["ready"]]
+
+
+def wait_for_spares(admin: httpx.Client, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(ready_spares(admin)) != count:
+        assert time.monotonic() < deadline, f"spares not back to {count}: {ready_spares(admin)}"
+        time.sleep(0.2)
+
+
 def test_twenty_creates_at_once_on_room_for_five_take_five_spares(sqlite_server: Server) -> None:
     server = sqlite_server
     driver = server.cp.hosts.driver(1)
-    kept = warm.warm_template(driver, TEMPLATE, 8)
-    assert len(kept) == 8 and all(s.ready for s in kept)
-    assert len({s.engine_name for s in kept} | {s.name for s in kept}) >= 8
     admin = server.client("admin")
+    task = run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 8}))
+    assert task["result"]["spares"] == 8
+    listed = ready_spares(admin)
+    assert len(listed) == 8 and {s["template"] for s in listed} == {TEMPLATE}
+    assert all(s["stored"] >= 0 and s["max_vcpus"] >= s["vcpus"] for s in listed)
+    spare_ids = {s.uuid for s in driver.list_spares()}
+    assert len(spare_ids) == 8
     server.add_user("dev")
     dev = server.client("dev")
     team = make_set(admin, "team", vcpus=5, memory=5 * VM_MEMORY, vms=5)
@@ -52,30 +72,43 @@ def test_twenty_creates_at_once_on_room_for_five_take_five_spares(sqlite_server:
     made = [dev.get(f"/vms/{t['object_id']}").json() for t in tasks]
     assert all(vm["state"] == "running" for vm in made)
     assert usage(admin, team["id"])["vms"] == 5
-    left = warm.spares_of(driver, TEMPLATE)
-    assert len(left) == 3, "each create took a spare of its own"
     hv = {vm.name: vm for vm in driver.list_vms()}
     uuids = {hv[vm["name"]].uuid for vm in made}
-    assert len(uuids) == 5
+    assert len(uuids) == 5 and uuids <= spare_ids, "each VM is a spare of its own"
     assert not any(name.startswith("spare.") for name in hv), "spares are never VMs"
+    wait_for_spares(admin, 8)  # the server made the 5 taken again, in the background
+    assert not {s.uuid for s in driver.list_spares()} & uuids
 
 
-def test_cold_boots_and_a_spare_too_small_is_left_for_others(sqlite_server: Server) -> None:
+def test_keeping_spares_is_the_admins_and_cold_or_large_creates_leave_them(
+    sqlite_server: Server,
+) -> None:
     server = sqlite_server
     driver = server.cp.hosts.driver(1)
-    warm.warm_template(driver, TEMPLATE, 1)
     admin = server.client("admin")
-    server.add_user("dev")
+    dev = server.add_user("dev", role="Developer")
+    assert_problem(dev.post(f"/templates/{TEMPLATE}/warm", json={"spares": 1}), 403, "forbidden")
+    assert_problem(dev.get("/spares"), 403, "forbidden")
+    assert_problem(admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 33}), 422,
+                   "invalid-request")  # fmt: skip
+    assert_problem(admin.post("/templates/nope/warm", json={"spares": 1}), 404, "not-found")
+    run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 1}))
+    assert driver.get_template(TEMPLATE).spares_kept == 1
     team = make_set(admin, "team", vcpus=64, memory=64 * VM_MEMORY, vms=8)
     task = server.wait(admin, post(admin, "cold1", team["id"], cold=True).json())
     assert task["state"] == "succeeded"
-    assert len(warm.spares_of(driver, TEMPLATE)) == 1, "--cold leaves the spare"
+    assert len(warm.spares_of(driver, TEMPLATE)) == 1, "cold leaves the spare"
     spare = warm.spares_of(driver, TEMPLATE)[0]
     big = {"memory": spare.max_memory + VM_MEMORY}
     task = server.wait(admin, post(admin, "big1", team["id"], **big).json())
     assert task["state"] == "succeeded"
-    assert len(warm.spares_of(driver, TEMPLATE)) == 1, "a VM larger than a spare boots cold"
+    assert [s.uuid for s in warm.spares_of(driver, TEMPLATE)] == [spare.uuid], (
+        "a VM larger than a spare's room boots cold and leaves it"
+    )
     task = server.wait(admin, post(admin, "warm1", team["id"]).json())
     assert task["state"] == "succeeded"
-    assert warm.spares_of(driver, TEMPLATE) == []
-    assert warm.warm_template(driver, TEMPLATE, 0) == []
+    vm = next(v for v in driver.list_vms() if v.name == "warm1")
+    assert vm.uuid == spare.uuid
+    wait_for_spares(admin, 1)
+    run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 0}))
+    assert ready_spares(admin) == [] and driver.get_template(TEMPLATE).spares_kept == 0

@@ -1,5 +1,6 @@
-"""REST routes for template catalogs and pulling templates from them. Thin: each calls
-services/catalog_admin.py, where the privilege (Sys.Modify on /) is checked."""
+"""REST routes for template catalogs, pulling templates from them, and keeping warm
+spares of templates. Thin: each calls services/catalog_admin.py or spare_admin.py, where
+the privilege (Sys.Modify on /; Sys.Audit to list spares) is checked."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dockvisor.domain.requirements import Perm
 from dockvisor.services.catalog_admin import CatalogAdministration
 from dockvisor.services.catalogs import CatalogRecord
 from dockvisor.services.runtime import ControlPlane
+from dockvisor.services.spare_admin import SpareAdministration
 
 __all__ = ["catalog_router"]
 
@@ -47,6 +49,7 @@ def _template_out(catalog: str, t: CatalogTemplate) -> s.CatalogTemplateOut:
 def catalog_router(cp: ControlPlane) -> APIRouter:
     api = APIRouter(route_class=DeclaredRoute)
     catalogs = CatalogAdministration(cp)
+    spares = SpareAdministration(cp)
     root = declare(Perm("/", P.SYS_MODIFY))
 
     @api.get("/catalogs", response_model=list[s.CatalogOut], openapi_extra=root)
@@ -109,5 +112,30 @@ def catalog_router(cp: ControlPlane) -> APIRouter:
         who: Who, name: Annotated[str, NAMED], body: s.TemplateUpdate, response: Response
     ) -> s.TaskOut:
         return _task(response, catalogs.update(who, name, host_id=body.host_id))
+
+    @api.post(
+        "/templates/{name}/warm",
+        name="template.warm",
+        status_code=202,
+        response_model=s.TaskOut,
+        openapi_extra=root,
+    )
+    def warm(
+        who: Who, name: Annotated[str, NAMED], body: s.TemplateWarm, response: Response
+    ) -> s.TaskOut:
+        return _task(response, spares.warm(who, name, body.spares, host_id=body.host_id))
+
+    @api.get(
+        "/spares",
+        name="spare.list",
+        response_model=list[s.SpareOut],
+        openapi_extra=declare(Perm("/", P.SYS_AUDIT)),
+    )
+    def list_spares(who: Who) -> list[s.SpareOut]:
+        return [s.SpareOut(host_id=h, name=x.name, template=x.template, ready=x.ready,
+                           stale=x.stale, vcpus=x.vcpus, max_vcpus=x.max_vcpus,
+                           memory=x.memory, max_memory=x.max_memory, disk_size=x.disk_size,
+                           stored=x.stored, created=x.created)
+                for h, x in spares.spares(who)]  # fmt: skip
 
     return api

@@ -621,3 +621,23 @@ class TemplatePull(Strict):
 
 class TemplateUpdate(Strict):
     host_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class TemplateWarm(Strict):
+    spares: int = Field(ge=0, le=32, description="Warm spares the host keeps (0: none)")
+    host_id: int | None = Field(default=None, ge=1, le=MAX_ID)
+
+
+class SpareOut(BaseModel):
+    host_id: int
+    name: str
+    template: str
+    ready: bool
+    stale: str | None
+    vcpus: int
+    max_vcpus: int
+    memory: int
+    max_memory: int
+    disk_size: int
+    stored: int
+    created: datetime | None

@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -23,6 +24,7 @@ from dockvisor.cli import server as server_cli
 from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
 from dockvisor.cli.credentials import host_credentials
 from dockvisor.cli.progress import ProgressBar
+from dockvisor.domain.model import Spare
 from dockvisor.domain.sizes import format_size, parse_size
 from dockvisor.drivers.base import HypervisorDriver, no_progress
 from dockvisor.drivers.registry import open_driver
@@ -261,13 +263,16 @@ def image() -> None:
 
 @image.command("build")
 @click.option("--force", is_flag=True, help="Rebuild even if the cache has this image.")
+@click.option("--spares", type=int,
+              help="Warm spares of the template to keep [as before; none at first]")  # fmt: skip
 @pass_ctx
-def image_build(ctx: Context, force: bool) -> None:
-    """Build the guest image and register it as the `docker-ready` template."""
+def image_build(ctx: Context, force: bool, spares: int | None) -> None:
+    """Build the guest image and register it as the `docker-ready` template; keep its
+    warm spares (a new build gets new ones)."""
     ctx.local_only("image build")
     with ctx.progress("image build") as bar:
         built, template = template_service.build_builtin_template(
-            ctx.driver, force=force, progress=bar
+            ctx.driver, force=force, progress=bar, spares=spares, engines=ctx.engines
         )
     ctx.emit(
         {"image": {"key": built.key, "directory": str(built.directory)}, "template": template},
@@ -348,14 +353,25 @@ def template_rm(ctx: Context, name: str) -> None:
 @template.command("warm")
 @click.argument("name")
 @click.option("--spares", type=int, default=2, show_default=True,
-              help="How many saved, booted spares of it this host keeps (0: none).")  # fmt: skip
+              help="How many saved, booted spares of it the host keeps (0: none).")  # fmt: skip
+@click.option("--host", "host_id", type=int, help="With --server: the host [the first].")
 @pass_ctx
-def template_warm(ctx: Context, name: str, spares: int) -> None:
+def template_warm(ctx: Context, name: str, spares: int, host_id: int | None) -> None:
     """Keep warm spares of a template: VMs booted once, each with its own identity,
     and saved with their Docker engine up. `vm create` resumes one in seconds instead
-    of booting (unless --cold). Their disk space and boot time are the host's."""
-    ctx.local_only("template warm")
+    of booting (unless --cold); a server refills them after each create. Their disk
+    space and boot time are the host's."""
     with ctx.progress(f"template warm {name}") as bar:
+        if ctx.server:
+            api = ctx.backend.api  # type: ignore[attr-defined]
+            task = api.request("POST", f"/templates/{name}/warm",
+                               json={"spares": spares, "host_id": host_id})  # fmt: skip
+            result = api.follow(task, bar)["result"]
+            ctx.emit(result, f"template {name}: {result['spares']} warm spare(s) ready, "
+                     f"{format_size(result['stored'])} on the host's storage")  # fmt: skip
+            return
+        if host_id is not None:
+            raise InvalidInput("--host needs --server (without it: --hypervisor URI)")
         kept = warm_service.warm_template(ctx.driver, name, spares, progress=bar,
                                           engines=ctx.engines)  # fmt: skip
     ready = [s for s in kept if s.ready]
@@ -366,9 +382,14 @@ def template_warm(ctx: Context, name: str, spares: int) -> None:
 @template.command("spares")
 @pass_ctx
 def template_spares(ctx: Context) -> None:
-    """List this host's warm spares: their template, size, room to grow, storage."""
-    ctx.local_only("template spares")
-    kept = warm_service.spares_of(ctx.driver)
+    """List the host's warm spares: their template, size, room to grow, storage."""
+    if ctx.server:
+        rows = ctx.backend.api.request("GET", "/spares")  # type: ignore[attr-defined]
+        kept = [Spare(**{**{k: v for k, v in r.items() if k != "host_id"},
+                         "created": datetime.fromisoformat(r["created"]) if r["created"]
+                         else None}) for r in rows]  # fmt: skip
+    else:
+        kept = warm_service.spares_of(ctx.driver)
     ctx.emit(kept, lambda: render.spare_rows(kept))
 
 

@@ -133,7 +133,7 @@ def spare_rows(spares: Sequence[Spare]) -> str:
         [
             s.template,
             s.name,
-            "ready" if s.ready else "being made",
+            "ready" if s.ready else f"stale: {s.stale}" if s.stale else "being made",
             f"{s.vcpus}/{s.max_vcpus}",
             f"{format_size(s.memory)}/{format_size(s.max_memory)}",
             format_size(s.disk_size),

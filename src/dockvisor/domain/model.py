@@ -198,6 +198,7 @@ class Template:
     sizes: TemplateSizes = field(default_factory=TemplateSizes)
     origin: TemplateOrigin | None = None
     docker_port: int | None = None  # the guest port its dockerd listens on (if Docker-ready)
+    spares_kept: int = 0  # warm spares the host keeps of it (refilled by its server)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,8 @@ class Spare:
     stored: int  # bytes it takes on the host's storage (its disk and saved memory)
     created: datetime | None = None
     engine_name: str | None = None
+    stale: str | None = None  # why it can no longer become a VM (it is then deleted)
+    uuid: str = ""  # the hypervisor's id, which the VM that adopts it keeps
 
 
 @dataclass(frozen=True)

@@ -202,12 +202,19 @@ class HypervisorDriver(Protocol):
         ...
 
     def list_spares(self) -> list[Spare]:
-        """The host's spares (a spare whose making or adoption was cut short is removed
-        here). Empty without WARM_SPARES."""
+        """The host's spares, each saying if it is stale (it no longer matches its
+        template or this hypervisor: an adoption deletes it) and why; a spare whose
+        making or adoption was cut short is removed here. Empty without WARM_SPARES."""
         ...
 
     def delete_spare(self, name: str) -> None:
         """Remove a spare and its files. NotFound if there is none of that name."""
+        ...
+
+    def keep_spares(self, template: str, count: int) -> None:
+        """Record how many spares of `template` the host keeps (Template.spares_kept);
+        making them is the caller's. Unsupported for a count above 0 without
+        WARM_SPARES."""
         ...
 
     def adopt_spare(self, spec: VMSpec, progress: Progress = no_progress) -> VM:

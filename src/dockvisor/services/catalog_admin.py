@@ -126,7 +126,7 @@ class CatalogAdministration:
 
             def work(ctx: TaskContext) -> dict[str, Any]:
                 template, changed = catalogs.update_template(
-                    driver, self.book, name, progress=ctx.progress
+                    driver, self.book, name, progress=ctx.progress, engines=self.cp.engines
                 )
                 version = template.origin.version if template.origin else None
                 return {"template": name, "host": hid, "version": version, "changed": changed}

@@ -41,6 +41,8 @@ from dockvisor.errors import (
     NotFound,
 )
 from dockvisor.paths import cache_dir
+from dockvisor.services import warm
+from dockvisor.services.engines import EngineAccess
 from dockvisor.store.db import Database
 from dockvisor.store.models import CatalogRow, utc
 
@@ -310,9 +312,11 @@ def update_template(
     *,
     progress: Progress = no_progress,
     cancelled: Callable[[], bool] = lambda: False,
+    engines: EngineAccess | None = None,
 ) -> tuple[Template, bool]:
     """Replace a pulled template by its catalog's newest version (VMs made from the old
-    one keep their disks). Returns the template and whether it changed."""
+    one keep their disks; the host's warm spares of it are remade of the new one).
+    Returns the template and whether it changed."""
     current = driver.get_template(name)
     if current.origin is None:
         raise InvalidInput(f"template {name!r} was not pulled from a catalog: nothing to update")
@@ -324,6 +328,10 @@ def update_template(
     reference = f"{record.name}:{newest.name}:{newest.version}"
     (template,) = pull_template([driver], book, reference, as_name=name, replacing=True,
                                 progress=progress, cancelled=cancelled)  # fmt: skip
+    if current.spares_kept:
+        warm.warm_template(driver, name, current.spares_kept, engines=engines,
+                           progress=lambda step, f: progress(f"spares: {step}", f))  # fmt: skip
+        template = driver.get_template(name)
     return template, True
 
 

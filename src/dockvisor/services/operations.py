@@ -42,7 +42,7 @@ from dockvisor.errors import (
     NotFound,
     Unsupported,
 )
-from dockvisor.services import quotas
+from dockvisor.services import quotas, warm
 from dockvisor.services import vms as vm_service
 from dockvisor.services.access import AccessPolicy
 from dockvisor.services.audit import AuditLog
@@ -90,6 +90,7 @@ class Operations:
         self.access = access
         self.tasks = tasks
         self.audit = audit
+        self.refiller = warm.Refiller(hosts.driver, engines)
 
     # -- shared steps ----------------------------------------------------------------
 
@@ -430,6 +431,8 @@ class Operations:
                 cold=cold,
             )
             self._adopt(who, row.id, vm)
+            if not cold and row.template:
+                self.refiller.request(row.host_id, row.template)
             return {"vm": row.id}
 
         return work

@@ -15,6 +15,8 @@ from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.errors import InvalidInput, NotFound
 from dockvisor.guest.image import DEFAULT_DISK, GuestImage, build_image, cached_image
+from dockvisor.services import warm
+from dockvisor.services.engines import EngineAccess
 
 __all__ = [
     "BUILTIN_TEMPLATE",
@@ -38,16 +40,26 @@ def list_templates(driver: HypervisorDriver) -> list[Template]:
 
 
 def build_builtin_template(
-    driver: HypervisorDriver, *, force: bool = False, progress: Progress = no_progress
+    driver: HypervisorDriver,
+    *,
+    force: bool = False,
+    progress: Progress = no_progress,
+    spares: int | None = None,
+    engines: EngineAccess | None = None,
 ) -> tuple[GuestImage, Template]:
     """Build the Docker-ready guest image (unless the cache has it) and make sure the
-    hypervisor's `docker-ready` template holds that build."""
+    hypervisor's `docker-ready` template holds that build; then keep `spares` warm
+    spares of it (None: as many as the host kept of it before, remade for a new build;
+    see warm.py)."""
     image = build_image(force=force, progress=lambda step, f: progress(f"image: {step}", 0.85 * f))
+    kept = 0
     try:
         current = driver.get_template(BUILTIN_TEMPLATE)
+        kept = current.spares_kept
         if current.image_key == image.key and not force:
-            progress("template up to date", 1.0)
-            return image, current
+            progress("template up to date", 0.9)
+            return image, _warm(driver, current, kept if spares is None else spares,
+                                progress, engines)  # fmt: skip
     except NotFound:
         pass
     spec = TemplateSpec(
@@ -65,9 +77,22 @@ def build_builtin_template(
         sizes=BUILTIN_SIZES,
     )
     template = driver.register_template(
-        spec, progress=lambda step, f: progress(f"template: {step}", 0.85 + 0.15 * f)
+        spec, progress=lambda step, f: progress(f"template: {step}", 0.85 + 0.1 * f)
     )
-    return image, template
+    return image, _warm(driver, template, kept if spares is None else spares, progress, engines)
+
+
+def _warm(driver: HypervisorDriver, template: Template, spares: int, progress: Progress,
+          engines: EngineAccess | None) -> Template:  # fmt: skip
+    """`template` with `spares` warm spares kept and made (nothing to do for none)."""
+    if spares == 0 and template.spares_kept == 0:
+        return template
+
+    def step(what: str, fraction: float) -> None:
+        progress(f"spares: {what}", 0.95 + 0.05 * fraction)
+
+    warm.warm_template(driver, template.name, spares, engines=engines, progress=step)
+    return driver.get_template(template.name)
 
 
 def _docker_version(image: GuestImage) -> str:

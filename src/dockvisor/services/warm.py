@@ -15,15 +15,28 @@ host CPU for about half a minute (under TCG).
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+
 from dockvisor.domain.model import Capability, Spare, Template, VMSpec
 from dockvisor.domain.naming import new_spare_name
 from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.domain.sizing import MIN_MEMORY, plan_size
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
-from dockvisor.errors import InvalidInput, Unsupported
+from dockvisor.errors import DockvisorError, InvalidInput, Unsupported
 from dockvisor.services.engines import EngineAccess
 
-__all__ = ["MAX_SPARES", "spare_spec", "spares_of", "warm_template"]
+__all__ = [
+    "MAX_SPARES",
+    "Refiller",
+    "refill",
+    "spare_spec",
+    "spares_of",
+    "warm_template",
+]
+
+log = logging.getLogger(__name__)
 
 MAX_SPARES = 32
 
@@ -61,19 +74,40 @@ def warm_template(
     progress: Progress = no_progress,
     engines: EngineAccess | None = None,
 ) -> list[Spare]:
-    """Make the host keep `spares` ready spares of `template`: boot and save the missing
-    ones (one after the other), delete the extra ones and any that no longer match
-    (listing removes those). The template's spares afterwards."""
+    """Make the host keep `spares` ready spares of `template` (recorded with the
+    template: a server refills them after each warm create, and a new version of the
+    template gets as many): delete stale and extra ones, boot and save the missing ones
+    one after the other. The template's spares afterwards."""
     if not 0 <= spares <= MAX_SPARES:
         raise InvalidInput(f"spares must be 0 to {MAX_SPARES} (got {spares})")
-    tmpl = driver.get_template(template)
+    driver.get_template(template)
     if spares and Capability.WARM_SPARES not in driver.capabilities:
         raise Unsupported(f"host {driver.uri} cannot keep warm spares: its VMs boot cold")
+    driver.keep_spares(template, spares)
+    return refill(driver, template, progress=progress, engines=engines)
+
+
+def refill(
+    driver: HypervisorDriver,
+    template: str,
+    *,
+    progress: Progress = no_progress,
+    engines: EngineAccess | None = None,
+) -> list[Spare]:
+    """Bring `template`'s spares to the count the host keeps: stale ones deleted,
+    extra ones deleted, missing ones made. The template's spares afterwards."""
+    tmpl = driver.get_template(template)
     engines = engines or EngineAccess.default()
-    have = [s for s in spares_of(driver, template) if s.ready]
-    for extra in have[spares:]:
+    have = []
+    for spare in spares_of(driver, template):
+        if spare.stale:
+            progress(f"deleting stale spare {spare.name}: {spare.stale}", 0.0)
+            driver.delete_spare(spare.name)
+        elif spare.ready:
+            have.append(spare)
+    for extra in have[tmpl.spares_kept :]:
         driver.delete_spare(extra.name)
-    missing = max(0, spares - len(have))
+    missing = max(0, tmpl.spares_kept - len(have))
     for i in range(missing):
         name = new_spare_name()
         spec = spare_spec(driver, tmpl, name, engines)
@@ -84,3 +118,49 @@ def warm_template(
         driver.create_spare(spec, progress=step)
     progress("warm", 1.0)
     return spares_of(driver, template)
+
+
+class Refiller:
+    """A server's background refills: after a warm create, the host makes spares of the
+    template again up to the count it keeps, one refill per host and template at a time
+    (a request while one runs is folded into it). The refill runs on a daemon thread (it
+    never holds a request or the server's shutdown); a spare cut off by a stop is removed
+    when spares are next listed."""
+
+    def __init__(self, driver_of: Callable[[int], HypervisorDriver], engines: EngineAccess
+                 ) -> None:  # fmt: skip
+        self._driver_of = driver_of
+        self._engines = engines
+        self._lock = threading.Lock()
+        self._running: dict[tuple[int, str], bool] = {}  # key -> asked again meanwhile
+
+    def request(self, host_id: int, template: str) -> None:
+        key = (host_id, template)
+        with self._lock:
+            if key in self._running:
+                self._running[key] = True
+                return
+            self._running[key] = False
+        threading.Thread(target=self._run, args=(key,), daemon=True,
+                         name=f"refill-{host_id}-{template}").start()  # fmt: skip
+
+    def _run(self, key: tuple[int, str]) -> None:
+        host_id, template = key
+        while True:
+            try:
+                driver = self._driver_of(host_id)
+                if driver.get_template(template).spares_kept:
+                    refill(driver, template, engines=self._engines)
+            except DockvisorError as exc:
+                log.warning("refilling warm spares of %s on host %s: %s", template, host_id, exc)
+            except Exception:
+                log.exception("refilling warm spares of %s on host %s", template, host_id)
+            with self._lock:
+                if not self._running[key]:
+                    del self._running[key]
+                    return
+                self._running[key] = False
+
+    def busy(self) -> bool:
+        with self._lock:
+            return bool(self._running)

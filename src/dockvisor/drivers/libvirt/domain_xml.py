@@ -17,6 +17,7 @@ truth and any libvirt client can see it:
       <dockvisor:created>2026-11-22T00:00:00+00:00</dockvisor:created>
       <dockvisor:description>...</dockvisor:description>       (templates)
       <dockvisor:builtin image-key="..."/>                       (the built-in template)
+      <dockvisor:warm spares="2"/>                    (a template: warm spares kept)
       <dockvisor:spare-seal qemu="7002000" machine="pc-i440fx-7.2" file-size="..."
                             saved="..."/>            (a warm spare, kind="spare": spares.py)
     </dockvisor:domain>
@@ -113,6 +114,7 @@ class DomainConfig:
     uuid: str | None = None
     managed: bool = True  # False: a domain dockvisor did not create
     seal: SpareSeal | None = None  # a warm spare, once saved
+    spares_kept: int = 0  # a template: how many warm spares of it the host keeps
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,8 @@ def _metadata(parent: ET.Element, config: DomainConfig) -> None:
                                    asdict(config.sizes).items() if v is not None})  # fmt: skip
     if config.origin is not None:
         _sub(meta, _q("origin"), **asdict(config.origin))
+    if config.spares_kept:
+        _sub(meta, _q("warm"), spares=str(config.spares_kept))
     if config.seal is not None:
         _sub(meta, _q("spare-seal"), qemu=str(config.seal.qemu), machine=config.seal.machine,
              **{"file-size": str(config.seal.file_size),
@@ -472,6 +476,9 @@ def parse_domain_xml(xml: str) -> DomainState:
             sizes=_sizes(meta.find(_q("sizes"))),
             origin=_origin(meta.find(_q("origin"))),
             seal=_seal(meta.find(_q("spare-seal"))),
+            spares_kept=int(meta.find(_q("warm")).get("spares", "0"))  # type: ignore[union-attr]
+            if meta.find(_q("warm")) is not None
+            else 0,
             **common,  # type: ignore[arg-type]
         )
     return DomainState(

@@ -353,6 +353,7 @@ class LibvirtDriver(UsageReading):
             sizes=c.sizes or TemplateSizes(),
             origin=c.origin,
             docker_port=c.docker_guest_port,
+            spares_kept=c.spares_kept,
         )
 
     def _template_state(self, name: str) -> DomainState:
@@ -761,6 +762,9 @@ class LibvirtDriver(UsageReading):
 
     def delete_spare(self, name: str) -> None:
         spares.delete_spare(self, name)
+
+    def keep_spares(self, template: str, count: int) -> None:
+        spares.keep_spares(self, template, count)
 
     def adopt_spare(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
         return spares.adopt_spare(self, spec, progress)

@@ -26,10 +26,13 @@ count in the pool's free space (HostInfo.storage_free) like any volume.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import threading
 import time
 import xml.etree.ElementTree as ET
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -42,6 +45,7 @@ from dockvisor.domain.sizes import format_size
 from dockvisor.drivers.base import Progress, no_progress
 from dockvisor.drivers.libvirt.domain_xml import NS, DomainConfig, SpareSeal, metadata_xml
 from dockvisor.drivers.libvirt.errors import libvirt_errors
+from dockvisor.drivers.libvirt.guest_network import default_run_dir
 from dockvisor.drivers.libvirt.resize import resize_domain
 from dockvisor.drivers.libvirt.snapshots import sync_guest_clock
 from dockvisor.errors import (
@@ -218,10 +222,16 @@ def _to_spare(d: LibvirtDriver, config: DomainConfig, dom: libvirt.virDomain) ->
     for volume in config.volumes:
         with suppress(DockvisorError, libvirt.libvirtError):
             stored += _file_size(d, d._storage.path_of(volume))
+    stale = None
+    if config.seal is not None:
+        try:
+            stale = _stale(d, config, d._template_state(config.template or "").config)
+        except NotFound:
+            stale = f"its template {config.template!r} is gone"
     return Spare(
         name=config.name,
         template=config.template or "",
-        ready=config.seal is not None and not dom.isActive(),
+        ready=config.seal is not None and not dom.isActive() and stale is None,
         vcpus=config.vcpus,
         max_vcpus=config.max_vcpus,
         memory=config.memory,
@@ -230,6 +240,8 @@ def _to_spare(d: LibvirtDriver, config: DomainConfig, dom: libvirt.virDomain) ->
         stored=stored,
         created=config.created,
         engine_name=config.engine_name,
+        stale=stale,
+        uuid=config.uuid or "",
     )
 
 
@@ -256,6 +268,19 @@ def delete_spare(d: LibvirtDriver, name: str) -> None:
             _discard(d, dom)
             return
     raise NotFound(f"no warm spare named {name!r} on {d.uri}")
+
+
+def keep_spares(d: LibvirtDriver, template: str, count: int) -> None:
+    if count:
+        d._require(Capability.WARM_SPARES, "warm spares")
+    config = d._template_state(template).config
+    if config.spares_kept != count:
+        with libvirt_errors(f"recording the spares of template {template}"):
+            d._lookup(template).setMetadata(
+                libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                metadata_xml(replace(config, spares_kept=count)),
+                "dockvisor", NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG,
+            )  # fmt: skip
 
 
 def delete_spares_of(d: LibvirtDriver, template: str) -> None:
@@ -333,12 +358,16 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
                 f"disk (asked {format_size(spec.disk_size)}; disks only grow)"
             )
             continue
-        try:
-            dom.rename(spec.name, 0)  # the claim: one rename wins
-        except libvirt.libvirtError:
+        if not _claim(d, dom, config.name, spec.name):
             continue  # another create took it
         try:
             return _resume_adopted(d, dom, config, spec, progress)
+        except _NotStarted as exc:
+            _give_back(d, dom, config)
+            raise WarmStartUnavailable(
+                f"spare {config.name} could not start as {spec.name!r} (it is kept): "
+                f"{exc.__cause__ or exc}"
+            ) from exc
         except BaseException as exc:
             _discard(d, dom)
             if isinstance(exc, DockvisorError | libvirt.libvirtError):
@@ -374,16 +403,19 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
                     f"spare {spare.name} was saved on machine type {spare.seal.machine}; "
                     f"this host now gives {machine}"
                 )
-            with d._starts.starting(dom) as dom:
-                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            try:
+                with d._starts.starting(dom) as dom:
+                    dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+            except (libvirt.libvirtError, DockvisorError) as exc:
+                raise _NotStarted() from exc  # nothing read its file: it can wait on
             progress("loading the spare's memory", 0.3)
             reply = _hmp(dom, f'loadvm "{WARM_STATE}"')
             if reply:
                 raise HypervisorError(f"QEMU said: {reply[:300]}")
             _hmp(dom, f'delvm "{WARM_STATE}"')
-        else:
+        else:  # the test driver: no memory to load, nor a paused start
             with d._starts.starting(dom) as dom:
-                dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
+                dom.create()
         if spec.disk_size is not None and spec.disk_size > spare.disk_size:
             if d._is_qemu:
                 dom.blockResize("vda", spec.disk_size, libvirt.VIR_DOMAIN_BLOCK_RESIZE_BYTES)
@@ -392,8 +424,8 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
                                 metadata_xml(replace(config, disk_size=spec.disk_size)),
                                 "dockvisor", NS, flags)  # fmt: skip
         progress("resuming", 0.6)
-        dom.resume()
         if d._is_qemu:
+            dom.resume()
             sync_guest_clock(dom)
             guest_run(dom, ["/bin/sh", "-c", _ADOPT_SCRIPT, "adopt", name], timeout=20)
         live = d._state(dom).config
@@ -409,6 +441,50 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
             )
     progress("adopted", 1.0)
     return d.get_vm(name)
+
+
+_claims = threading.Lock()
+
+
+@contextmanager
+def _claiming() -> Iterator[None]:
+    """Claims made one at a time on this machine: by this process's threads (a lock),
+    and by its other dockvisor processes (an flock on a file in the run directory)."""
+    path = default_run_dir().parent / "spare-claims.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _claims, open(path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _claim(d: LibvirtDriver, dom: libvirt.virDomain, spare: str, vm: str) -> bool:
+    """Rename spare `spare` to `vm` if it is still a spare of that name: True if this call
+    took it. libvirt renames by UUID (a second rename of one domain succeeds too), so
+    the check and the rename run under _claiming."""
+    with _claiming(), suppress(libvirt.libvirtError):
+        if dom.name() == spare and d._conn.lookupByName(spare).UUIDString() == dom.UUIDString():
+            dom.rename(vm, 0)
+            return True
+    return False
+
+
+class _NotStarted(Exception):
+    """QEMU did not start for the adopted spare (host memory, say): nothing read its file."""
+
+
+def _give_back(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig) -> None:
+    """Return a claimed spare that never ran to the spares, as it was; else remove it."""
+    try:
+        with suppress(libvirt.libvirtError):
+            if dom.isActive():
+                dom.destroy()
+        dom.rename(spare.name, 0)
+        d._define(spare)
+    except (libvirt.libvirtError, DockvisorError):
+        _discard(d, dom)
 
 
 def _version(number: int) -> str:

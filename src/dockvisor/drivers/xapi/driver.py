@@ -293,6 +293,11 @@ class XapiDriver:
     def delete_spare(self, name: str) -> None:
         raise NotFound(f"no warm spare named {name!r} on {self.uri}")
 
+    def keep_spares(self, template: str, count: int) -> None:
+        self.get_template(template)
+        if count:
+            raise self._no_spares()
+
     def adopt_spare(self, spec: VMSpec, progress: Progress = no_progress) -> VM:
         raise WarmStartUnavailable(f"host {self.uri} keeps no warm spares (XAPI)")
 
