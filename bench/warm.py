@@ -38,7 +38,7 @@ def create(driver: LibvirtDriver, engines: EngineAccess, name: str, *, cold: boo
     how: list[str] = []
 
     def note(step: str, _fraction: float) -> None:
-        if step.startswith(("booting cold", "Docker is up")):
+        if step.startswith((vm_service.WARM_START, vm_service.COLD_START)):
             how.append(step)
 
     start = time.perf_counter()
@@ -46,7 +46,7 @@ def create(driver: LibvirtDriver, engines: EngineAccess, name: str, *, cold: boo
                                        memory=1024 * MiB, engines=engines, cold=cold,
                                        progress=note)  # fmt: skip
     took = time.perf_counter() - start
-    warm = "Docker is up (warm start)" in how
+    warm = vm_service.WARM_START in how
     if warm == cold:
         raise SystemExit(f"{name}: expected a {'cold' if cold else 'warm'} start, got {how}")
     return took

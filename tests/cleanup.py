@@ -48,6 +48,42 @@ def remove_test_objects(uri: str = "qemu:///system", prefix: str = PREFIX) -> li
     return removed
 
 
+def park_spares(template: str = "docker-ready", uri: str = "qemu:///system") -> int:
+    """Delete the host's warm spares of `template` and keep none; how many it kept."""
+    from dockvisor.drivers.libvirt import LibvirtDriver
+    from dockvisor.errors import DockvisorError
+
+    try:
+        driver = LibvirtDriver(uri)
+    except DockvisorError:
+        return 0
+    try:
+        kept = driver.get_template(template).spares_kept
+        if kept:
+            driver.keep_spares(template, 0)
+        for spare in driver.list_spares():
+            if spare.template == template:
+                driver.delete_spare(spare.name)
+        return kept
+    except DockvisorError:
+        return 0
+    finally:
+        driver.close()
+
+
+def restore_spares(kept: int, template: str = "docker-ready", uri: str = "qemu:///system"
+                   ) -> None:  # fmt: skip
+    if not kept:
+        return
+    from dockvisor.drivers.libvirt import LibvirtDriver
+
+    driver = LibvirtDriver(uri)
+    try:
+        driver.keep_spares(template, kept)
+    finally:
+        driver.close()
+
+
 if __name__ == "__main__":
     names = remove_test_objects(prefix=sys.argv[1] if len(sys.argv) > 1 else PREFIX)
     print("\n".join(names) if names else "nothing to remove")

@@ -141,7 +141,7 @@ def test_a_cut_spare_is_refused_and_the_create_boots_cold(spares: None, unique_n
             f.truncate(disk.stat().st_size // 2)
         proc = run("vm", "create", unique_name)
         assert proc.returncode == 0, proc.stderr
-        assert "booting cold:" in proc.stderr and "cut or changed" in proc.stderr, proc.stderr
+        assert "booted cold:" in proc.stderr and "cut or changed" in proc.stderr, proc.stderr
         assert not any(d.name().startswith("spare.") for d in conn.listAllDomains(0))
         pool = conn.storagePoolLookupByName("dockvisor")
         pool.refresh(0)

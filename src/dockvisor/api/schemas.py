@@ -221,6 +221,7 @@ class TemplateOut(BaseModel):
     newer_version: str | None = Field(
         default=None, description="A newer version its catalog offers (as last fetched)"
     )
+    spares_kept: int = Field(default=0, description="Warm spares of it the host keeps")
 
     @classmethod
     def of(cls, host_id: int, t: Any, newer_version: str | None = None) -> TemplateOut:
@@ -229,7 +230,7 @@ class TemplateOut(BaseModel):
             docker_ready=t.docker_ready, builtin=t.builtin,
             sizes=TemplateSizesOut(**asdict(t.sizes)),
             origin=TemplateOriginOut(**asdict(t.origin)) if t.origin else None,
-            newer_version=newer_version,
+            newer_version=newer_version, spares_kept=t.spares_kept,
         )  # fmt: skip
 
 

@@ -291,6 +291,8 @@ class ApiClient:
         if task["state"] == "failed":
             cls = _BY_CODE.get(task.get("error_code") or "", errors.DockvisorError)
             raise cls(task["error"])
+        if task.get("step"):
+            progress(task["step"], 1.0)  # its last word (a create: warm or cold, and why)
         progress("done", 1.0)
         return dict(task.get("result") or {})
 
@@ -489,6 +491,7 @@ class RemoteBackend:
                 boots_kernel=False,
                 sizes=TemplateSizes(**t["sizes"]),
                 origin=TemplateOrigin(**t["origin"]) if t.get("origin") else None,
+                spares_kept=t.get("spares_kept", 0),
             )
             for t in self.api.request("GET", "/templates")
         ]

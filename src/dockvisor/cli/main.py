@@ -366,7 +366,7 @@ def template_warm(ctx: Context, name: str, spares: int, host_id: int | None) -> 
             api = ctx.backend.api  # type: ignore[attr-defined]
             task = api.request("POST", f"/templates/{name}/warm",
                                json={"spares": spares, "host_id": host_id})  # fmt: skip
-            result = api.follow(task, bar)["result"]
+            result = api.follow(task, bar)
             ctx.emit(result, f"template {name}: {result['spares']} warm spare(s) ready, "
                      f"{format_size(result['stored'])} on the host's storage")  # fmt: skip
             return
@@ -440,7 +440,7 @@ def vm_create(ctx: Context, name: str, template_name: str, vcpus: int | None,
     with ctx.progress(f"create {name}") as shown:
 
         def bar(step: str, fraction: float) -> None:
-            if step.startswith(("booting cold:", "warm start:")):
+            if step.startswith((vm_service.WARM_START, vm_service.COLD_START)):
                 how.append(step)
             shown(step, fraction)
 

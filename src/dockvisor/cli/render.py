@@ -117,11 +117,13 @@ def template_rows(templates: Sequence[Template], newer: dict[str, str] | None = 
             "yes" if t.docker_ready else "no",
             _origin(t),
             newer.get(t.name, "-"),
+            str(t.spares_kept) if t.spares_kept else "-",
             t.description,
         ]
         for t in templates
     ]
-    headers = ["NAME", "MIN DISK", "DEFAULT DISK", "DOCKER", "ORIGIN", "NEWER", "DESCRIPTION"]
+    headers = ["NAME", "MIN DISK", "DEFAULT DISK", "DOCKER", "ORIGIN", "NEWER", "SPARES",
+               "DESCRIPTION"]  # fmt: skip
     return table(headers, rows)
 
 

@@ -35,7 +35,9 @@ from dockvisor.errors import BadPowerState, DockvisorError, GuestTimeout, WarmSt
 from dockvisor.services.engines import EngineAccess
 
 __all__ = [
+    "COLD_START",
     "DOCKER_TIMEOUT",
+    "WARM_START",
     "clone_vm",
     "create_vm_from_template",
     "delete_snapshot",
@@ -131,8 +133,8 @@ def create_vm_from_template(
     its Docker engine. A Docker-ready template's VM gets an engine certificate of its own on its
     config drive. If any step fails, the VM and its disks are removed.
 
-    Warm by default: where the host keeps warm spares of the template (warm.py), the
-    VM is one of them resumed (its identity the spare's own, made when it booted) and
+    Warm by default: where the host keeps warm spares of the template (warm.py: its
+    Template.spares_kept), the VM is one of them resumed (its identity the spare's own, made when it booted) and
     the progress says so; where none can be (none left, another size, a spare that no
     longer matches: the progress says why) or `cold`, or maximums are asked for, it
     boots."""
@@ -155,11 +157,13 @@ def create_vm_from_template(
         disk_size=plan.disk,
     )
     warm = not cold and start and max_vcpus is None and max_memory is None
-    if warm and Capability.WARM_SPARES in driver.capabilities:
+    why_cold = None
+    if warm and tmpl.spares_kept and Capability.WARM_SPARES in driver.capabilities:
         adopted = _adopt_spare(driver, replace(spec, guest=None), wait=wait, progress=progress,
                                engines=engines)  # fmt: skip
-        if adopted is not None:
+        if isinstance(adopted, VM):
             return adopted
+        why_cold = adopted
     vm = driver.create_vm(spec, progress=_scaled(progress, 0.0, 0.15))
     if not start:
         progress("created", 1.0)
@@ -172,28 +176,36 @@ def create_vm_from_template(
     except BaseException:
         _remove_quietly(driver, name)
         raise
+    if why_cold:
+        progress(f"{COLD_START}: {why_cold}", 1.0)
     return driver.get_vm(name)
 
 
+# How a create's last progress step says which way it went (the CLI shows it).
+WARM_START = "warm start: resumed a spare"
+COLD_START = "booted cold"
+
+
 def _adopt_spare(driver: HypervisorDriver, spec: VMSpec, *, wait: bool, progress: Progress,
-                 engines: EngineAccess) -> VM | None:  # fmt: skip
-    """The VM made from a warm spare, its engine answering; None (said in the progress)
-    where no spare can be it: the caller boots it cold."""
+                 engines: EngineAccess) -> VM | str:  # fmt: skip
+    """The VM made from a warm spare, its engine answering; else why no spare could be it
+    (said in the progress too): the caller boots it cold."""
     try:
         vm = driver.adopt_spare(spec, progress=_scaled(progress, 0.0, 0.8))
     except WarmStartUnavailable as exc:
         progress(f"booting cold: {exc}", 0.0)
-        return None
-    progress("warm start: resumed a spare", 0.8)
+        return str(exc)
+    progress("resumed a spare", 0.8)
     try:
         if wait and _docker_reachable(driver, vm):
             wait_for_docker(driver, spec.name, progress=_scaled(progress, 0.8, 1.0),
                             engines=engines, timeout=30.0)  # fmt: skip
     except DockvisorError as exc:
         _remove_quietly(driver, spec.name)
-        progress(f"booting cold: the resumed spare's engine did not answer ({exc})", 0.0)
-        return None
-    progress("Docker is up (warm start)", 1.0)
+        why = f"the resumed spare's engine did not answer ({exc})"
+        progress(f"booting cold: {why}", 0.0)
+        return why
+    progress(WARM_START, 1.0)
     return driver.get_vm(spec.name)
 
 
