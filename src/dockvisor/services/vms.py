@@ -134,10 +134,10 @@ def create_vm_from_template(
     config drive. If any step fails, the VM and its disks are removed.
 
     Warm by default: where the host keeps warm spares of the template (warm.py: its
-    Template.spares_kept), the VM is one of them resumed (its identity the spare's own, made when it booted) and
-    the progress says so; where none can be (none left, another size, a spare that no
-    longer matches: the progress says why) or `cold`, or maximums are asked for, it
-    boots."""
+    Template.spares_kept), the VM is one of them resumed (its identity the spare's own,
+    made when it booted) and the last progress step says so (WARM_START); where none
+    can be (none left, another size, a spare that no longer matches) it boots and the
+    last step says why (COLD_START); `cold`, or maximums asked for, boot it."""
     engines = engines or EngineAccess.default()
     validate_vm_name(name)
     tmpl = driver.get_template(template)
