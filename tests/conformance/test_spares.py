@@ -51,12 +51,17 @@ def test_a_spare_is_made_adopted_once_and_never_a_vm(env: Env) -> None:
 
         # What a spare cannot serve makes nothing, and leaves it for another create.
         during = env.harness.disks(), env.names()
-        too_big = env.spec(env.name(), vcpus=spare.max_vcpus + 1, max_vcpus=spare.max_vcpus + 1)
+        room = {"max_memory": spare.max_memory}
+        too_big = env.spec(env.name(), vcpus=spare.max_vcpus + 1, max_vcpus=spare.max_vcpus + 1,
+                           **room)  # fmt: skip
         with pytest.raises(WarmStartUnavailable, match="at most"):
             driver.adopt_spare(too_big)
         with pytest.raises(WarmStartUnavailable, match="full-copy"):
             driver.adopt_spare(env.spec(env.name(), disk_mode=DiskMode.FULL))
-        smaller = env.spec(env.name(), disk_size=spare.disk_size - 64 * MiB)
+        roomy = env.spec(env.name(), max_memory=spare.max_memory - 128 * MiB)
+        with pytest.raises(WarmStartUnavailable, match="more than this VM's maximum"):
+            driver.adopt_spare(roomy)
+        smaller = env.spec(env.name(), disk_size=spare.disk_size - 64 * MiB, **room)
         with pytest.raises(WarmStartUnavailable, match="disks only grow"):
             driver.adopt_spare(smaller)
         assert (env.harness.disks(), env.names()) == during

@@ -54,7 +54,7 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
     assert len({s["engine_name"] for s in kept}) == 2
     a, b = f"{unique_name}-a", f"{unique_name}-b"
     started = time.monotonic()
-    proc = run("vm", "create", a, "--vcpus", "1", "--memory", "512MiB")
+    proc = run("vm", "create", a, "--vcpus", "1", "--memory", "1GiB")
     took = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr
     assert "warm start: resumed a spare" in proc.stderr, proc.stderr
@@ -115,8 +115,8 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
     dv("vm", "revert", a, "clean")
     with engine_of(a) as engine:
         assert "later" not in names_in(engine) and "kept" in names_in(engine)
-    resized = dv("vm", "set", a, "--vcpus", "2", "--memory", "1GiB")
-    assert resized["applied"] == {"vcpus": 2, "memory": 1024**3}
+    resized = dv("vm", "set", a, "--vcpus", "2", "--memory", "1536MiB")
+    assert resized["applied"] == {"vcpus": 2, "memory": 1536 * 1024**2}
     assert guest(a, "nproc").strip() == "2"
     clone = f"{unique_name}-c"
     dv("vm", "clone", a, clone, "--start")

@@ -329,8 +329,12 @@ def update_template(
     (template,) = pull_template([driver], book, reference, as_name=name, replacing=True,
                                 progress=progress, cancelled=cancelled)  # fmt: skip
     if current.spares_kept:
-        warm.warm_template(driver, name, current.spares_kept, engines=engines,
-                           progress=lambda step, f: progress(f"spares: {step}", f))  # fmt: skip
+
+        def step(what: str, fraction: float) -> None:
+            progress(f"spares: {what}", fraction)
+
+        warm.keep_warm_after_change(driver, name, current.spares_kept, engines=engines,
+                                    progress=step)  # fmt: skip
         template = driver.get_template(name)
     return template, True
 

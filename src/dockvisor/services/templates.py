@@ -91,7 +91,7 @@ def _warm(driver: HypervisorDriver, template: Template, spares: int, progress: P
     def step(what: str, fraction: float) -> None:
         progress(f"spares: {what}", 0.95 + 0.05 * fraction)
 
-    warm.warm_template(driver, template.name, spares, engines=engines, progress=step)
+    warm.keep_warm_after_change(driver, template.name, spares, engines=engines, progress=step)
     return driver.get_template(template.name)
 
 

@@ -17,19 +17,21 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 
 from dockvisor.domain.model import Capability, Spare, Template, VMSpec
 from dockvisor.domain.naming import new_spare_name
 from dockvisor.domain.sizes import GiB, MiB
 from dockvisor.domain.sizing import MIN_MEMORY, plan_size
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
-from dockvisor.errors import DockvisorError, InvalidInput, Unsupported
+from dockvisor.errors import DockvisorError, InvalidInput, NotFound, Unsupported
 from dockvisor.services.engines import EngineAccess
 
 __all__ = [
     "MAX_SPARES",
     "Refiller",
+    "keep_warm_after_change",
     "refill",
     "spare_spec",
     "spares_of",
@@ -96,28 +98,57 @@ def refill(
 ) -> list[Spare]:
     """Bring `template`'s spares to the count the host keeps: stale ones deleted,
     extra ones deleted, missing ones made. The template's spares afterwards."""
-    tmpl = driver.get_template(template)
-    engines = engines or EngineAccess.default()
-    have = []
-    for spare in spares_of(driver, template):
-        if spare.stale:
-            progress(f"deleting stale spare {spare.name}: {spare.stale}", 0.0)
-            driver.delete_spare(spare.name)
-        elif spare.ready:
-            have.append(spare)
-    for extra in have[tmpl.spares_kept :]:
-        driver.delete_spare(extra.name)
-    missing = max(0, tmpl.spares_kept - len(have))
-    for i in range(missing):
-        name = new_spare_name()
-        spec = spare_spec(driver, tmpl, name, engines)
+    with _refilling(driver.uri, template):
+        tmpl = driver.get_template(template)
+        engines = engines or EngineAccess.default()
+        have = []  # ready, or being made (by another process of this host)
+        for spare in spares_of(driver, template):
+            if spare.stale:
+                progress(f"deleting stale spare {spare.name}: {spare.stale}", 0.0)
+                with suppress(NotFound):
+                    driver.delete_spare(spare.name)
+            else:
+                have.append(spare)
+        for extra in [s for s in have if s.ready][tmpl.spares_kept :]:
+            with suppress(NotFound):  # (adopted meanwhile)
+                driver.delete_spare(extra.name)
+        missing = max(0, tmpl.spares_kept - len(have))
+        for i in range(missing):
+            name = new_spare_name()
+            spec = spare_spec(driver, tmpl, name, engines)
 
-        def step(what: str, fraction: float, i: int = i) -> None:
-            progress(f"spare {i + 1} of {missing}: {what}", (i + fraction) / missing)
+            def step(what: str, fraction: float, i: int = i) -> None:
+                progress(f"spare {i + 1} of {missing}: {what}", (i + fraction) / missing)
 
-        driver.create_spare(spec, progress=step)
-    progress("warm", 1.0)
-    return spares_of(driver, template)
+            driver.create_spare(spec, progress=step)
+        progress("warm", 1.0)
+        return spares_of(driver, template)
+
+
+_refills: dict[tuple[str, str], threading.Lock] = {}
+_refills_lock = threading.Lock()
+
+
+@contextmanager
+def _refilling(uri: str, template: str) -> Iterator[None]:
+    """One refill of a host's template at a time in this process (a `template warm`
+    task, the server's refill after a create, an update): each counts what the one
+    before made."""
+    with _refills_lock:
+        lock = _refills.setdefault((uri, template), threading.Lock())
+    with lock:
+        yield
+
+
+def keep_warm_after_change(driver: HypervisorDriver, template: str, spares: int, *,
+                           progress: Progress, engines: EngineAccess | None) -> None:  # fmt: skip
+    """After a template changed (a new build or version): make its spares again from
+    it. A failure is said, not raised: the template itself is in place."""
+    try:
+        warm_template(driver, template, spares, progress=progress, engines=engines)
+    except DockvisorError as exc:
+        progress(f"the warm spares of {template} could not be made: {exc}", 1.0)
+        log.warning("warm spares of %s on %s: %s", template, driver.uri, exc)
 
 
 class Refiller:

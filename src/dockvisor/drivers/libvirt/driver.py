@@ -428,8 +428,9 @@ class LibvirtDriver(UsageReading):
                 sizes=spec.sizes,
                 origin=spec.origin,
             )
-            if existing is not None:  # a new build of the built-in template
-                config = replace(config, uuid=existing.uuid)
+            if existing is not None:  # a new build, or version, of the template
+                config = replace(config, uuid=existing.uuid,
+                                 spares_kept=existing.config.spares_kept)  # fmt: skip
             with libvirt_errors(f"defining template {spec.name}"):
                 self._conn.defineXML(build_domain_xml(config, virt_type=self._virt_type))
         except BaseException:
@@ -506,12 +507,12 @@ class LibvirtDriver(UsageReading):
 
     def remove_template(self, name: str) -> None:
         state = self._template_state(name)
-        spares.delete_spares_of(self, name)
-        users = self._users_of({state.config.disk_path})
+        users = self._users_of({state.config.disk_path}, ("vm",))
         if users:
             raise BadPowerState(
                 f"template {name!r} is the base of VMs {', '.join(users)}; delete them first"
             )
+        spares.delete_spares_of(self, name)
         with libvirt_errors(f"removing template {name}"):
             self._lookup(name).undefine()
         for vol in state.config.volumes:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import json
+import os
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -35,13 +36,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import libvirt
 
 from dockvisor.domain.model import VM, Capability, DiskMode, Spare, VMSpec
 from dockvisor.domain.naming import SPARE_PREFIX
-from dockvisor.domain.sizes import format_size
+from dockvisor.domain.sizes import KiB, format_size
 from dockvisor.drivers.base import Progress, no_progress
 from dockvisor.drivers.libvirt.domain_xml import NS, DomainConfig, SpareSeal, metadata_xml
 from dockvisor.drivers.libvirt.errors import libvirt_errors
@@ -150,6 +152,8 @@ def create_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progres
         raise InvalidInput(f"a spare's name starts with {SPARE_PREFIX!r} (got {spec.name!r})")
     if spec.disk_mode is not DiskMode.LINKED:
         raise InvalidInput("spares are linked to their template's base")
+    if d._is_qemu and d._template_state(spec.template).config.docker_guest_port is None:
+        raise InvalidInput(f"template {spec.template!r} runs no Docker engine to keep warm")
     dom = d._new_domain(spec, no_progress, kind="spare")
     try:
         progress("booting the spare", 0.05)
@@ -255,8 +259,9 @@ def list_spares(d: LibvirtDriver) -> list[Spare]:
             config.created is None or (now - config.created).total_seconds() > _ABANDONED_AFTER
         )
         if abandoned or not config.name.startswith(SPARE_PREFIX):
-            # Its making, or an adoption, was cut short by a process that is gone.
-            _discard(d, dom)
+            # Its making, or an adoption, was cut short by a process that is gone (an
+            # adoption renames and redefines under the claim lock, never seen halfway).
+            _discard_spare(d, dom, config.name)
             continue
         spares.append(_to_spare(d, config, dom))
     return sorted(spares, key=lambda s: (s.template, s.created or now, s.name))
@@ -264,8 +269,7 @@ def list_spares(d: LibvirtDriver) -> list[Spare]:
 
 def delete_spare(d: LibvirtDriver, name: str) -> None:
     for dom, config in _spare_domains(d):
-        if config.name == name:
-            _discard(d, dom)
+        if config.name == name and _discard_spare(d, dom, name):
             return
     raise NotFound(f"no warm spare named {name!r} on {d.uri}")
 
@@ -286,7 +290,7 @@ def keep_spares(d: LibvirtDriver, template: str, count: int) -> None:
 def delete_spares_of(d: LibvirtDriver, template: str) -> None:
     for dom, config in _spare_domains(d):
         if config.template == template:
-            _discard(d, dom)
+            _discard_spare(d, dom, config.name)
 
 
 def _discard(d: LibvirtDriver, dom: libvirt.virDomain) -> None:
@@ -294,18 +298,42 @@ def _discard(d: LibvirtDriver, dom: libvirt.virDomain) -> None:
     with suppress(libvirt.libvirtError):
         if dom.isActive():
             dom.destroy()
-    volumes: tuple[str, ...] = ()
+    config = None
     with suppress(DockvisorError, libvirt.libvirtError):
-        volumes = d._state(dom, inactive=True).config.volumes
+        config = d._state(dom, inactive=True).config
     name = ""
     with suppress(libvirt.libvirtError):
         name = dom.name()
         dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-    for volume in volumes:
+    for volume in config.volumes if config else ():
         with suppress(DockvisorError):
             d._storage.delete(volume)
     if name:
         d._starts.forget(name)
+    if config is not None:  # the last user of an earlier version of its template
+        d._delete_orphaned_template_files({config.base_path, config.kernel, config.initrd})
+
+
+def _discard_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> bool:
+    """Discard the spare `name` under the claim lock, if it is still that spare (named
+    so, with that UUID, stopped or abandoned, not adopted meanwhile): True if it was."""
+    with _claiming():
+        if _still_spare(d, dom, name) is None:
+            return False
+        _discard(d, dom)
+        return True
+
+
+def _still_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> DomainConfig | None:
+    """The spare's configuration if the domain called `name` is still this spare."""
+    try:
+        now = d._conn.lookupByName(name)
+        if now.UUIDString() != dom.UUIDString():
+            return None
+        config = d._state(now, inactive=True).config
+    except (libvirt.libvirtError, DockvisorError):
+        return None
+    return config if config.kind == "spare" else None
 
 
 def _stale(d: LibvirtDriver, config: DomainConfig, template: DomainConfig) -> str | None:
@@ -336,14 +364,22 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
     d._check_new_name(spec.name)
     template = d._template_state(spec.template).config
     reasons: list[str] = []
-    candidates = [(d, c) for d, c in _spare_domains(d)
+    candidates = [(dom, c) for dom, c in _spare_domains(d)
                   if c.template == spec.template and c.seal is not None
-                  and c.name.startswith(SPARE_PREFIX) and not d.isActive()]  # fmt: skip
+                  and c.name.startswith(SPARE_PREFIX) and not dom.isActive()]  # fmt: skip
     candidates.sort(key=lambda dc: dc[1].seal.saved if dc[1].seal else datetime.now(UTC))
     for dom, config in candidates:
         if why := _stale(d, config, template):
-            _discard(d, dom)
+            _discard_spare(d, dom, config.name)
             reasons.append(why)
+            continue
+        if config.max_memory > spec.max_memory:
+            # Its memory is the QEMU's it was saved in: the guest could take it back from
+            # the balloon, beyond what this VM may ever have (its maximum).
+            reasons.append(
+                f"spares of {spec.template!r} hold {format_size(config.max_memory)} of "
+                f"memory, more than this VM's maximum of {format_size(spec.max_memory)}"
+            )
             continue
         if spec.vcpus > config.max_vcpus or spec.memory > config.max_memory:
             reasons.append(
@@ -358,18 +394,28 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
                 f"disk (asked {format_size(spec.disk_size)}; disks only grow)"
             )
             continue
-        if not _claim(d, dom, config.name, spec.name):
+        vm_config = replace(
+            config,
+            name=spec.name,
+            kind="vm",
+            seal=None,
+            docker_host_port=d._starts.allocate_port() if config.docker_guest_port else None,
+            nic_socket=d._starts.nic_socket(spec.name),
+            created=datetime.now(UTC),
+        )
+        adopted = _claim(d, dom, config, vm_config)
+        if adopted is None:
             continue  # another create took it
         try:
-            return _resume_adopted(d, dom, config, spec, progress)
+            return _resume_adopted(d, adopted, config, vm_config, spec, progress)
         except _NotStarted as exc:
-            _give_back(d, dom, config)
+            _give_back(d, adopted, config, spec.name)
             raise WarmStartUnavailable(
                 f"spare {config.name} could not start as {spec.name!r} (it is kept): "
                 f"{exc.__cause__ or exc}"
             ) from exc
         except BaseException as exc:
-            _discard(d, dom)
+            _discard(d, adopted)
             if isinstance(exc, DockvisorError | libvirt.libvirtError):
                 raise WarmStartUnavailable(
                     f"spare {config.name} could not become {spec.name!r}: {exc}"
@@ -381,20 +427,11 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
 
 
 def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig,
-                    spec: VMSpec, progress: Progress) -> VM:  # fmt: skip
+                    config: DomainConfig, spec: VMSpec, progress: Progress) -> VM:  # fmt: skip
+    """Bring the claimed spare `dom` (now defined as the VM `config`) to life as spec."""
     name = spec.name
     assert spare.seal is not None
     progress("adopting a warm spare", 0.1)
-    config = replace(
-        spare,
-        name=name,
-        kind="vm",
-        seal=None,
-        docker_host_port=d._starts.allocate_port() if spare.docker_guest_port else None,
-        nic_socket=d._starts.nic_socket(name),
-        created=datetime.now(UTC),
-    )
-    dom = d._define(config)
     with libvirt_errors(f"resuming {name} from its spare"):
         if d._is_qemu:
             machine = _machine(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
@@ -412,7 +449,9 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
             reply = _hmp(dom, f'loadvm "{WARM_STATE}"')
             if reply:
                 raise HypervisorError(f"QEMU said: {reply[:300]}")
-            _hmp(dom, f'delvm "{WARM_STATE}"')
+            # The saved memory goes: it held the spare's engine key, on its tmpfs.
+            if reply := _hmp(dom, f'delvm "{WARM_STATE}"'):
+                raise HypervisorError(f"QEMU said: {reply[:300]}")
         else:  # the test driver: no memory to load, nor a paused start
             with d._starts.starting(dom) as dom:
                 dom.create()
@@ -439,6 +478,13 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
                 vcpus=spec.vcpus if spec.vcpus != live.vcpus else None,
                 memory=spec.memory if spec.memory != live.memory else None,
             )
+        # Its room to grow is this VM's, as a cold create gives it (from its next boot;
+        # beyond it, growing needs the right to allocate, as for any VM).
+        cfg = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+        if spec.max_vcpus != spare.max_vcpus:
+            dom.setVcpusFlags(spec.max_vcpus, cfg | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
+        if spec.max_memory != spare.max_memory:
+            dom.setMemoryFlags(spec.max_memory // KiB, cfg | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
     progress("adopted", 1.0)
     return d.get_vm(name)
 
@@ -448,43 +494,52 @@ _claims = threading.Lock()
 
 @contextmanager
 def _claiming() -> Iterator[None]:
-    """Claims made one at a time on this machine: by this process's threads (a lock),
-    and by its other dockvisor processes (an flock on a file in the run directory)."""
-    path = default_run_dir().parent / "spare-claims.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _claims, open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    """Claims (and deletions of spares) one at a time on this machine: by this process's
+    threads (a lock), and by every dockvisor process of any user (an flock on one file,
+    /run/lock/dockvisor-spares.lock, opened read-only so that any user can lock it)."""
+    path = Path("/run/lock/dockvisor-spares.lock")
+    if not path.parent.is_dir():
+        path = default_run_dir().parent / "spares.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with _claims:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
         try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            os.close(fd)  # (releases the flock)
 
 
-def _claim(d: LibvirtDriver, dom: libvirt.virDomain, spare: str, vm: str) -> bool:
-    """Rename spare `spare` to `vm` if it is still a spare of that name: True if this call
-    took it. libvirt renames by UUID (a second rename of one domain succeeds too), so
-    the check and the rename run under _claiming."""
-    with _claiming(), suppress(libvirt.libvirtError):
-        if dom.name() == spare and d._conn.lookupByName(spare).UUIDString() == dom.UUIDString():
-            dom.rename(vm, 0)
-            return True
-    return False
+def _claim(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig,
+           vm: DomainConfig) -> libvirt.virDomain | None:  # fmt: skip
+    """Make the spare `spare` the VM `vm` (renamed and redefined, not started) if it is
+    still that spare: the VM's domain, or None if another create took it. libvirt
+    renames by UUID (a second rename of one domain succeeds too), so the check, the
+    rename and the redefinition run under _claiming: nobody sees a claim halfway."""
+    with _claiming():
+        if _still_spare(d, dom, spare.name) is None or dom.isActive():
+            return None
+        with libvirt_errors(f"claiming spare {spare.name}"):
+            dom.rename(vm.name, 0)
+            return d._define(vm)
 
 
 class _NotStarted(Exception):
     """QEMU did not start for the adopted spare (host memory, say): nothing read its file."""
 
 
-def _give_back(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig) -> None:
-    """Return a claimed spare that never ran to the spares, as it was; else remove it."""
-    try:
-        with suppress(libvirt.libvirtError):
-            if dom.isActive():
-                dom.destroy()
-        dom.rename(spare.name, 0)
-        d._define(spare)
-    except (libvirt.libvirtError, DockvisorError):
-        _discard(d, dom)
+def _give_back(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig, vm: str) -> None:
+    """Return a claimed spare that never ran to the spares, as it was (first a spare
+    again under the VM's name, then its own name); else remove it."""
+    with _claiming():
+        try:
+            with suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            d._define(replace(spare, name=vm))
+            d._lookup(vm).rename(spare.name, 0)
+        except (libvirt.libvirtError, DockvisorError):
+            _discard(d, dom)
 
 
 def _version(number: int) -> str:
