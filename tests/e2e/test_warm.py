@@ -17,7 +17,9 @@ import libvirt
 import pytest
 
 from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
+from dockvisor.drivers.libvirt.spares import guest_run
 from dockvisor.drivers.registry import open_driver
+from dockvisor.errors import DockvisorError
 from tests.e2e.test_cli_lifecycle import dv, engine_of, names_in, run
 
 pytestmark = pytest.mark.vm
@@ -36,6 +38,19 @@ def spares() -> Iterator[None]:
 def guest(name: str, script: str) -> str:
     with engine_of(name) as engine:
         return engine.run_to_completion("busybox:latest", ["sh", "-c", script])
+
+
+def guest_state(name: str) -> str:
+    """What the guest says of itself (for a failure's message): memory, its dockerd's
+    last log lines, the kernel's last messages."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        script = "uptime; free -m; tail -15 /var/log/dockerd.log; dmesg | tail -15"
+        return guest_run(conn.lookupByName(name), ["/bin/sh", "-c", script])
+    except DockvisorError as exc:
+        return f"(unreadable: {exc})"
+    finally:
+        conn.close()
 
 
 def mac_of(name: str) -> str:
@@ -70,9 +85,12 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
     for name in (a, b):
         with engine_of(name) as engine:
             info = engine.info()
-            inside = engine.run_to_completion("busybox:latest", [
-                "sh", "-c", "head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
-                "date +%s; hostname; nproc"])  # fmt: skip
+            try:
+                inside = engine.run_to_completion("busybox:latest", [
+                    "sh", "-c", "head -c 64 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; "
+                    "date +%s; hostname; nproc"])  # fmt: skip
+            except DockvisorError as exc:
+                raise AssertionError(f"{exc}\nin the guest:\n{guest_state(name)}") from exc
         rand, clock, host_name, cpus = inside.split()
         facts[name] = (info["ID"], info["Name"], rand)
         assert abs(int(clock) - time.time()) <= 2, "the guest's clock is the host's"

@@ -2,9 +2,9 @@
 
 A spare is booted with an identity of its own (its engine certificate is issued here,
 like any VM's), saved once its Docker engine is up, and waits stopped until a create
-adopts it (vms.create_vm_from_template). Its size: the template's smallest (vCPUs,
-memory) with room to grow live to the host's most vCPUs per VM and twice the template's
-default memory, and the template's default disk; an adopting create plugs the asked
+adopts it (vms.create_vm_from_template). Its size: the template's fewest vCPUs and its
+default memory, with room to grow live to the host's most vCPUs per VM and twice the
+template's default memory, and the template's default disk; an adopting create plugs the asked
 vCPUs and memory in live and grows the disk. A VM asked larger than that, or with
 maximums of its own, boots cold.
 
@@ -53,9 +53,11 @@ def spare_spec(driver: HypervisorDriver, template: Template, name: str,
     sizes = template.sizes
     low = max(sizes.min_memory or 0, MIN_MEMORY)
     default = sizes.default_memory or max(low, GiB)
-    size = plan_size(host, vcpus=sizes.min_vcpus or 1, memory=low,
-                     max_vcpus=host.max_vcpus_per_vm,
-                     max_memory=min(host.memory // MiB * MiB, max(2 * default, low)))  # fmt: skip
+    # Its memory: the template's default, the least a VM it serves has (a spare serves
+    # VMs whose maximum, twice their memory by default, covers the spare's twice that).
+    most = min(host.memory // MiB * MiB, max(2 * default, low))
+    size = plan_size(host, vcpus=sizes.min_vcpus or 1, memory=min(max(default, low), most),
+                     max_vcpus=host.max_vcpus_per_vm, max_memory=most)  # fmt: skip
     return VMSpec(
         name=name,
         template=template.name,
