@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -129,3 +131,46 @@ def test_keeping_spares_is_the_admins_and_cold_or_large_creates_leave_them(
     wait_for_spares(admin, 1)
     run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 0}))
     assert ready_spares(admin) == [] and driver.get_template(TEMPLATE).spares_kept == 0
+
+
+def test_a_spare_saved_by_another_qemu_or_on_an_older_template_is_refused(
+    sqlite_server: Server,
+) -> None:
+    """What a spare was saved with is checked before it is used: another QEMU version,
+    an older base of its template. Such a spare is shown stale with the reason, deleted
+    by the create that meets it, and the create boots cold saying why."""
+    import libvirt
+
+    from dockvisor.drivers.libvirt.domain_xml import NS, DomainConfig, metadata_xml
+    from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml as parse
+
+    server = sqlite_server
+    driver = server.cp.hosts.driver(1)
+    admin = server.client("admin")
+    server.add_user("dev")
+
+    def rewrite(name: str, change: Callable[[DomainConfig], DomainConfig]) -> None:
+        with driver.raw_connection() as conn:  # type: ignore[attr-defined]
+            dom = conn.lookupByName(name)
+            config = parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).config
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, metadata_xml(change(config)),
+                            "dockvisor", NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)  # fmt: skip
+
+    run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 1}))
+    (spare,) = warm.spares_of(driver, TEMPLATE)
+    rewrite(spare.name, lambda c: replace(c, seal=replace(c.seal, qemu=1002003)))  # type: ignore[arg-type]
+    (listed,) = [s for s in admin.get("/spares").json() if s["name"] == spare.name]
+    assert not listed["ready"] and "saved by QEMU 1.2.3" in listed["stale"]
+    team = make_set(admin, "team", vcpus=8, memory=8 * WARM_MEMORY, vms=8)
+    task = server.wait(admin, post(admin, "after-upgrade", team["id"]).json())
+    assert task["state"] == "succeeded"
+    assert task["step"].startswith("booted cold") and "saved by QEMU 1.2.3" in task["step"]
+    assert spare.name not in {s.name for s in driver.list_spares()}, "the stale spare is gone"
+
+    wait_for_spares(admin, 1)  # the server made a new one
+    (fresh,) = warm.spares_of(driver, TEMPLATE)
+    rewrite(fresh.name, lambda c: replace(c, base_path="/an/older/base.qcow2"))
+    (listed,) = [s for s in admin.get("/spares").json() if s["name"] == fresh.name]
+    assert "has changed since" in listed["stale"]
+    task = server.wait(admin, post(admin, "after-update", team["id"]).json())
+    assert "has changed since" in task["step"]
