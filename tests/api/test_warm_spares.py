@@ -174,3 +174,22 @@ def test_a_spare_saved_by_another_qemu_or_on_an_older_template_is_refused(
     assert "has changed since" in listed["stale"]
     task = server.wait(admin, post(admin, "after-update", team["id"]).json())
     assert "has changed since" in task["step"]
+
+
+def test_a_spare_whose_disk_is_gone_is_refused_and_removed(sqlite_server: Server) -> None:
+    server = sqlite_server
+    driver = server.cp.hosts.driver(1)
+    admin = server.client("admin")
+    server.add_user("dev")
+    run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 1}))
+    (spare,) = warm.spares_of(driver, TEMPLATE)
+    disk = next(v for v in driver.volume_names() if v.startswith(spare.name) and "cidata" not in v)  # type: ignore[attr-defined]
+    with driver.raw_connection() as conn:  # type: ignore[attr-defined]
+        conn.storagePoolLookupByName("dockvisor").storageVolLookupByName(disk).delete(0)
+    (listed,) = [s for s in admin.get("/spares").json() if s["name"] == spare.name]
+    assert "is missing" in listed["stale"]
+    team = make_set(admin, "team", vcpus=8, memory=8 * WARM_MEMORY, vms=8)
+    task = server.wait(admin, post(admin, "no-disk", team["id"]).json())
+    assert task["state"] == "succeeded" and "is missing" in task["step"], task
+    assert spare.name not in {s.name for s in driver.list_spares()}
+    assert not [v for v in driver.volume_names() if v.startswith(spare.name)], "nothing left"  # type: ignore[attr-defined]
