@@ -193,3 +193,25 @@ def test_a_spare_whose_disk_is_gone_is_refused_and_removed(sqlite_server: Server
     assert task["state"] == "succeeded" and "is missing" in task["step"], task
     assert spare.name not in {s.name for s in driver.list_spares()}
     assert not [v for v in driver.volume_names() if v.startswith(spare.name)], "nothing left"  # type: ignore[attr-defined]
+
+
+def test_the_cli_keeps_and_lists_spares_through_the_server(sqlite_server: Server) -> None:
+    import json
+    import os
+    import subprocess
+
+    server = sqlite_server
+    env = {**os.environ, "DOCKVISOR_TOKEN": server.tokens["admin"]}
+
+    def dockvisor(*args: str) -> str:
+        proc = subprocess.run([".venv/bin/dockvisor", "--server", server.url, *args],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    assert "2 warm spare(s) ready" in dockvisor("template", "warm", TEMPLATE, "--spares", "2")
+    assert dockvisor("template", "spares").count("  ready  ") == 2
+    listed = json.loads(dockvisor("--json", "template", "spares"))
+    assert len(listed) == 2 and all(s["ready"] and s["template"] == TEMPLATE for s in listed)
+    assert "0 warm spare(s)" in dockvisor("template", "warm", TEMPLATE, "--spares", "0")
+    assert server.cp.hosts.driver(1).list_spares() == []

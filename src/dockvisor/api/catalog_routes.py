@@ -132,10 +132,8 @@ def catalog_router(cp: ControlPlane) -> APIRouter:
         openapi_extra=declare(Perm("/", P.SYS_AUDIT)),
     )
     def list_spares(who: Who) -> list[s.SpareOut]:
-        return [s.SpareOut(host_id=h, name=x.name, template=x.template, ready=x.ready,
-                           stale=x.stale, vcpus=x.vcpus, max_vcpus=x.max_vcpus,
-                           memory=x.memory, max_memory=x.max_memory, disk_size=x.disk_size,
-                           stored=x.stored, created=x.created)
+        shown = s.SpareOut.model_fields
+        return [s.SpareOut(host_id=h, **{k: v for k, v in asdict(x).items() if k in shown})
                 for h, x in spares.spares(who)]  # fmt: skip
 
     return api

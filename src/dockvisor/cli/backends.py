@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, Protocol
 
 import httpx
@@ -29,6 +30,7 @@ from dockvisor.domain.model import (
     PowerState,
     ResizeResult,
     Snapshot,
+    Spare,
     Template,
     TemplateOrigin,
     TemplateSizes,
@@ -36,6 +38,7 @@ from dockvisor.domain.model import (
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
+from dockvisor.services import warm as warm_service
 from dockvisor.services.engines import EngineAccess
 
 __all__ = ["ApiClient", "Backend", "LocalBackend", "RemoteBackend"]
@@ -80,6 +83,9 @@ class Backend(Protocol):
     def docker_environment(self, name: str) -> DockerEnvironment: ...
     def docker_host(self, name: str) -> str: ...
     def templates(self) -> list[Template]: ...
+    def warm_template(self, name: str, spares: int, *, host: int | None,
+                      progress: Progress) -> list[Spare]: ...  # fmt: skip
+    def spares(self) -> list[Spare]: ...
 
 
 class LocalBackend:
@@ -205,6 +211,16 @@ class LocalBackend:
             f'http://127.0.0.1:8080 vm endpoint {name})"; or use `dockvisor docker {name} '
             "...` here"
         )
+
+    def warm_template(self, name: str, spares: int, *, host: int | None,
+                      progress: Progress) -> list[Spare]:  # fmt: skip
+        if host is not None:
+            raise errors.InvalidInput("--host needs --server (without it: --hypervisor URI)")
+        return warm_service.warm_template(self.driver, name, spares, progress=progress,
+                                          engines=self.engines)  # fmt: skip
+
+    def spares(self) -> list[Spare]:
+        return warm_service.spares_of(self.driver)
 
     def templates(self) -> list[Template]:
         return template_service.list_templates(self.driver)
@@ -479,6 +495,22 @@ class RemoteBackend:
             {"DOCKER_HOST": data["docker_host"], "DOCKER_CONFIG": str(directory)},
             ["DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH", "DOCKER_CONTEXT"],
         )
+
+    def warm_template(self, name: str, spares: int, *, host: int | None,
+                      progress: Progress) -> list[Spare]:  # fmt: skip
+        task = self.api.request("POST", f"/templates/{name}/warm",
+                                json={"spares": spares, "host_id": host})  # fmt: skip
+        self.api.follow(task, progress)
+        return [s for s in self.spares() if s.template == name]
+
+    def spares(self) -> list[Spare]:
+        def spare(row: dict[str, Any]) -> Spare:
+            fields = {k: v for k, v in row.items() if k != "host_id"}
+            created = row["created"]
+            return Spare(**{**fields, "created": datetime.fromisoformat(created) if created
+                            else None})  # fmt: skip
+
+        return [spare(r) for r in self.api.request("GET", "/spares")]
 
     def templates(self) -> list[Template]:
         return [

@@ -10,7 +10,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -24,14 +23,12 @@ from dockvisor.cli import server as server_cli
 from dockvisor.cli.backends import ApiClient, Backend, LocalBackend, RemoteBackend
 from dockvisor.cli.credentials import host_credentials
 from dockvisor.cli.progress import ProgressBar
-from dockvisor.domain.model import Spare
 from dockvisor.domain.sizes import format_size, parse_size
 from dockvisor.drivers.base import HypervisorDriver, no_progress
 from dockvisor.drivers.registry import open_driver
 from dockvisor.errors import DockvisorError, InvalidInput, Unauthorized
 from dockvisor.services import templates as template_service
 from dockvisor.services import vms as vm_service
-from dockvisor.services import warm as warm_service
 from dockvisor.services.engines import EngineAccess
 
 __all__ = ["main"]
@@ -362,18 +359,7 @@ def template_warm(ctx: Context, name: str, spares: int, host_id: int | None) -> 
     of booting (unless --cold); a server refills them after each create. Their disk
     space and boot time are the host's."""
     with ctx.progress(f"template warm {name}") as bar:
-        if ctx.server:
-            api = ctx.backend.api  # type: ignore[attr-defined]
-            task = api.request("POST", f"/templates/{name}/warm",
-                               json={"spares": spares, "host_id": host_id})  # fmt: skip
-            result = api.follow(task, bar)
-            ctx.emit(result, f"template {name}: {result['spares']} warm spare(s) ready, "
-                     f"{format_size(result['stored'])} on the host's storage")  # fmt: skip
-            return
-        if host_id is not None:
-            raise InvalidInput("--host needs --server (without it: --hypervisor URI)")
-        kept = warm_service.warm_template(ctx.driver, name, spares, progress=bar,
-                                          engines=ctx.engines)  # fmt: skip
+        kept = ctx.backend.warm_template(name, spares, host=host_id, progress=bar)
     ready = [s for s in kept if s.ready]
     ctx.emit(kept, lambda: f"template {name}: {len(ready)} warm spare(s) ready, "
              f"{format_size(sum(s.stored for s in kept))} on the host's storage")  # fmt: skip
@@ -383,13 +369,7 @@ def template_warm(ctx: Context, name: str, spares: int, host_id: int | None) -> 
 @pass_ctx
 def template_spares(ctx: Context) -> None:
     """List the host's warm spares: their template, size, room to grow, storage."""
-    if ctx.server:
-        rows = ctx.backend.api.request("GET", "/spares")  # type: ignore[attr-defined]
-        kept = [Spare(**{**{k: v for k, v in r.items() if k != "host_id"},
-                         "created": datetime.fromisoformat(r["created"]) if r["created"]
-                         else None}) for r in rows]  # fmt: skip
-    else:
-        kept = warm_service.spares_of(ctx.driver)
+    kept = ctx.backend.spares()
     ctx.emit(kept, lambda: render.spare_rows(kept))
 
 

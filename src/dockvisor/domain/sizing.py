@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dockvisor.domain.model import HostInfo, Template
-from dockvisor.domain.sizes import MiB, format_size
+from dockvisor.domain.sizes import GiB, MiB, format_size
 from dockvisor.errors import InvalidInput, OutOfCapacity
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "check_template_minimums",
     "plan_disk",
     "plan_size",
+    "plan_spare",
     "plan_vm",
 ]
 
@@ -141,6 +142,20 @@ def plan_vm(
     planned = plan_disk(template.name, template.disk_size, template.sizes.default_disk, disk)
     check_storage_room(host, planned)
     return VmPlan(size, planned)
+
+
+def plan_spare(host: HostInfo, template: Template) -> VmPlan:
+    """A warm spare's size: the template's fewest vCPUs and its default memory (the least
+    a VM it serves has: it serves VMs whose maximum memory covers the spare's), room to
+    grow live to the host's most vCPUs per VM and twice the default memory, and the
+    template's default disk."""
+    sizes = template.sizes
+    low = max(sizes.min_memory or 0, MIN_MEMORY)
+    default = sizes.default_memory or max(low, GiB)
+    most = min(host.memory // MiB * MiB, max(2 * default, low))
+    size = plan_size(host, vcpus=sizes.min_vcpus or 1, memory=min(max(default, low), most),
+                     max_vcpus=host.max_vcpus_per_vm, max_memory=most)  # fmt: skip
+    return VmPlan(size, plan_disk(template.name, template.disk_size, sizes.default_disk, None))
 
 
 def check_template_minimums(template: Template, *, vcpus: int, memory: int) -> None:

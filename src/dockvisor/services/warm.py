@@ -22,8 +22,7 @@ from contextlib import contextmanager, suppress
 
 from dockvisor.domain.model import Capability, Spare, Template, VMSpec
 from dockvisor.domain.naming import new_spare_name
-from dockvisor.domain.sizes import GiB, MiB
-from dockvisor.domain.sizing import MIN_MEMORY, plan_size
+from dockvisor.domain.sizing import plan_spare
 from dockvisor.drivers.base import HypervisorDriver, Progress, no_progress
 from dockvisor.errors import DockvisorError, InvalidInput, NotFound, Unsupported
 from dockvisor.services.engines import EngineAccess
@@ -49,24 +48,16 @@ def spares_of(driver: HypervisorDriver, template: str | None = None) -> list[Spa
 
 def spare_spec(driver: HypervisorDriver, template: Template, name: str,
                engines: EngineAccess) -> VMSpec:  # fmt: skip
-    host = driver.host_info()
-    sizes = template.sizes
-    low = max(sizes.min_memory or 0, MIN_MEMORY)
-    default = sizes.default_memory or max(low, GiB)
-    # Its memory: the template's default, the least a VM it serves has (a spare serves
-    # VMs whose maximum, twice their memory by default, covers the spare's twice that).
-    most = min(host.memory // MiB * MiB, max(2 * default, low))
-    size = plan_size(host, vcpus=sizes.min_vcpus or 1, memory=min(max(default, low), most),
-                     max_vcpus=host.max_vcpus_per_vm, max_memory=most)  # fmt: skip
+    plan = plan_spare(driver.host_info(), template)
     return VMSpec(
         name=name,
         template=template.name,
-        vcpus=size.vcpus,
-        memory=size.memory,
-        max_vcpus=size.max_vcpus,
-        max_memory=size.max_memory,
+        vcpus=plan.size.vcpus,
+        memory=plan.size.memory,
+        max_vcpus=plan.size.max_vcpus,
+        max_memory=plan.size.max_memory,
         guest=engines.guest_config(name) if template.docker_ready else None,
-        disk_size=max(template.disk_size, sizes.default_disk or 0),
+        disk_size=plan.disk,
     )
 
 
@@ -193,7 +184,3 @@ class Refiller:
                     del self._running[key]
                     return
                 self._running[key] = False
-
-    def busy(self) -> bool:
-        with self._lock:
-            return bool(self._running)

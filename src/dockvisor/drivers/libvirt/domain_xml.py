@@ -388,6 +388,10 @@ def _seal(el: ET.Element | None) -> SpareSeal | None:
                      saved=datetime.fromisoformat(saved))  # fmt: skip
 
 
+def _attr_int(el: ET.Element | None, name: str) -> int:
+    return int(el.get(name, "0")) if el is not None else 0
+
+
 def _int(el: ET.Element | None, default: int = 0) -> int:
     return int(el.text) if el is not None and el.text else default
 
@@ -476,9 +480,7 @@ def parse_domain_xml(xml: str) -> DomainState:
             sizes=_sizes(meta.find(_q("sizes"))),
             origin=_origin(meta.find(_q("origin"))),
             seal=_seal(meta.find(_q("spare-seal"))),
-            spares_kept=int(meta.find(_q("warm")).get("spares", "0"))  # type: ignore[union-attr]
-            if meta.find(_q("warm")) is not None
-            else 0,
+            spares_kept=_attr_int(meta.find(_q("warm")), "spares"),
             **common,  # type: ignore[arg-type]
         )
     return DomainState(

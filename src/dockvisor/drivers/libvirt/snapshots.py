@@ -24,7 +24,13 @@ from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
 from dockvisor.drivers.libvirt.errors import libvirt_errors
 from dockvisor.errors import HypervisorError
 
-__all__ = ["load_memory_snapshot", "snapshot_names", "snapshot_record", "sync_guest_clock"]
+__all__ = [
+    "hmp",
+    "load_memory_snapshot",
+    "snapshot_names",
+    "snapshot_record",
+    "sync_guest_clock",
+]
 
 
 def snapshot_names(dom: libvirt.virDomain) -> list[str]:
@@ -86,7 +92,6 @@ def load_memory_snapshot(
     a start needs (a free Docker port, the guest network) and answers the domain to
     start. On failure the VM is left off.
     """
-    import libvirt_qemu
 
     name = dom.name()
     snap_xml = snap.getXMLDesc(libvirt.VIR_DOMAIN_SNAPSHOT_XML_SECURE)
@@ -100,17 +105,13 @@ def load_memory_snapshot(
         with starting(dom) as dom:
             dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
         try:
-            reply = libvirt_qemu.qemuMonitorCommand(
-                dom, f'loadvm "{info.name}"', libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
-            )
+            reply = hmp(dom, f'loadvm "{info.name}"')
         except libvirt.libvirtError:
             dom.destroy()
             raise
-        if reply.strip():
+        if reply:
             dom.destroy()
-            raise HypervisorError(
-                f"reverting VM {name} to {info.name}: QEMU said: {reply.strip()[:300]}"
-            )
+            raise HypervisorError(f"reverting VM {name} to {info.name}: QEMU said: {reply[:300]}")
         dom.snapshotCreateXML(
             snap_xml,
             libvirt.VIR_DOMAIN_SNAPSHOT_CREATE_REDEFINE
@@ -119,6 +120,17 @@ def load_memory_snapshot(
         if info.power_state is PowerState.RUNNING:
             dom.resume()
             sync_guest_clock(dom)
+
+
+def hmp(dom: libvirt.virDomain, command: str) -> str:
+    """QEMU's answer to a human-monitor command (savevm, loadvm, delvm: empty when they
+    succeed), stripped. libvirt notes such a command in the domain's log ("tainted")."""
+    import libvirt_qemu
+
+    reply = libvirt_qemu.qemuMonitorCommand(
+        dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
+    )
+    return str(reply).strip()
 
 
 def sync_guest_clock(dom: libvirt.virDomain, timeout: float = 5.0) -> None:

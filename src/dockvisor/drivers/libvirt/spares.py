@@ -49,7 +49,7 @@ from dockvisor.drivers.libvirt.domain_xml import NS, DomainConfig, SpareSeal, me
 from dockvisor.drivers.libvirt.errors import libvirt_errors
 from dockvisor.drivers.libvirt.guest_network import default_run_dir
 from dockvisor.drivers.libvirt.resize import resize_domain
-from dockvisor.drivers.libvirt.snapshots import sync_guest_clock
+from dockvisor.drivers.libvirt.snapshots import hmp, sync_guest_clock
 from dockvisor.errors import (
     DockvisorError,
     GuestTimeout,
@@ -87,15 +87,6 @@ echo "$1" > /var/lib/dockvisor/hostname
 """
 # Ready when dockerd listens on its TCP port (after its unix socket): the log says so.
 _ENGINE_UP = "grep -q 'API listen on \\[::\\]' /var/log/dockerd.log"
-
-
-def _hmp(dom: libvirt.virDomain, command: str) -> str:
-    import libvirt_qemu
-
-    reply = libvirt_qemu.qemuMonitorCommand(
-        dom, command, libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP
-    )
-    return str(reply).strip()
 
 
 def _agent(dom: libvirt.virDomain, command: str, arguments: dict[str, Any], timeout: int = 10
@@ -164,7 +155,7 @@ def create_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progres
             _wait_engine_up(d, dom, progress)
             progress("saving the spare's memory", 0.9)
             with libvirt_errors(f"saving spare {spec.name}"):
-                reply = _hmp(dom, f'savevm "{WARM_STATE}"')
+                reply = hmp(dom, f'savevm "{WARM_STATE}"')
             if reply:
                 raise HypervisorError(f"saving spare {spec.name}: QEMU said: {reply[:300]}")
         with libvirt_errors(f"stopping spare {spec.name}"):
@@ -446,11 +437,11 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
             except (libvirt.libvirtError, DockvisorError) as exc:
                 raise _NotStarted() from exc  # nothing read its file: it can wait on
             progress("loading the spare's memory", 0.3)
-            reply = _hmp(dom, f'loadvm "{WARM_STATE}"')
+            reply = hmp(dom, f'loadvm "{WARM_STATE}"')
             if reply:
                 raise HypervisorError(f"QEMU said: {reply[:300]}")
             # The saved memory goes: it held the spare's engine key, on its tmpfs.
-            if reply := _hmp(dom, f'delvm "{WARM_STATE}"'):
+            if reply := hmp(dom, f'delvm "{WARM_STATE}"'):
                 raise HypervisorError(f"QEMU said: {reply[:300]}")
         else:  # the test driver: no memory to load, nor a paused start
             with d._starts.starting(dom) as dom:
