@@ -114,6 +114,13 @@ def test_keeping_spares_is_the_admins_and_cold_or_large_creates_leave_them(
     assert [s.uuid for s in warm.spares_of(driver, TEMPLATE)] == [spare.uuid], (
         "a VM larger than a spare's room boots cold and leaves it"
     )
+    # More memory than the host has: refused up front, the spare and the quota untouched.
+    host_memory = driver.host_info().memory
+    detail = refused(post(admin, "huge1", team["id"], memory=host_memory + VM_MEMORY), 409,
+                     "out-of-capacity")  # fmt: skip
+    assert "is more than host" in detail, detail
+    assert "huge1" not in {v.name for v in driver.list_vms()}
+    assert [s.uuid for s in warm.spares_of(driver, TEMPLATE)] == [spare.uuid]
     task = server.wait(admin, post(admin, "small1", team["id"], memory=VM_MEMORY).json())
     assert task["state"] == "succeeded"
     assert "more than this VM's maximum of 1GiB" in task["step"], task
@@ -215,3 +222,49 @@ def test_the_cli_keeps_and_lists_spares_through_the_server(sqlite_server: Server
     assert len(listed) == 2 and all(s["ready"] and s["template"] == TEMPLATE for s in listed)
     assert "0 warm spare(s)" in dockvisor("template", "warm", TEMPLATE, "--spares", "0")
     assert server.cp.hosts.driver(1).list_spares() == []
+
+
+def test_a_create_cut_short_while_adopting_is_cleared_and_its_name_free(
+    sqlite_server: Server,
+) -> None:
+    """A spare being adopted is a spare under the VM's name until the adoption ends: no
+    VM to anyone. One whose adopting process is gone (killed) is removed by the next
+    create of that name or listing of spares; one whose process lives is left alone."""
+    import subprocess
+
+    import libvirt
+
+    from dockvisor.drivers.libvirt.domain_xml import NS, Adopter, metadata_xml
+    from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml as parse
+    from dockvisor.drivers.libvirt.spares import _me
+
+    server = sqlite_server
+    driver = server.cp.hosts.driver(1)
+    admin = server.client("admin")
+    server.add_user("dev")
+    run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 2}))
+    driver.keep_spares(TEMPLATE, 0)  # (the spares stay: none is made again)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    dead = Adopter(boot_id=_me().boot_id, pid=gone.pid, started=1)
+    halves = {"cut-short": dead, "under-way": _me()}
+    with driver.raw_connection() as conn:  # type: ignore[attr-defined]
+        spares = [d for d in conn.listAllDomains(0) if d.name().startswith("spare.")]
+        assert len(spares) == 2
+        for dom, (name, adopter) in zip(spares, halves.items(), strict=True):
+            dom.rename(name, 0)
+            config = parse(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).config
+            dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                            metadata_xml(replace(config, name=name, seal=None, adopter=adopter)),
+                            "dockvisor", NS, libvirt.VIR_DOMAIN_AFFECT_CONFIG)  # fmt: skip
+    assert not {"cut-short", "under-way"} & {vm["name"] for vm in admin.get("/vms").json()}
+    team = make_set(admin, "team", vcpus=8, memory=8 * WARM_MEMORY, vms=8)
+    task = server.wait(admin, post(admin, "under-way", team["id"], cold=True).json())
+    assert (task["state"], task["error_code"]) == ("failed", "already-exists"), task
+    task = server.wait(admin, post(admin, "cut-short", team["id"], cold=True).json())
+    assert task["state"] == "succeeded", task
+    assert driver.get_vm("cut-short").template == TEMPLATE, "a VM of that name now"
+    assert admin.get("/spares").json() == []
+    with driver.raw_connection() as conn:  # type: ignore[attr-defined]
+        names = {d.name() for d in conn.listAllDomains(0)}
+    assert "under-way" in names, "an adoption under way is left alone"

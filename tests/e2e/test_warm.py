@@ -1,16 +1,20 @@
 """Warm starts on qemu:///system with real guests: `template warm` keeps spares, `vm
 create` resumes one in seconds, and each VM so made has an identity no other VM has
-(UUID, MAC, hostname, engine ID, engine certificate, random bytes), the host's clock,
+(UUID, MAC, hostname, machine ID, engine ID, engine certificate, random bytes), the host's clock,
 and the whole workflow of a cold-booted VM (containers, snapshot, revert, clone, live
-resize, reboot). A spare whose saved state was cut is refused and the create boots
-cold, saying so, leaving nothing of the spare."""
+resize, reboot). A spare whose saved state was cut or corrupted is refused and the
+create boots cold, saying so, leaving nothing of the spare; a create killed while it
+adopts a spare leaves nothing and its name free; a spare whose QEMU cannot start is
+given back whole."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import libvirt
@@ -20,7 +24,7 @@ from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
 from dockvisor.drivers.libvirt.spares import guest_run
 from dockvisor.drivers.registry import open_driver
 from dockvisor.errors import DockvisorError
-from tests.e2e.test_cli_lifecycle import dv, engine_of, names_in, run
+from tests.e2e.test_cli_lifecycle import DOCKVISOR, dv, engine_of, names_in, run
 
 pytestmark = pytest.mark.vm
 
@@ -53,6 +57,15 @@ def guest_state(name: str) -> str:
         conn.close()
 
 
+def machine_id(name: str) -> str:
+    """The guest's /etc/machine-id, read by its agent."""
+    conn = libvirt.open("qemu:///system")
+    try:
+        return guest_run(conn.lookupByName(name), ["cat", "/etc/machine-id"]).strip()
+    finally:
+        conn.close()
+
+
 def mac_of(name: str) -> str:
     conn = libvirt.open("qemu:///system")
     try:
@@ -80,6 +93,8 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
     assert (vm_b["vcpus"], vm_b["memory"]) == (2, 1024**3), "grown live to the asked size"
     assert vm_a["uuid"] != vm_b["uuid"]
     assert mac_of(a) != mac_of(b)
+    for vm in (vm_a, vm_b):
+        assert machine_id(vm["name"]) == vm["uuid"].replace("-", ""), "its own machine ID"
 
     facts = {}
     for name in (a, b):
@@ -140,6 +155,7 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
     dv("vm", "clone", a, clone, "--start")
     with engine_of(clone) as engine:
         assert engine.info()["ID"] != facts[a][0], "a clone of a warm VM has its own engine"
+    assert machine_id(clone) not in {machine_id(a), machine_id(b)}
     dv("vm", "reboot", a, "--wait")
     with engine_of(a) as engine:
         assert engine.info()["ID"] == facts[a][0], "a reboot keeps the VM's engine identity"
@@ -148,24 +164,119 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
         dv("vm", "rm", "--force", name)
 
 
-def test_a_cut_spare_is_refused_and_the_create_boots_cold(spares: None, unique_name: str) -> None:
+def the_spare(conn: libvirt.virConnect) -> libvirt.virDomain:
+    return next(d for d in conn.listAllDomains(0) if d.name().startswith("spare."))
+
+
+def volumes_left(conn: libvirt.virConnect, volumes: tuple[str, ...]) -> set[str]:
+    pool = conn.storagePoolLookupByName("dockvisor")
+    pool.refresh(0)
+    return set(volumes) & {v.name() for v in pool.listAllVolumes(0)}
+
+
+def cut(disk: Path) -> None:
+    with disk.open("r+b") as f:
+        f.truncate(disk.stat().st_size // 2)
+
+
+def corrupt(disk: Path) -> None:
+    """Overwrite 64 KiB in the middle of the file (its size stays the same)."""
+    size = disk.stat().st_size
+    with disk.open("r+b") as f:
+        f.seek(size // 2)
+        f.write(os.urandom(64 * 1024))
+    assert disk.stat().st_size == size
+
+
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [(cut, "(cut or changed)"), (corrupt, "does not match the checksum taken when it was saved")],
+    ids=["cut", "corrupted"],
+)
+def test_a_damaged_spare_is_refused_and_the_create_boots_cold(
+    spares: None, unique_name: str, damage: Callable[[Path], None], said: str
+) -> None:
     dv("template", "warm", "docker-ready", "--spares", "1")
     conn = libvirt.open("qemu:///system")
     try:
-        spare = next(d for d in conn.listAllDomains(0) if d.name().startswith("spare."))
-        disk = Path(parse_domain_xml(spare.XMLDesc(0)).config.disk_path)
-        volumes = parse_domain_xml(spare.XMLDesc(0)).config.volumes
-        with disk.open("r+b") as f:
-            f.truncate(disk.stat().st_size // 2)
+        config = parse_domain_xml(the_spare(conn).XMLDesc(0)).config
+        damage(Path(config.disk_path))
         proc = run("vm", "create", unique_name)
         assert proc.returncode == 0, proc.stderr
-        assert "booted cold:" in proc.stderr and "cut or changed" in proc.stderr, proc.stderr
+        assert "booted cold:" in proc.stderr and said in proc.stderr, proc.stderr
         assert not any(d.name().startswith("spare.") for d in conn.listAllDomains(0))
-        pool = conn.storagePoolLookupByName("dockvisor")
-        pool.refresh(0)
-        assert not set(volumes) & {v.name() for v in pool.listAllVolumes(0)}, "nothing left"
+        assert not volumes_left(conn, config.volumes), "nothing of the spare is left"
     finally:
         conn.close()
     with engine_of(unique_name) as engine:
         assert engine.info()["Name"] == unique_name
+    assert machine_id(unique_name) == dv("vm", "show", unique_name)["uuid"].replace("-", "")
     dv("vm", "rm", "--force", unique_name)
+
+
+def test_a_create_killed_while_adopting_leaves_nothing_and_the_name_free(
+    spares: None, unique_name: str
+) -> None:
+    dv("template", "warm", "docker-ready", "--spares", "1")
+    conn = libvirt.open("qemu:///system")
+    try:
+        config = parse_domain_xml(the_spare(conn).XMLDesc(0)).config
+        proc = subprocess.Popen([DOCKVISOR, "vm", "create", unique_name],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + 60
+            while unique_name not in {d.name() for d in conn.listAllDomains(0)}:
+                assert time.monotonic() < deadline, "the create never claimed the spare"
+                assert proc.poll() is None, "the create ended before it was killed"
+                time.sleep(0.005)
+        finally:
+            proc.kill()
+            proc.wait()
+        # Killed halfway through the adoption: no VM of that name to anyone...
+        assert unique_name not in {vm["name"] for vm in dv("vm", "list")}
+        assert dv("template", "spares") == [], "...nor a spare; and the listing swept it"
+        assert unique_name not in {d.name() for d in conn.listAllDomains(0)}
+        assert not volumes_left(conn, config.volumes), "its disk and config drive went too"
+    finally:
+        conn.close()
+    # The name is free: a create of it boots (cold: no spare is left).
+    proc = run("vm", "create", unique_name)
+    assert proc.returncode == 0, proc.stderr
+    assert "booted cold:" in proc.stderr, proc.stderr
+    with engine_of(unique_name) as engine:
+        assert engine.info()["Name"] == unique_name
+    dv("vm", "rm", "--force", unique_name)
+
+
+def test_a_spare_whose_qemu_cannot_start_is_given_back(spares: None, unique_name: str) -> None:
+    kept = dv("template", "warm", "docker-ready", "--spares", "1")
+    conn = libvirt.open("qemu:///system")
+    try:
+        disk = parse_domain_xml(the_spare(conn).XMLDesc(0)).config.disk_path
+    finally:
+        conn.close()
+    # Another process holds the spare's disk open for writing: QEMU cannot take its lock.
+    holder = subprocess.Popen(["qemu-io", "-f", "qcow2", disk], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        time.sleep(1.0)
+        assert holder.poll() is None, "qemu-io holds the file"
+        proc = run("vm", "create", unique_name)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert proc.returncode == 0, proc.stderr
+    assert "booted cold:" in proc.stderr and "could not start" in proc.stderr, proc.stderr
+    assert "(it is kept)" in proc.stderr, proc.stderr
+    back = dv("template", "spares")
+    assert [(s["name"], s["ready"]) for s in back] == [(kept[0]["name"], True)], "given back"
+    with engine_of(unique_name) as engine:
+        assert engine.info()["Name"] == unique_name
+    # The spare given back is whole: the next create resumes it.
+    other = f"{unique_name}-b"
+    proc = run("vm", "create", other)
+    assert proc.returncode == 0 and "warm start: resumed a spare" in proc.stderr, proc.stderr
+    with engine_of(other) as engine:
+        assert engine.info()["Name"] == other
+    for name in (unique_name, other):
+        dv("vm", "rm", "--force", name)

@@ -8,7 +8,9 @@ import pytest
 from dockvisor.domain.model import DiskMode
 from dockvisor.domain.sizes import GiB, KiB, MiB
 from dockvisor.drivers.libvirt.domain_xml import (
+    Adopter,
     DomainConfig,
+    SpareSeal,
     build_domain_xml,
     guard_slirp_socket,
     parse_domain_xml,
@@ -84,6 +86,17 @@ def test_vm_config_reads_back_as_written(virt_type):
     parsed = roundtrip(VM, virt_type)
     assert relied_on(parsed) == relied_on(VM)
     assert parsed == VM
+
+
+@pytest.mark.parametrize("virt_type", ["qemu", "test"])
+def test_a_spare_and_a_spare_being_adopted_read_back(virt_type):
+    seal = SpareSeal(qemu=7002000, machine="pc-i440fx-7.2", file_size=284884992,
+                     saved=datetime(2026, 1, 1, tzinfo=UTC), sha256="ab" * 32)  # fmt: skip
+    spare = replace(VM, name="spare.0a1b2c3d", kind="spare", seal=seal)
+    assert roundtrip(spare, virt_type) == spare
+    adopting = replace(spare, name="web", seal=None,
+                       adopter=Adopter(boot_id="b0-07", pid=4242, started=123456))  # fmt: skip
+    assert roundtrip(adopting, virt_type) == adopting
 
 
 @pytest.mark.parametrize("virt_type", ["kvm", "qemu"])

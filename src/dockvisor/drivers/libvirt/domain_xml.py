@@ -19,7 +19,8 @@ truth and any libvirt client can see it:
       <dockvisor:builtin image-key="..."/>                       (the built-in template)
       <dockvisor:warm spares="2"/>                    (a template: warm spares kept)
       <dockvisor:spare-seal qemu="7002000" machine="pc-i440fx-7.2" file-size="..."
-                            saved="..."/>            (a warm spare, kind="spare": spares.py)
+                            saved="..." sha256="..."/>  (a warm spare, kind="spare": spares.py)
+      <dockvisor:adopting boot-id="..." pid="..." started="..."/>  (a spare being adopted)
     </dockvisor:domain>
 
 Under QEMU the VM's network is passed on QEMU's command line (libvirt 9.0 cannot express a
@@ -42,6 +43,7 @@ from dockvisor.domain.sizes import KiB
 
 __all__ = [
     "NS",
+    "Adopter",
     "DomainConfig",
     "SpareSeal",
     "DomainState",
@@ -70,12 +72,25 @@ def _q(tag: str) -> str:
 @dataclass(frozen=True)
 class SpareSeal:
     """What a warm spare was saved with: QEMU's version and machine type (a spare loads
-    only into the same), and its disk file's size then (a shorter file was cut)."""
+    only into the same), and its disk file's size and SHA-256 then (a shorter file was
+    cut, another digest was changed)."""
 
     qemu: int
     machine: str
     file_size: int
     saved: datetime
+    sha256: str = ""
+
+
+@dataclass(frozen=True)
+class Adopter:
+    """The process turning a spare into a VM (a spare still, under the VM's name, until
+    it is one): its machine's boot, its pid and the pid's start time, so that one whose
+    process is gone is told from one under way."""
+
+    boot_id: str
+    pid: int
+    started: int  # the process's start time, in clock ticks since boot
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,7 @@ class DomainConfig:
     managed: bool = True  # False: a domain dockvisor did not create
     seal: SpareSeal | None = None  # a warm spare, once saved
     spares_kept: int = 0  # a template: how many warm spares of it the host keeps
+    adopter: Adopter | None = None  # a spare being adopted as the VM of this name
 
 
 @dataclass(frozen=True)
@@ -362,7 +378,11 @@ def _metadata(parent: ET.Element, config: DomainConfig) -> None:
     if config.seal is not None:
         _sub(meta, _q("spare-seal"), qemu=str(config.seal.qemu), machine=config.seal.machine,
              **{"file-size": str(config.seal.file_size),
-                "saved": config.seal.saved.isoformat(timespec="seconds")})  # fmt: skip
+                "saved": config.seal.saved.isoformat(timespec="seconds"),
+                "sha256": config.seal.sha256})  # fmt: skip
+    if config.adopter is not None:
+        _sub(meta, _q("adopting"), **{"boot-id": config.adopter.boot_id,
+             "pid": str(config.adopter.pid), "started": str(config.adopter.started)})  # fmt: skip
 
 
 def _sizes(el: ET.Element | None) -> TemplateSizes | None:
@@ -385,7 +405,14 @@ def _seal(el: ET.Element | None) -> SpareSeal | None:
     saved = el.get("saved", "1970-01-01T00:00:00+00:00")
     return SpareSeal(qemu=int(el.get("qemu", "0")), machine=el.get("machine", ""),
                      file_size=int(el.get("file-size", "0")),
-                     saved=datetime.fromisoformat(saved))  # fmt: skip
+                     saved=datetime.fromisoformat(saved), sha256=el.get("sha256", ""))  # fmt: skip
+
+
+def _adopter(el: ET.Element | None) -> Adopter | None:
+    if el is None:
+        return None
+    return Adopter(boot_id=el.get("boot-id", ""), pid=int(el.get("pid", "0")),
+                   started=int(el.get("started", "0")))  # fmt: skip
 
 
 def _attr_int(el: ET.Element | None, name: str) -> int:
@@ -481,6 +508,7 @@ def parse_domain_xml(xml: str) -> DomainState:
             origin=_origin(meta.find(_q("origin"))),
             seal=_seal(meta.find(_q("spare-seal"))),
             spares_kept=_attr_int(meta.find(_q("warm")), "spares"),
+            adopter=_adopter(meta.find(_q("adopting"))),
             **common,  # type: ignore[arg-type]
         )
     return DomainState(

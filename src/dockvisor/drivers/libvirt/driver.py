@@ -534,6 +534,12 @@ class LibvirtDriver(UsageReading):
 
     def _check_new_name(self, name: str) -> None:
         existing = self._existing(name)
+        if (
+            existing is not None
+            and existing.config.kind == "spare"
+            and spares.clear_dead_adoption(self, name)  # a create of `name` cut short
+        ):
+            existing = None
         if existing is not None:
             kind = "template" if existing.config.kind == "template" else "VM"
             raise AlreadyExists(f"a {kind} named {name!r} already exists on {self.uri}")

@@ -10,14 +10,18 @@ its own boot, with the host's virtio-rng), made unique by being made, not rewrit
 afterwards. Its Docker engine is brought up, then QEMU's `savevm` keeps its memory in
 its own disk file (an internal snapshot named WARM_STATE) and it is stopped.
 
-A create adopts one: the spare's domain is renamed to the new VM (libvirt renames
-atomically: two creates never get one spare), redefined as a VM with a Docker forward,
-started paused, `loadvm` brings its memory back and `delvm` frees it, its disk grows if
-asked, it resumes, its clock is set to the host's through the guest agent, the guest
-agent sets its hostname, and vCPUs and memory are plugged live to the asked size. The
-spare's disk is an overlay on its template's base like any linked VM's; nothing is
-copied. A spare saved by another QEMU or machine type, or on an older base of its
-template, or whose file was cut, is refused and deleted (WarmStartUnavailable says why).
+A create adopts one: the spare's domain is renamed to the new VM and redefined with a
+Docker forward under a lock (two creates never get one spare), still a spare marked
+with its adopting process until the adoption ends (one cut short by a killed process
+is removed: clear_dead_adoption), its file checked against the SHA-256 taken when it
+was saved, started paused, `loadvm` brings its memory back and `delvm` frees it, its
+disk grows if asked, it resumes, its clock is set to the host's through the guest
+agent, the guest agent sets its hostname, vCPUs and memory are plugged live to the
+asked size, and it becomes a VM. (Its /etc/machine-id, written from its UUID at its
+boot, is already its own: the VM keeps the spare's UUID.) The spare's disk is an
+overlay on its template's base like any linked VM's; nothing is copied. A spare saved
+by another QEMU or machine type, or on an older base of its template, or whose file
+was cut or changed, is refused and deleted (WarmStartUnavailable says why).
 
 Spares are the host's: they are in no resource set and no user's quota; their files
 count in the pool's free space (HostInfo.storage_free) like any volume.
@@ -45,7 +49,13 @@ from dockvisor.domain.model import VM, Capability, DiskMode, Spare, VMSpec
 from dockvisor.domain.naming import SPARE_PREFIX
 from dockvisor.domain.sizes import KiB, format_size
 from dockvisor.drivers.base import Progress, no_progress
-from dockvisor.drivers.libvirt.domain_xml import NS, DomainConfig, SpareSeal, metadata_xml
+from dockvisor.drivers.libvirt.domain_xml import (
+    NS,
+    Adopter,
+    DomainConfig,
+    SpareSeal,
+    metadata_xml,
+)
 from dockvisor.drivers.libvirt.errors import libvirt_errors
 from dockvisor.drivers.libvirt.guest_network import default_run_dir
 from dockvisor.drivers.libvirt.resize import resize_domain
@@ -161,9 +171,10 @@ def create_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progres
         with libvirt_errors(f"stopping spare {spec.name}"):
             dom.destroy()
             config = d._state(dom, inactive=True).config
+            digest = d._storage.digest(config.disk_path) if d._is_qemu else ""
             seal = SpareSeal(qemu=int(d._conn.getVersion()), machine=machine,
                              file_size=_file_size(d, config.disk_path),
-                             saved=datetime.now(UTC))  # fmt: skip
+                             saved=datetime.now(UTC), sha256=digest)  # fmt: skip
             dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
                             metadata_xml(replace(config, seal=seal)), "dockvisor", NS,
                             libvirt.VIR_DOMAIN_AFFECT_CONFIG)  # fmt: skip
@@ -246,13 +257,13 @@ def list_spares(d: LibvirtDriver) -> list[Spare]:
     spares = []
     now = datetime.now(UTC)
     for dom, config in _spare_domains(d):
-        abandoned = config.seal is None and (
+        if config.adopter is not None or not config.name.startswith(SPARE_PREFIX):
+            _clear_dead_adoption(d, dom, config.name)  # being adopted, or cut short
+            continue
+        if config.seal is None and (
             config.created is None or (now - config.created).total_seconds() > _ABANDONED_AFTER
-        )
-        if abandoned or not config.name.startswith(SPARE_PREFIX):
-            # Its making, or an adoption, was cut short by a process that is gone (an
-            # adoption renames and redefines under the claim lock, never seen halfway).
-            _discard_spare(d, dom, config.name)
+        ):
+            _discard_spare(d, dom, config.name)  # its making was cut short
             continue
         spares.append(_to_spare(d, config, dom))
     return sorted(spares, key=lambda s: (s.template, s.created or now, s.name))
@@ -315,6 +326,52 @@ def _discard_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> bool:
         return True
 
 
+def clear_dead_adoption(d: LibvirtDriver, name: str) -> bool:
+    """Remove the domain `name` if it is a spare whose adoption as the VM `name` was cut
+    short (its process is gone): True if it was (the name is free again)."""
+    with suppress(libvirt.libvirtError):
+        return _clear_dead_adoption(d, d._conn.lookupByName(name), name)
+    return False
+
+
+def _clear_dead_adoption(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> bool:
+    with _claiming():  # where adoptions begin and end: none is seen halfway
+        config = _still_spare(d, dom, name)
+        if config is None or config.name.startswith(SPARE_PREFIX) and config.adopter is None:
+            return False
+        if config.adopter is not None and not _adopter_gone(config.adopter, config.created):
+            return False  # under way
+        _discard(d, dom)
+        return True
+
+
+def _me() -> Adopter:
+    return Adopter(boot_id=_boot_id(), pid=os.getpid(), started=_start_time(os.getpid()) or 0)
+
+
+def _boot_id() -> str:
+    with suppress(OSError):
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return ""
+
+
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot: /proc/PID/stat's 22nd field)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def _adopter_gone(adopter: Adopter, since: datetime | None) -> bool:
+    """Whether the process adopting a spare is gone: told by its pid on this machine since
+    its boot; elsewhere (or before a reboot) once the adoption is older than any takes."""
+    if adopter.boot_id and adopter.boot_id == _boot_id():
+        return _start_time(adopter.pid) != adopter.started
+    return since is None or (datetime.now(UTC) - since).total_seconds() > _ABANDONED_AFTER
+
+
 def _still_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> DomainConfig | None:
     """The spare's configuration if the domain called `name` is still this spare."""
     try:
@@ -331,6 +388,8 @@ def _stale(d: LibvirtDriver, config: DomainConfig, template: DomainConfig) -> st
     """Why this spare can no longer become a VM of its template here (None: it can)."""
     seal = config.seal
     assert seal is not None
+    if d._is_qemu and not seal.sha256:
+        return f"spare {config.name} was saved without a checksum (by an older dockvisor)"
     if config.base_path != template.disk_path:
         return (f"template {template.name!r} has changed since spare {config.name} was "
                 "saved (its disk is another)")  # fmt: skip
@@ -385,11 +444,13 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
                 f"disk (asked {format_size(spec.disk_size)}; disks only grow)"
             )
             continue
+        # A spare still (no VM to anyone) until its adoption ends: one cut short is told
+        # by its adopter being gone, and removed (clear_dead_adoption).
         vm_config = replace(
             config,
             name=spec.name,
-            kind="vm",
             seal=None,
+            adopter=_me(),
             docker_host_port=d._starts.allocate_port() if config.docker_guest_port else None,
             nic_socket=d._starts.nic_socket(spec.name),
             created=datetime.now(UTC),
@@ -425,6 +486,11 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
     progress("adopting a warm spare", 0.1)
     with libvirt_errors(f"resuming {name} from its spare"):
         if d._is_qemu:
+            if d._storage.digest(spare.disk_path) != spare.seal.sha256:
+                raise WarmStartUnavailable(
+                    f"the saved state of spare {spare.name} does not match the checksum "
+                    "taken when it was saved (corrupted)"
+                )
             machine = _machine(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
             if machine != spare.seal.machine:
                 raise WarmStartUnavailable(
@@ -476,6 +542,14 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
             dom.setVcpusFlags(spec.max_vcpus, cfg | libvirt.VIR_DOMAIN_VCPU_MAXIMUM)
         if spec.max_memory != spare.max_memory:
             dom.setMemoryFlags(spec.max_memory // KiB, cfg | libvirt.VIR_DOMAIN_MEM_MAXIMUM)
+        # A VM from now on, no longer a spare being adopted: its lasting definition first
+        # (a cut between the two leaves a VM that a sweep never removes).
+        with _claiming():
+            for inactive, flags in ((True, cfg), (False, libvirt.VIR_DOMAIN_AFFECT_LIVE)):
+                now = d._state(dom, inactive=inactive).config
+                dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT,
+                                metadata_xml(replace(now, kind="vm", adopter=None)),
+                                "dockvisor", NS, flags)  # fmt: skip
     progress("adopted", 1.0)
     return d.get_vm(name)
 
@@ -503,8 +577,8 @@ def _claiming() -> Iterator[None]:
 
 def _claim(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig,
            vm: DomainConfig) -> libvirt.virDomain | None:  # fmt: skip
-    """Make the spare `spare` the VM `vm` (renamed and redefined, not started) if it is
-    still that spare: the VM's domain, or None if another create took it. libvirt
+    """Make the spare `spare` the spare being adopted `vm` (renamed and redefined, not
+    started) if it is still that spare: its domain, or None if another create took it. libvirt
     renames by UUID (a second rename of one domain succeeds too), so the check, the
     rename and the redefinition run under _claiming: nobody sees a claim halfway."""
     with _claiming():

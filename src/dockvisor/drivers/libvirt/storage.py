@@ -7,13 +7,16 @@ made by libvirt on the hypervisor's side.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import secrets
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from contextlib import suppress
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -48,6 +51,7 @@ class StoragePool:
     def __init__(self, conn: libvirt.virConnect, uri: str, name: str = DEFAULT_POOL) -> None:
         self._conn = conn
         self._uri = uri
+        self._local = urlsplit(uri).netloc == ""  # qemu:///system: this machine's files
         self.name = name
         self._pool: libvirt.virStoragePool | None = None
 
@@ -210,21 +214,38 @@ class StoragePool:
 
     def download(self, path: str, dest: Path, *, progress: Progress = no_progress) -> None:
         """Copy the bytes of the volume at `path` into the local file `dest`."""
+        with libvirt_errors(f"downloading {path}"), open(dest, "wb") as out:
+            for chunk in self._read(path, progress):
+                out.write(chunk)
+
+    def digest(self, path: str) -> str:
+        """The SHA-256 of the volume at `path` (read directly when this machine holds it)."""
+        h = hashlib.sha256()
+        if self._local and os.access(path, os.R_OK):
+            with open(path, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        else:
+            with libvirt_errors(f"reading {path}"):
+                for chunk in self._read(path, no_progress):
+                    h.update(chunk)
+        return h.hexdigest()
+
+    def _read(self, path: str, progress: Progress) -> Iterator[bytes]:
         vol = self.volume_by_path(path)
         if vol is None:
             raise NotFound(f"no storage volume holds {path}")
         size = int(vol.info()[2]) or 1  # allocation: what the file holds
-        with libvirt_errors(f"downloading {path}"), open(dest, "wb") as out:
-            stream = self._conn.newStream(0)
-            vol.download(stream, 0, 0, 0)
-            got = 0
-            while chunk := stream.recv(_CHUNK):
-                if isinstance(chunk, int):  # -2: would block (not on a blocking stream)
-                    continue
-                out.write(chunk)
-                got += len(chunk)
-                progress(f"reading {Path(path).name}", min(got / size, 1.0))
-            stream.finish()
+        stream = self._conn.newStream(0)
+        vol.download(stream, 0, 0, 0)
+        got = 0
+        while chunk := stream.recv(_CHUNK):
+            if isinstance(chunk, int):  # -2: would block (not on a blocking stream)
+                continue
+            yield chunk
+            got += len(chunk)
+            progress(f"reading {Path(path).name}", min(got / size, 1.0))
+        stream.finish()
 
     def add_config_drive(self, vm: str, drive: bytes | None, made: list[str], *,
                          send_content: bool = True) -> str | None:  # fmt: skip
