@@ -78,6 +78,9 @@ def test_add_search_pull_and_update(server: Server, catalog: Catalog) -> None:
     )
     assert "needs at least 256MiB" in small  # fmt: skip
 
+    run(server, admin, admin.post("/templates/tiny/warm", json={"spares": 1}))
+    (kept,) = [s["name"] for s in admin.get("/spares").json() if s["template"] == "tiny"]
+
     catalog.publish("1.10")  # newer than 1.9 and 1.0: versions compare by numbers
     admin.get("/catalog-templates")
     assert templates(admin)["tiny"]["newer_version"] == "1.10"
@@ -87,6 +90,10 @@ def test_add_search_pull_and_update(server: Server, catalog: Catalog) -> None:
     assert templates(admin)["tiny"]["newer_version"] is None
     driver = server.cp.hosts.driver(1)
     assert driver.get_vm("old").template == "tiny", "the old VM is untouched"
+    # The kept spares are made again from the new version; the old one is gone.
+    spares = [s for s in admin.get("/spares").json() if s["template"] == "tiny"]
+    assert [(s["ready"], s["stale"]) for s in spares] == [(True, None)], spares
+    assert spares[0]["name"] != kept and templates(admin)["tiny"]["spares_kept"] == 1
     again = run(server, admin, admin.post("/templates/tiny/update", json={}))
     assert again["result"]["changed"] is False
 
