@@ -14,7 +14,7 @@ import pytest
 from dockvisor.api.declared import DeclaredRoute
 from dockvisor.web import _declared
 from dockvisor.web.routing import WebRoute, safe_next
-from tests.api.conftest import Server, _server, create_vm
+from tests.api.conftest import TEMPLATE, Server, _server, create_vm
 
 # Each web action and the API route whose declaration it must carry.
 SAME_AS = {
@@ -191,6 +191,31 @@ def test_the_new_vm_form_puts_errors_next_to_fields_and_creates_nothing(web: Ser
         "/ui/vms", data={"name": "x3", "vcpus": "1", "memory": "512MiB"}, headers=headers
     )
     assert good.status_code == 202 and "vm.create" in good.text
+
+
+def test_the_new_vm_form_boots_cold_when_asked_else_resumes_a_spare(web: Server) -> None:
+    api = web.add_user("hal", role="Admin", password="hal-password-1")
+    task = api.post(f"/templates/{TEMPLATE}/warm", json={"spares": 1}).json()
+    assert web.wait(api, task)["state"] == "succeeded"
+    driver = web.cp.hosts.driver(1)
+    (spare,) = driver.list_spares()
+    client, csrf = sign_in(web, "hal", "hal-password-1")
+    headers = {"HX-Request": "true", "X-CSRF-Token": csrf}
+    assert 'id="vm-cold" name="cold"' in client.get("/vms/new").text
+    form = {"template": TEMPLATE, "vcpus": "1", "memory": "1GiB"}
+
+    def create(name: str, **extra: str) -> str:
+        answer = client.post("/ui/vms", data={"name": name, **form, **extra}, headers=headers)
+        assert answer.status_code == 202, answer.text
+        (task_id,) = re.findall(r'id="task-([0-9a-f-]{36})"', answer.text)
+        done = web.wait(api, api.get(f"/tasks/{task_id}").json())
+        assert done["state"] == "succeeded", done
+        return str(done["step"])
+
+    assert not create("cold1", cold="on").startswith("warm start"), "asked cold"
+    assert [s["name"] for s in api.get("/spares").json()] == [spare.name], "spare left"
+    assert create("warm1").startswith("warm start: resumed a spare")
+    assert driver.get_vm("warm1").uuid == spare.uuid
 
 
 def test_a_snapshot_marked_clean_is_offered_as_one_button(web: Server) -> None:

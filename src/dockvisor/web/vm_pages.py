@@ -93,10 +93,11 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
         disk: Annotated[str, Form(max_length=32)] = "",
         placement: Annotated[str, Form(max_length=32)] = "",
         full: Annotated[str, Form(max_length=8)] = "",
+        cold: Annotated[str, Form(max_length=8)] = "",
     ) -> HTMLResponse:
         values = {"name": name, "template": template, "vcpus": vcpus, "memory": memory,
                   "max_vcpus": max_vcpus, "max_memory": max_memory, "placement": placement,
-                  "full": full, "disk": disk}  # fmt: skip
+                  "full": full, "disk": disk, "cold": cold}  # fmt: skip
         errors: dict[str, str] = {}
         try:
             validate_vm_name(name)
@@ -122,7 +123,7 @@ def vm_page_router(cp: ControlPlane, requirements: Requirements) -> APIRouter:
             _, task = ops.create_vm(
                 who, name=name, template=template, vcpus=n_vcpus, memory=n_memory,
                 max_vcpus=n_max_vcpus, max_memory=n_max_memory, disk=n_disk,
-                full=full == "on", host_id=host_id, resource_set_id=set_id,
+                full=full == "on", host_id=host_id, resource_set_id=set_id, cold=cold == "on",
             )  # fmt: skip
         except DockvisorError as exc:
             field = field_of(str(exc), CREATE_FIELDS)
