@@ -268,3 +268,7 @@ def test_a_create_cut_short_while_adopting_is_cleared_and_its_name_free(
     with driver.raw_connection() as conn:  # type: ignore[attr-defined]
         names = {d.name() for d in conn.listAllDomains(0)}
     assert "under-way" in names, "an adoption under way is left alone"
+    run(server, admin, admin.post(f"/templates/{TEMPLATE}/warm", json={"spares": 0}))
+    with driver.raw_connection() as conn:  # type: ignore[attr-defined]
+        names = {d.name() for d in conn.listAllDomains(0)}
+    assert "under-way" in names, "...even by deleting the template's spares"

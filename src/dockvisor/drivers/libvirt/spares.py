@@ -258,7 +258,7 @@ def list_spares(d: LibvirtDriver) -> list[Spare]:
     now = datetime.now(UTC)
     for dom, config in _spare_domains(d):
         if config.adopter is not None or not config.name.startswith(SPARE_PREFIX):
-            _clear_dead_adoption(d, dom, config.name)  # being adopted, or cut short
+            _discard_spare(d, dom, config.name, adoptions_only=True)  # or being adopted
             continue
         if config.seal is None and (
             config.created is None or (now - config.created).total_seconds() > _ABANDONED_AFTER
@@ -316,12 +316,20 @@ def _discard(d: LibvirtDriver, dom: libvirt.virDomain) -> None:
         d._delete_orphaned_template_files({config.base_path, config.kernel, config.initrd})
 
 
-def _discard_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> bool:
+def _discard_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str, *,
+                   adoptions_only: bool = False) -> bool:  # fmt: skip
     """Discard the spare `name` under the claim lock, if it is still that spare (named
-    so, with that UUID, stopped or abandoned, not adopted meanwhile): True if it was."""
-    with _claiming():
-        if _still_spare(d, dom, name) is None:
+    so, with that UUID) and no live process is adopting it: True if it was. With
+    `adoptions_only`, only if it is a spare whose adoption was cut short."""
+    with _claiming():  # where adoptions begin and end: none is seen halfway
+        config = _still_spare(d, dom, name)
+        if config is None:
             return False
+        adopted = config.adopter is not None or not config.name.startswith(SPARE_PREFIX)
+        if adoptions_only and not adopted:
+            return False
+        if config.adopter is not None and not _adopter_gone(config.adopter, config.created):
+            return False  # under way
         _discard(d, dom)
         return True
 
@@ -330,19 +338,9 @@ def clear_dead_adoption(d: LibvirtDriver, name: str) -> bool:
     """Remove the domain `name` if it is a spare whose adoption as the VM `name` was cut
     short (its process is gone): True if it was (the name is free again)."""
     with suppress(libvirt.libvirtError):
-        return _clear_dead_adoption(d, d._conn.lookupByName(name), name)
+        dom = d._conn.lookupByName(name)
+        return _discard_spare(d, dom, name, adoptions_only=True)
     return False
-
-
-def _clear_dead_adoption(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> bool:
-    with _claiming():  # where adoptions begin and end: none is seen halfway
-        config = _still_spare(d, dom, name)
-        if config is None or config.name.startswith(SPARE_PREFIX) and config.adopter is None:
-            return False
-        if config.adopter is not None and not _adopter_gone(config.adopter, config.created):
-            return False  # under way
-        _discard(d, dom)
-        return True
 
 
 def _me() -> Adopter:
