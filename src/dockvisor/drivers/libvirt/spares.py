@@ -460,16 +460,14 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
             return _resume_adopted(d, adopted, config, vm_config, spec, progress)
         except _NotStarted as exc:
             _give_back(d, adopted, config, spec.name)
-            raise WarmStartUnavailable(
-                f"spare {config.name} could not start as {spec.name!r} (it is kept): "
-                f"{exc.__cause__ or exc}"
-            ) from exc
+            reasons.append(f"spare {config.name} could not start as {spec.name!r} (it is "
+                           f"kept): {exc.__cause__ or exc}")  # fmt: skip
+            raise WarmStartUnavailable("; ".join(dict.fromkeys(reasons))) from exc
         except BaseException as exc:
             _discard(d, adopted)
             if isinstance(exc, DockvisorError | libvirt.libvirtError):
-                raise WarmStartUnavailable(
-                    f"spare {config.name} could not become {spec.name!r}: {exc}"
-                ) from exc
+                reasons.append(f"spare {config.name} could not become {spec.name!r}: {exc}")
+                raise WarmStartUnavailable("; ".join(dict.fromkeys(reasons))) from exc
             raise
     if not reasons:
         reasons.append(f"no warm spare of template {spec.template!r} is left on {d.uri}")
