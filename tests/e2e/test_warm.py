@@ -15,12 +15,13 @@ import ssl
 import subprocess
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import libvirt
 import pytest
 
-from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml
+from dockvisor.drivers.libvirt.domain_xml import DomainConfig, parse_domain_xml
 from dockvisor.drivers.libvirt.spares import guest_run
 from dockvisor.drivers.registry import open_driver
 from dockvisor.errors import DockvisorError
@@ -164,6 +165,13 @@ def test_two_warm_vms_have_their_own_identity_and_a_full_life(
         dv("vm", "rm", "--force", name)
 
 
+def spare_configs(conn: libvirt.virConnect) -> list[DomainConfig]:
+    """The host's spares, oldest saved first (the order creates take them in)."""
+    configs = [parse_domain_xml(d.XMLDesc(0)).config for d in conn.listAllDomains(0)
+               if d.name().startswith("spare.")]  # fmt: skip
+    return sorted(configs, key=lambda c: c.seal.saved if c.seal else datetime.now(UTC))
+
+
 def volumes_left(conn: libvirt.virConnect, volumes: tuple[str, ...]) -> set[str]:
     pool = conn.storagePoolLookupByName("dockvisor")
     pool.refresh(0)
@@ -193,11 +201,7 @@ def test_cut_and_corrupted_spares_are_refused_and_the_create_boots_cold(
     dv("template", "warm", "docker-ready", "--spares", "2")
     conn = libvirt.open("qemu:///system")
     try:
-        older, newer = sorted(
-            (parse_domain_xml(d.XMLDesc(0)).config for d in conn.listAllDomains(0)
-             if d.name().startswith("spare.")),
-            key=lambda c: c.seal.saved if c.seal else 0,
-        )  # fmt: skip
+        older, newer = spare_configs(conn)
         cut(Path(older.disk_path))
         corrupt(Path(newer.disk_path))
         proc = run("vm", "create", unique_name)
@@ -227,11 +231,7 @@ def test_a_killed_create_leaves_nothing_and_a_spare_qemu_cannot_start_is_given_b
     dv("template", "warm", "docker-ready", "--spares", "2")
     conn = libvirt.open("qemu:///system")
     try:
-        first, second = sorted(
-            (parse_domain_xml(d.XMLDesc(0)).config for d in conn.listAllDomains(0)
-             if d.name().startswith("spare.")),
-            key=lambda c: c.seal.saved if c.seal else 0,
-        )  # fmt: skip
+        first, second = spare_configs(conn)
         proc = subprocess.Popen([DOCKVISOR, "vm", "create", unique_name],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:

@@ -185,8 +185,15 @@ def _end(pid: int, timeout: float = 3.0) -> None:
 
 def _alive(pid: int) -> bool:
     """Whether `pid` still runs (a zombie its parent has yet to reap does not)."""
+    return process_stat(pid) is not None
+
+
+def process_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat from its 3rd (the state) on, if process `pid` runs
+    (None if there is none, or only a zombie its parent has yet to reap)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    return None if fields[0] == "Z" else fields

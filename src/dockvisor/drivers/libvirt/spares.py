@@ -57,7 +57,7 @@ from dockvisor.drivers.libvirt.domain_xml import (
     metadata_xml,
 )
 from dockvisor.drivers.libvirt.errors import libvirt_errors
-from dockvisor.drivers.libvirt.guest_network import default_run_dir
+from dockvisor.drivers.libvirt.guest_network import default_run_dir, process_stat
 from dockvisor.drivers.libvirt.resize import resize_domain
 from dockvisor.drivers.libvirt.snapshots import hmp, sync_guest_clock
 from dockvisor.errors import (
@@ -354,12 +354,10 @@ def _boot_id() -> str:
 
 
 def _start_time(pid: int) -> int | None:
-    """When process `pid` started (clock ticks since boot: /proc/PID/stat's 22nd field)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[19])
+    """When process `pid` started (clock ticks since boot: /proc/PID/stat's 22nd field);
+    None if it no longer runs."""
+    fields = process_stat(pid)
+    return int(fields[19]) if fields is not None else None
 
 
 def _adopter_gone(adopter: Adopter, since: datetime | None) -> bool:
@@ -462,16 +460,21 @@ def adopt_spare(d: LibvirtDriver, spec: VMSpec, progress: Progress = no_progress
             _give_back(d, adopted, config, spec.name)
             reasons.append(f"spare {config.name} could not start as {spec.name!r} (it is "
                            f"kept): {exc.__cause__ or exc}")  # fmt: skip
-            raise WarmStartUnavailable("; ".join(dict.fromkeys(reasons))) from exc
+            raise _unavailable(reasons) from exc
         except BaseException as exc:
             _discard(d, adopted)
             if isinstance(exc, DockvisorError | libvirt.libvirtError):
                 reasons.append(f"spare {config.name} could not become {spec.name!r}: {exc}")
-                raise WarmStartUnavailable("; ".join(dict.fromkeys(reasons))) from exc
+                raise _unavailable(reasons) from exc
             raise
     if not reasons:
         reasons.append(f"no warm spare of template {spec.template!r} is left on {d.uri}")
-    raise WarmStartUnavailable("; ".join(dict.fromkeys(reasons)))
+    raise _unavailable(reasons)
+
+
+def _unavailable(reasons: list[str]) -> WarmStartUnavailable:
+    """Why no spare served a create: each reason once, in the order met."""
+    return WarmStartUnavailable("; ".join(dict.fromkeys(reasons)))
 
 
 def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig,

@@ -220,15 +220,13 @@ class StoragePool:
 
     def digest(self, path: str) -> str:
         """The SHA-256 of the volume at `path` (read directly when this machine holds it)."""
-        h = hashlib.sha256()
         if self._local and os.access(path, os.R_OK):
             with open(path, "rb") as f:
-                while chunk := f.read(_CHUNK):
-                    h.update(chunk)
-        else:
-            with libvirt_errors(f"reading {path}"):
-                for chunk in self._read(path, no_progress):
-                    h.update(chunk)
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        h = hashlib.sha256()
+        with libvirt_errors(f"reading {path}"):
+            for chunk in self._read(path, no_progress):
+                h.update(chunk)
         return h.hexdigest()
 
     def _read(self, path: str, progress: Progress) -> Iterator[bytes]:
