@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -187,6 +188,48 @@ def test_events_from_the_api_reach_an_open_overview_without_reload(
     assert page.evaluate("window.notReloaded === true")
     print(f"stop seen after {stopped_after * 1000:.0f} ms, creation {created_after * 1000:.0f} ms")
     assert stopped_after < 1.5 and created_after < 1.5, (stopped_after, created_after)
+
+
+def test_a_change_made_while_a_part_is_being_refreshed_is_shown_after_it(
+    browsing: Browsing, web: WebServer
+) -> None:
+    """A part refreshed by an event while its previous refresh is still on the way: the
+    answer in flight (the state before the change) replaces the part, and the newer state
+    must follow it; the page must not stay on the older one until reloaded."""
+    page = browsing.page("dev", f"/vms/{web.vm_id}")
+    wait_live(page)
+    page.evaluate("window.notReloaded = true")
+    held: list[tuple[Any, Any]] = []
+    asked = 0
+
+    def hold(route: Any) -> None:  # the first answered by the server now, delivered later
+        nonlocal asked
+        asked += 1
+        if held:
+            route.continue_()
+        else:
+            held.append((route, route.fetch()))
+
+    page.route("**/ui/vms/*/snapshots", hold)
+    with web.api("admin") as api:
+        for name in ("first", "second"):
+            taken = api.post(f"/vms/{web.vm_id}/snapshots", json={"name": name})
+            assert taken.status_code == 202, taken.text
+            assert web.server.wait(api, taken.json())["state"] == "succeeded"
+            deadline = time.monotonic() + 5
+            while not held:  # the refresh asked by the first snapshot's event is held
+                assert time.monotonic() < deadline, "the snapshot did not refresh the page"
+                page.wait_for_timeout(100)
+    page.wait_for_timeout(1000)  # the second snapshot's event reaches the page meanwhile
+    assert asked == 1, "a second refresh went out while the first was on the way"
+    route, answer = held[0]
+    assert "second" not in answer.text()
+    route.fulfill(response=answer)
+
+    snapshots = page.locator("#vm-snapshots")
+    expect(snapshots).to_contain_text("first", timeout=3000)
+    expect(snapshots).to_contain_text("second", timeout=3000)
+    assert page.evaluate("window.notReloaded === true")
 
 
 def test_events_on_a_vm_the_user_may_not_view_do_not_reach_them(

@@ -21,3 +21,43 @@ document.addEventListener("htmx:afterSwap", (event) => {
   const invalid = where.querySelector('[aria-invalid="true"]');
   if (invalid) invalid.focus();
 });
+// A live part (hx-trigger="sse:NAME") told of a change while its previous refresh is still
+// on the way: htmx queues the new refresh on the element, but the answer on the way (the
+// state before the change) replaces that element (hx-swap="outerHTML") and htmx then
+// drops what was queued on it. The part would show the older state until a reload. So the
+// element that takes its place is refreshed once more, as soon as htmx has set it up.
+const refreshing = new WeakMap(); // element -> the event message its refresh answers
+const missed = new WeakMap(); // element -> the event names it was told of meanwhile
+const owed = new Map(); // id of a part replaced meanwhile -> the names its successor missed
+const ready = new WeakSet(); // elements htmx has set up (listening to their events)
+const refresh = (elt, names) => names.forEach((name) => htmx.trigger(elt, `sse:${name}`));
+document.addEventListener("htmx:beforeRequest", (event) => {
+  const cause = event.detail.requestConfig?.triggeringEvent?.detail;
+  refreshing.set(event.detail.elt, cause instanceof MessageEvent ? cause : null);
+});
+document.addEventListener("htmx:sseMessage", (event) => {
+  const elt = event.target;
+  if (!refreshing.has(elt) || refreshing.get(elt) === event.detail) return;
+  const names = missed.get(elt) ?? new Set();
+  names.add(event.detail.type);
+  missed.set(elt, names);
+});
+document.addEventListener("htmx:afterRequest", (event) => {
+  // (detail.elt is where the event is told: the requester's parent once it is gone)
+  const old = event.detail.requestConfig?.elt ?? event.detail.elt;
+  refreshing.delete(old);
+  const names = missed.get(old);
+  missed.delete(old);
+  if (!names || old.isConnected || !old.id) return; // still there: htmx's queue serves it
+  const now = document.getElementById(old.id);
+  if (now && ready.has(now)) refresh(now, names);
+  else owed.set(old.id, names);
+});
+document.addEventListener("htmx:load", (event) => {
+  const elt = event.target;
+  ready.add(elt);
+  const names = elt.id && owed.get(elt.id);
+  if (!names) return;
+  owed.delete(elt.id);
+  refresh(elt, names);
+});
