@@ -18,6 +18,7 @@ import libvirt
 import pytest
 
 from dockvisor.domain.sizes import GiB, MiB
+from dockvisor.drivers.libvirt.domain_xml import parse_domain_xml, with_network
 from dockvisor.drivers.registry import open_driver
 from dockvisor.engines.docker import DockerEngine
 from dockvisor.services.engines import EngineAccess
@@ -241,3 +242,47 @@ def test_template_from_an_admins_own_disk_image(unique_name: str, tmp_path: Path
     dv("template", "rm", template)
     assert template not in [t["name"] for t in dv("template", "list")]
     assert not list(POOL_DIR.glob(f"template-{template}-*"))
+
+
+def test_vms_started_at_once_each_get_a_docker_port_of_their_own(unique_name: str) -> None:
+    """Three stopped VMs whose configurations name the same host port (as two creates
+    racing for a free port could leave them), started at the same moment by three
+    `dockvisor` processes: all three run, each forwarding its engine on its own port."""
+    names = [f"{unique_name}-{i}" for i in range(3)]
+    for name in names:
+        dv("vm", "create", name, "--no-start", "--cold")
+    conn = libvirt.open("qemu:///system")
+    try:
+        first = parse_domain_xml(conn.lookupByName(names[0]).XMLDesc(0)).config
+        assert first.docker_host_port
+        for name in names[1:]:
+            xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            config = parse_domain_xml(xml).config
+            conn.defineXML(
+                with_network(xml, host_port=first.docker_host_port, nic_socket=config.nic_socket)
+            )
+        starts = [
+            subprocess.Popen(
+                [DOCKVISOR, "vm", "start", "--no-wait", name],
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )  # fmt: skip
+            for name in names
+        ]
+        for proc in starts:
+            _, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err
+        ports = set()
+        for name in names:
+            dom = conn.lookupByName(name)
+            assert dom.isActive(), f"{name} did not start"
+            live = parse_domain_xml(dom.XMLDesc(0)).config.docker_host_port
+            lasting = parse_domain_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)).config
+            assert live == lasting.docker_host_port, "the port moved in its lasting config too"
+            ports.add(live)
+        assert len(ports) == 3, f"two VMs share a port: {ports}"
+    finally:
+        conn.close()
+    for name in names:
+        dv("vm", "rm", "--force", name)

@@ -232,6 +232,26 @@ def test_a_change_made_while_a_part_is_being_refreshed_is_shown_after_it(
     assert page.evaluate("window.notReloaded === true")
 
 
+def test_the_container_list_asks_again_while_the_engine_does_not_answer(
+    browsing: Browsing, web: WebServer
+) -> None:
+    """An engine that does not answer (here: a test-driver VM has none) sends no event
+    when it comes back: the list asks again by itself until it answers."""
+    page = browsing.page("dev", f"/vms/{web.vm_id}/docker")
+    rows = page.locator("#container-rows")
+    expect(rows).to_contain_text("The engine does not answer")
+    expect(rows).to_contain_text("asked again every 5 s")
+    page.evaluate("window.notReloaded = true")
+    for _ in range(2):
+        with page.expect_response(
+            lambda r: r.url == f"{web.url}/ui/vms/{web.vm_id}/containers", timeout=8000
+        ) as asked:
+            pass
+        assert asked.value.status == 200
+    expect(rows).to_contain_text("The engine does not answer")
+    assert page.evaluate("window.notReloaded === true")
+
+
 def test_events_on_a_vm_the_user_may_not_view_do_not_reach_them(
     browsing: Browsing, web: WebServer
 ) -> None:

@@ -30,10 +30,8 @@ count in the pool's free space (HostInfo.storage_free) like any volume.
 from __future__ import annotations
 
 import base64
-import fcntl
 import json
 import os
-import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -57,7 +55,8 @@ from dockvisor.drivers.libvirt.domain_xml import (
     metadata_xml,
 )
 from dockvisor.drivers.libvirt.errors import libvirt_errors
-from dockvisor.drivers.libvirt.guest_network import default_run_dir, process_stat
+from dockvisor.drivers.libvirt.guest_network import process_stat
+from dockvisor.drivers.libvirt.host_locks import host_lock
 from dockvisor.drivers.libvirt.resize import resize_domain
 from dockvisor.drivers.libvirt.snapshots import hmp, sync_guest_clock
 from dockvisor.errors import (
@@ -553,25 +552,12 @@ def _resume_adopted(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfi
     return d.get_vm(name)
 
 
-_claims = threading.Lock()
-
-
 @contextmanager
 def _claiming() -> Iterator[None]:
-    """Claims (and deletions of spares) one at a time on this machine: by this process's
-    threads (a lock), and by every dockvisor process of any user (an flock on one file,
-    /run/lock/dockvisor-spares.lock, opened read-only so that any user can lock it)."""
-    path = Path("/run/lock/dockvisor-spares.lock")
-    if not path.parent.is_dir():
-        path = default_run_dir().parent / "spares.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with _claims:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)  # (releases the flock)
+    """Claims (and deletions of spares) one at a time on this machine, by every thread
+    of every dockvisor process of any user."""
+    with host_lock("spares"):
+        yield
 
 
 def _claim(d: LibvirtDriver, dom: libvirt.virDomain, spare: DomainConfig,

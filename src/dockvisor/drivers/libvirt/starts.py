@@ -11,7 +11,7 @@ copied for a clone. A reboot keeps its QEMU (and so its network).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import replace
 
 import libvirt
@@ -29,6 +29,7 @@ from dockvisor.drivers.libvirt.guest_network import (
     guest_network_mode,
     qemu_owner,
 )
+from dockvisor.drivers.libvirt.host_locks import host_lock
 from dockvisor.drivers.libvirt.ports import port_is_free, port_range
 from dockvisor.errors import HypervisorError
 
@@ -100,13 +101,16 @@ class StartPreparation:
     @contextmanager
     def starting(self, dom: libvirt.virDomain) -> Iterator[libvirt.virDomain]:
         """Run the block that starts `dom`'s QEMU (given the domain to start, which may
-        have been redefined) with what it needs running; undone if the block fails."""
-        dom, config = self._prepare(dom)
-        if config.nic_socket is None or self._networks is None:
-            yield dom
-            return
-        with self._networks.running(config.name, guest_port=config.docker_guest_port):
-            yield dom
+        have been redefined) with what it needs running; undone if the block fails.
+        Starts on this machine run one at a time: a port found free here stays free
+        until this QEMU has taken it (two starts at once could pick the same one)."""
+        with host_lock("starts") if self._forward else nullcontext():
+            dom, config = self._prepare(dom)
+            if config.nic_socket is None or self._networks is None:
+                yield dom
+                return
+            with self._networks.running(config.name, guest_port=config.docker_guest_port):
+                yield dom
 
     def forget(self, name: str) -> None:
         """VM `name` is gone: remove what its network may have left."""

@@ -25,12 +25,12 @@ document.addEventListener("htmx:afterSwap", (event) => {
 // on the way: htmx queues the new refresh on the element, but the answer on the way (the
 // state before the change) replaces that element (hx-swap="outerHTML") and htmx then
 // drops what was queued on it. The part would show the older state until a reload. So the
-// element that takes its place is refreshed once more, as soon as htmx has set it up.
+// element that took its place is refreshed once more. Settling at once (no delay) sets the
+// new element up, listening to its events, in the same step as the swap: no event can
+// fall between the old element's end and the new one's start.
+htmx.config.defaultSettleDelay = 0;
 const refreshing = new WeakMap(); // element -> the event message its refresh answers
 const missed = new WeakMap(); // element -> the event names it was told of meanwhile
-const owed = new Map(); // id of a part replaced meanwhile -> the names its successor missed
-const ready = new WeakSet(); // elements htmx has set up (listening to their events)
-const refresh = (elt, names) => names.forEach((name) => htmx.trigger(elt, `sse:${name}`));
 document.addEventListener("htmx:beforeRequest", (event) => {
   const cause = event.detail.requestConfig?.triggeringEvent?.detail;
   refreshing.set(event.detail.elt, cause instanceof MessageEvent ? cause : null);
@@ -50,14 +50,5 @@ document.addEventListener("htmx:afterRequest", (event) => {
   missed.delete(old);
   if (!names || old.isConnected || !old.id) return; // still there: htmx's queue serves it
   const now = document.getElementById(old.id);
-  if (now && ready.has(now)) refresh(now, names);
-  else owed.set(old.id, names);
-});
-document.addEventListener("htmx:load", (event) => {
-  const elt = event.target;
-  ready.add(elt);
-  const names = elt.id && owed.get(elt.id);
-  if (!names) return;
-  owed.delete(elt.id);
-  refresh(elt, names);
+  if (now) names.forEach((name) => htmx.trigger(now, `sse:${name}`));
 });
