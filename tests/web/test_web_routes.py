@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from dockvisor.api.declared import DeclaredRoute
+from dockvisor.errors import EngineUnavailable
 from dockvisor.web import _declared
 from dockvisor.web.routing import WebRoute, safe_next
 from tests.api.conftest import TEMPLATE, Server, _server, create_vm
@@ -232,6 +233,26 @@ def test_a_snapshot_marked_clean_is_offered_as_one_button(web: Server) -> None:
     assert web.wait(api, task)["state"] == "succeeded"
     assert api.get(f"/vms/{vm}").json()["clean_snapshot"] is None
     assert 'id="rollback-clean"' not in client.get(f"/vms/{vm}").text
+
+
+def test_a_container_list_asks_again_only_while_its_engine_may_come_back(
+    web: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = web.add_user("gus", role="Admin", password="gus-password-1")
+    vm = create_vm(web, api, "sandbox")
+    client, _ = sign_in(web, "gus", "gus-password-1")
+    never = client.get(f"/ui/vms/{vm}/containers").text  # the test driver: no Docker
+    assert "has no Docker engine" in never
+    assert "every 5s" not in never and "asked again" not in never
+
+    def not_up(*args: object, **kwargs: object) -> None:
+        raise EngineUnavailable("the engine at 127.0.0.1:42000 refused the connection")
+
+    monkeypatch.setattr(web.cp.docker, "list_containers", not_up)
+    for path in (f"/ui/vms/{vm}/containers", f"/vms/{vm}/docker"):
+        later = client.get(path).text
+        assert "refused the connection (asked again every 5 s)" in later
+        assert re.search(r'id="container-rows"[^>]*hx-trigger="[^"]*, every 5s"', later), later
 
 
 def test_pages_load_nothing_from_another_site(web: Server) -> None:

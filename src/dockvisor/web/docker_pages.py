@@ -19,7 +19,7 @@ from dockvisor.api.docker_routes import needs
 from dockvisor.api.params import Key, Who
 from dockvisor.domain.container_spec import ContainerSpec, PortBinding
 from dockvisor.domain.sizes import parse_size
-from dockvisor.errors import DockvisorError, InvalidInput
+from dockvisor.errors import DockvisorError, InvalidInput, Unsupported
 from dockvisor.services.identity import Principal
 from dockvisor.services.inventory import chain_of, vm_data
 from dockvisor.services.runtime import ControlPlane
@@ -71,27 +71,29 @@ def docker_page_router(cp: ControlPlane, requirements: Requirements) -> APIRoute
         can = Actions(requirements, cp.access.privileges(who, chain_of(row)))
         return {"vm": vm_data(row), "can": can}
 
-    def containers(who: Principal, vm_id: str) -> tuple[list[dict[str, Any]], str]:
+    def containers(who: Principal, vm_id: str) -> dict[str, Any]:
+        """The list's content: the containers, or why the engine does not answer and
+        whether that may pass (a stopped VM, an engine not up yet: the list asks again)
+        or not (a VM without Docker)."""
         try:
-            return docker.list_containers(who, vm_id), ""
-        except DockvisorError as exc:  # a stopped VM, an engine not up yet
-            return [], str(exc)
+            return {"containers": docker.list_containers(who, vm_id), "engine_error": ""}
+        except DockvisorError as exc:
+            passing = not isinstance(exc, Unsupported)
+            return {"containers": [], "engine_error": str(exc), "engine_retry": passing}
 
     @web.get("/vms/{vm_id}/docker", openapi_extra=DOCKER_VIEW)
     def docker_tab(who: Who, request: Request, vm_id: Key) -> HTMLResponse:
-        found, error = containers(who, vm_id)
+        listing = containers(who, vm_id)
         try:
             images = docker.images(who, vm_id)
         except DockvisorError:
             images = []
-        return render(request, "docker.html", containers=found, engine_error=error,
-                      images=images, values={"restart": "no"}, errors={},
-                      **context(who, vm_id))  # fmt: skip
+        return render(request, "docker.html", **listing, images=images,
+                      values={"restart": "no"}, errors={}, **context(who, vm_id))  # fmt: skip
 
     @web.get("/ui/vms/{vm_id}/containers", openapi_extra=DOCKER_VIEW)
     def container_rows(who: Who, request: Request, vm_id: Key) -> HTMLResponse:
-        found, error = containers(who, vm_id)
-        return render(request, "container_rows.html", containers=found, engine_error=error,
+        return render(request, "container_rows.html", **containers(who, vm_id),
                       **context(who, vm_id))  # fmt: skip
 
     @web.post("/ui/vms/{vm_id}/containers", openapi_extra=requirements.same_as(
