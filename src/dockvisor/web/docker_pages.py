@@ -76,7 +76,8 @@ def docker_page_router(cp: ControlPlane, requirements: Requirements) -> APIRoute
         whether that may pass (a stopped VM, an engine not up yet: the list asks again)
         or not (a VM without Docker)."""
         try:
-            return {"containers": docker.list_containers(who, vm_id), "engine_error": ""}
+            found = docker.list_containers(who, vm_id)
+            return {"containers": found, "engine_error": "", "engine_retry": False}
         except DockvisorError as exc:
             passing = not isinstance(exc, Unsupported)
             return {"containers": [], "engine_error": str(exc), "engine_retry": passing}

@@ -256,7 +256,7 @@ def list_spares(d: LibvirtDriver) -> list[Spare]:
     spares = []
     now = datetime.now(UTC)
     for dom, config in _spare_domains(d):
-        if config.adopter is not None or not config.name.startswith(SPARE_PREFIX):
+        if _adopted(config):
             _discard_spare(d, dom, config.name, adoptions_only=True)  # or being adopted
             continue
         if config.seal is None and (
@@ -324,8 +324,7 @@ def _discard_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str, *,
         config = _still_spare(d, dom, name)
         if config is None:
             return False
-        adopted = config.adopter is not None or not config.name.startswith(SPARE_PREFIX)
-        if adoptions_only and not adopted:
+        if adoptions_only and not _adopted(config):
             return False
         if config.adopter is not None and not _adopter_gone(config.adopter, config.created):
             return False  # under way
@@ -365,6 +364,12 @@ def _adopter_gone(adopter: Adopter, since: datetime | None) -> bool:
     if adopter.boot_id and adopter.boot_id == _boot_id():
         return _start_time(adopter.pid) != adopter.started
     return since is None or (datetime.now(UTC) - since).total_seconds() > _ABANDONED_AFTER
+
+
+def _adopted(config: DomainConfig) -> bool:
+    """Whether the spare `config` is being adopted, or was and the adoption was cut
+    short (marked with its adopter, or already under the VM's name)."""
+    return config.adopter is not None or not config.name.startswith(SPARE_PREFIX)
 
 
 def _still_spare(d: LibvirtDriver, dom: libvirt.virDomain, name: str) -> DomainConfig | None:
